@@ -1,0 +1,1 @@
+"""Distillation data: prompt sources, teachers, rejection sampling, filters, decontamination."""

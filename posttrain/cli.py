@@ -1,0 +1,120 @@
+"""`posttrain` command line: validate, run, report, and the subcommands other packages add.
+
+A package adds a subcommand by listing `module` in `_SUBCOMMANDS`; the module defines
+`add_parser(subparsers)` which registers a parser whose `func(args) -> int` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from posttrain.errors import PosttrainError, RecipeError
+
+_SUBCOMMANDS = ("rewards.cli", "posttrain.rollout_server")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except RecipeError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 2
+    except PosttrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="posttrain", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check a recipe; exit 2 with every problem found")
+    p.add_argument("recipe")
+    _add_set(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="run a recipe's stages (finished ones are skipped, interrupted ones resume)")
+    p.add_argument("recipe")
+    p.add_argument("--output-dir", help="override the recipe's output_dir")
+    p.add_argument("--stages", help="comma-separated stage names to run (default: all)")
+    _add_set(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="rebuild DIR/report.md and DIR/plots/ from a run's logs")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_report)
+
+    for module_name in _SUBCOMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                continue  # that part of posttrain is not installed
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value: stages.<name>.<key>=V or <key>=V (repeatable)")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from posttrain.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    print(f"{args.recipe}: ok ({len(recipe.stages)} stages: {', '.join(recipe.stage_names())})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from posttrain.log import setup_logging
+    from posttrain.recipe import load_recipe
+    from posttrain.runner import run_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides, output_dir=args.output_dir)
+    setup_logging(Path(recipe.output_dir), logging.DEBUG if args.verbose else logging.INFO)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+    report = run_recipe(recipe, only)
+    failed = [name for name, entry in report["stages"].items() if entry["status"] == "failed"]
+    out = Path(recipe.output_dir)
+    print(f"report: {out / 'report.md'} ({out / 'report.json'})")
+    if failed:
+        print(f"failed stages: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from posttrain.report import write_report
+
+    path = write_report(Path(args.dir))
+    print(f"report: {path}")
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM behaves like Ctrl-C: stages stop at a resumable point."""
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())

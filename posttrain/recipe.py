@@ -1,0 +1,485 @@
+"""Recipe schema and validation: YAML in, a typed `Recipe` out, or every problem at once.
+
+A problem names the file, the YAML line when known, the dotted key, what was expected and what was
+found: ``recipes/x.yaml:12: stages[1].trl.learning_rate: expected a number, got 'fast'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import re
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, TypeAdapter, ValidationError, model_validator
+
+from posttrain.errors import RecipeError
+
+Loc = tuple[str | int, ...]
+
+#: TRL/transformers options that posttrain sets itself; a recipe may not override them under `trl:`.
+RESERVED_TRL_KEYS = {"output_dir": "the stage's folder DIR/<name>/ is used"}
+#: Folder names under DIR that a stage may not take.
+RESERVED_STAGE_NAMES = {"base_model", "plots"}
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `3e-5` as a float (YAML 1.2), as users mean it; PyYAML reads a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"
+               r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(StrictModel):
+    """The base model: a hub name or local path, or a tiny DeepSeek-V3 built from a config."""
+
+    name_or_path: str | None = None
+    #: DeepseekV3Config overrides for a randomly initialised tiny model (see posttrain.tiny).
+    tiny: dict[str, Any] | None = None
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.name_or_path is None) == (self.tiny is None):
+            raise ValueError("give exactly one of 'name_or_path' (hub name or path) or 'tiny' (a config)")
+        return self
+
+
+class TokenizerTrainSpec(StrictModel):
+    """Train a byte-level BPE tokenizer on a corpus the recipe names (`module:function`)."""
+
+    corpus: str
+    corpus_kwargs: dict[str, Any] = Field(default_factory=dict)
+    vocab_size: int = Field(512, ge=300, le=200_000)
+
+
+class TokenizerSpec(StrictModel):
+    """Where the tokenizer comes from; by default the model's own."""
+
+    name_or_path: str | None = None
+    train: TokenizerTrainSpec | None = None
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> TokenizerSpec:
+        if self.name_or_path is not None and self.train is not None:
+            raise ValueError("give at most one of 'name_or_path' or 'train'")
+        return self
+
+
+class LaunchSpec(StrictModel):
+    """Run the stage in several processes with `accelerate launch` (DDP, or DeepSpeed/FSDP by config file)."""
+
+    num_processes: int = Field(1, ge=1)
+    #: An accelerate config file, e.g. recipes/accelerate/zero2.yaml.
+    config_file: str | None = None
+    main_process_port: int | None = None
+
+
+class StageConfig(StrictModel):
+    """Options shared by every stage kind; each kind subclasses this with its own typed options."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    kind: str
+    launch: LaunchSpec = Field(default_factory=LaunchSpec)
+    #: Options passed through to a TRL config class (for kinds that set `trl_config`).
+    trl: dict[str, Any] = Field(default_factory=dict)
+
+    #: `module:Class` of the TRL config the `trl:` mapping is passed to, or None if the kind has none.
+    trl_config: ClassVar[str | None] = None
+    #: Defaults posttrain applies under the user's `trl:` options (the user's values win).
+    trl_defaults: ClassVar[dict[str, Any]] = {}
+    #: Fields that may name an earlier stage (whose output is then used) instead of a path.
+    ref_fields: ClassVar[tuple[str, ...]] = ()
+
+    def trl_kwargs(self) -> dict[str, Any]:
+        return {**self.trl_defaults, **self.trl}
+
+
+class Recipe(StrictModel):
+    output_dir: str = "runs/default"
+    seed: int = 0
+    model: ModelSpec
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
+    stages: list[SerializeAsAny[StageConfig]] = Field(min_length=1)
+
+    def stage(self, name: str) -> StageConfig:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+class _RawRecipe(Recipe):
+    """First pass: everything but the stages, which are validated per kind afterwards."""
+
+    stages: list[dict[str, Any]] = Field(min_length=1)  # type: ignore[assignment]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_recipe(
+    path: str | Path,
+    overrides: typing.Sequence[str] = (),
+    output_dir: str | None = None,
+) -> Recipe:
+    """Read, override (`--set`), and validate a recipe; raise `RecipeError` with every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RecipeError([f"{path}: cannot read recipe: {exc.strerror or exc}"]) from None
+    return parse_recipe(text, source=str(path), overrides=overrides, output_dir=output_dir)
+
+
+def parse_recipe(
+    text: str,
+    source: str = "<recipe>",
+    overrides: typing.Sequence[str] = (),
+    output_dir: str | None = None,
+) -> Recipe:
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        raw = yaml_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise RecipeError([f"{where}: invalid YAML: {exc.problem or exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise RecipeError([f"{source}: invalid YAML: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise RecipeError([f"{source}: expected a mapping at the top level, got {type(raw).__name__}"])
+
+    lines = _node_lines(node) if node is not None else {}
+    problems = _Problems(source, lines)
+    for override in overrides:
+        _apply_override(raw, override, problems)
+    if output_dir is not None:
+        raw["output_dir"] = output_dir
+    problems.raise_if_any()
+
+    recipe = _validate(raw, problems)
+    problems.raise_if_any()
+    assert recipe is not None
+    return recipe
+
+
+def _validate(raw: dict[str, Any], problems: _Problems) -> Recipe | None:
+    from posttrain.stages import get_stage_kind, stage_kinds
+
+    top: _RawRecipe | None = None
+    try:
+        top = _RawRecipe.model_validate(raw)
+    except ValidationError as exc:
+        problems.add_pydantic(exc, (), _RawRecipe)
+
+    raw_stages = raw.get("stages")
+    if not isinstance(raw_stages, list):
+        return None
+    stages: list[StageConfig] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(raw_stages):
+        loc: Loc = ("stages", i)
+        if not isinstance(item, dict):
+            continue  # already reported by the first pass
+        name, kind = item.get("name"), item.get("kind")
+        if isinstance(name, str):
+            if name in seen:
+                problems.add(loc + ("name",), f"duplicate stage name {name!r} (also stages[{seen[name]}])")
+            elif name in RESERVED_STAGE_NAMES:
+                problems.add(loc + ("name",), f"{name!r} is reserved for posttrain's own outputs")
+            seen.setdefault(name, i)
+        if kind is None:
+            problems.add(loc, f"missing 'kind': expected one of {', '.join(stage_kinds())}")
+            continue
+        if not isinstance(kind, str) or kind not in stage_kinds():
+            hint = _did_you_mean(str(kind), stage_kinds())
+            problems.add(loc + ("kind",), f"unknown stage kind {kind!r}: expected one of "
+                         f"{', '.join(stage_kinds())}{hint}")
+            continue
+        config_cls = get_stage_kind(kind).config
+        try:
+            stage = config_cls.model_validate(item)
+        except ValidationError as exc:
+            problems.add_pydantic(exc, loc, config_cls)
+            continue
+        n_before = len(problems)
+        if stage.trl and config_cls.trl_config is None:
+            problems.add(loc + ("trl",), f"stage kind {kind!r} takes no TRL options")
+        elif config_cls.trl_config is not None:
+            _check_trl_options(stage, loc, problems)
+        if len(problems) == n_before:
+            stages.append(stage)
+            _check_references(stage, loc, [s.get("name") for s in raw_stages[i:] if isinstance(s, dict)],
+                              problems)
+
+    if top is None or len(stages) != len(raw_stages) or len(problems):
+        return None
+    return Recipe(
+        output_dir=top.output_dir, seed=top.seed, model=top.model, tokenizer=top.tokenizer, stages=stages
+    )
+
+
+def _check_references(stage: StageConfig, loc: Loc, later: list[Any], problems: _Problems) -> None:
+    """A stage may only use the output of stages before it (`model: sft` after `sft`, never before)."""
+    for key in type(stage).ref_fields:
+        ref = getattr(stage, key, None)
+        if isinstance(ref, str) and ref in later:
+            problems.add(loc + (key,), f"refers to stage {ref!r}, which does not run before this one: "
+                         "move that stage earlier or fix the name")
+
+
+# --------------------------------------------------------------------------------------------------
+# TRL pass-through
+
+
+@functools.cache
+def trl_config_class(ref: str) -> type:
+    from posttrain.plugins import load_object
+
+    return load_object(ref)
+
+
+@functools.cache
+def _trl_field_types(ref: str) -> dict[str, Any]:
+    cls = trl_config_class(ref)
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:
+        hints = {}
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+@functools.cache
+def _adapter(tp: Any) -> TypeAdapter[Any] | None:
+    try:
+        return TypeAdapter(tp)
+    except Exception:
+        return None
+
+
+def _check_trl_options(stage: StageConfig, loc: Loc, problems: _Problems) -> None:
+    ref = type(stage).trl_config
+    assert ref is not None
+    fields = _trl_field_types(ref)
+    cls_name = ref.rpartition(":")[2]
+    ok = True
+    for key, value in stage.trl.items():
+        key_loc = loc + ("trl", key)
+        if key in RESERVED_TRL_KEYS:
+            problems.add(key_loc, f"set by posttrain: {RESERVED_TRL_KEYS[key]}")
+            ok = False
+        elif key not in fields:
+            problems.add(key_loc, f"unknown option for {cls_name}{_did_you_mean(key, fields)}")
+            ok = False
+        else:
+            adapter = _adapter(fields[key])
+            if adapter is None:
+                continue
+            try:
+                adapter.validate_python(value)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                problems.add(key_loc, _describe(err, value))
+                ok = False
+    if ok:
+        try:
+            build_trl_config(stage, "/tmp/posttrain-validate")
+        except (ValueError, TypeError) as exc:
+            problems.add(loc + ("trl",), f"{cls_name} rejected these options: {exc}")
+
+
+def build_trl_config(stage: StageConfig, output_dir: str | Path, **extra: Any) -> Any:
+    """Instantiate the stage's TRL config from its `trl:` options (plus posttrain's own settings)."""
+    ref = type(stage).trl_config
+    if ref is None:
+        raise TypeError(f"stage kind {stage.kind!r} has no TRL config")
+    kwargs = {**stage.trl_kwargs(), **extra, "output_dir": str(output_dir)}
+    if "bf16" not in kwargs and "fp16" not in kwargs:
+        kwargs["bf16"] = _has_bf16()  # TRL defaults to bf16=True, which fails on a CPU
+    return trl_config_class(ref)(**kwargs)
+
+
+def _has_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+# --------------------------------------------------------------------------------------------------
+# --set overrides
+
+
+def _apply_override(raw: dict[str, Any], override: str, problems: _Problems) -> None:
+    """`stages.sft.trl.learning_rate=3e-5` (a stage by its name) or `seed=1` (any other path)."""
+    key, sep, value_text = override.partition("=")
+    if not sep or not key:
+        problems.add_raw(f"--set {override!r}: expected KEY=VALUE, e.g. --set seed=1")
+        return
+    try:
+        value = yaml_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError:
+        value = value_text
+    parts = key.split(".")
+    target: Any = raw
+    if parts[0] == "stages":
+        if len(parts) < 3:
+            problems.add_raw(f"--set {key}: address a stage option as stages.<name>.<key>")
+            return
+        stages = raw.get("stages") or []
+        matches = [s for s in stages if isinstance(s, dict) and s.get("name") == parts[1]]
+        if not matches:
+            names = [s.get("name") for s in stages if isinstance(s, dict)]
+            problems.add_raw(f"--set {key}: no stage named {parts[1]!r} (stages: {', '.join(map(str, names))})")
+            return
+        target, parts = matches[0], parts[2:]
+    for part in parts[:-1]:
+        nxt = target.get(part)
+        if nxt is None:
+            nxt = target[part] = {}
+        if not isinstance(nxt, dict):
+            problems.add_raw(f"--set {key}: {part!r} is not a mapping")
+            return
+        target = nxt
+    target[parts[-1]] = value
+
+
+# --------------------------------------------------------------------------------------------------
+# Problem reporting
+
+
+class _Problems:
+    def __init__(self, source: str, lines: dict[Loc, int]):
+        self.source, self.lines, self.items = source, lines, []  # type: list[str]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, loc: Loc, message: str) -> None:
+        line = self._line_for(loc)
+        where = f"{self.source}:{line}" if line else self.source
+        self.items.append(f"{where}: {dotted(loc) or '<top level>'}: {message}")
+
+    def add_raw(self, message: str) -> None:
+        self.items.append(f"{self.source}: {message}")
+
+    def add_pydantic(self, exc: ValidationError, prefix: Loc, model: type[BaseModel]) -> None:
+        for err in exc.errors():
+            loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+            message = _describe(err, err.get("input"))
+            if err["type"] == "extra_forbidden":
+                message += _did_you_mean(str(loc[-1]), _fields_at(model, loc[:-1]))
+            self.add(prefix + loc, message)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise RecipeError(self.items)
+
+    def _line_for(self, loc: Loc) -> int | None:
+        while loc:
+            if loc in self.lines:
+                return self.lines[loc]
+            loc = loc[:-1]
+        return None
+
+
+def dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+_EXPECTED = {
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "int_parsing": "expected an integer",
+    "int_type": "expected an integer",
+    "int_from_float": "expected an integer",
+    "bool_parsing": "expected true or false",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+    "list_type": "expected a list",
+    "missing": "required key is missing",
+    "extra_forbidden": "unknown key",
+}
+
+
+def _describe(err: Any, found: Any) -> str:
+    kind = err["type"]
+    if kind in ("missing", "extra_forbidden"):
+        return _EXPECTED[kind]
+    if kind == "literal_error":
+        message = f"expected one of {err.get('ctx', {}).get('expected', '')}"
+    elif kind == "value_error":
+        message = str(err["msg"]).removeprefix("Value error, ")
+    else:
+        message = _EXPECTED.get(kind) or f"expected {err['msg'][0].lower()}{err['msg'][1:]}"
+    if isinstance(found, dict | list) and len(repr(found)) > 80:
+        return f"{message}, got a {type(found).__name__}"
+    return f"{message}, got {found!r}"
+
+
+def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
+    cls: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        sub = [a for a in typing.get_args(field.annotation) or (field.annotation,)
+               if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not sub:
+            return []
+        cls = sub[0]
+    return list(getattr(cls, "model_fields", {}))
+
+
+def _node_lines(node: yaml.Node, loc: Loc = ()) -> dict[Loc, int]:
+    """Map each dotted location of a composed YAML document to its 1-based line."""
+    out: dict[Loc, int] = {loc: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[loc + (key,)] = key_node.start_mark.line + 1
+            for sub_loc, line in _node_lines(value_node, loc + (key,)).items():
+                out.setdefault(sub_loc, line)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out.update(_node_lines(item, loc + (i,)))
+    return out

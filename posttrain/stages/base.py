@@ -1,0 +1,92 @@
+"""What a stage receives (`StageContext`) and returns (`StageResult`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from posttrain.errors import StageError
+from posttrain.recipe import Recipe, StageConfig
+
+#: File names stages write, so that later stages and `posttrain report` can find them.
+MODEL_DIR = "model"
+DATA_FILE = "data.jsonl"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class StageResult:
+    metrics: dict[str, Any] = field(default_factory=dict)
+    #: Named outputs (paths) for later stages, e.g. {"model": ".../sft/model"}.
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StageContext:
+    recipe: Recipe
+    config: StageConfig
+    run_dir: Path
+    #: Hub name or local path of the recipe's base model (a built tiny model lives in DIR/base_model).
+    base_model: str
+    log: logging.Logger
+    #: Process rank and count when the stage runs under `accelerate launch`.
+    process_index: int = 0
+    num_processes: int = 1
+
+    @property
+    def stage_dir(self) -> Path:
+        return self.run_dir / self.config.name
+
+    @property
+    def seed(self) -> int:
+        return self.recipe.seed
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.process_index == 0
+
+    def stage_output(self, name: str) -> Path:
+        """Folder of an earlier stage of this recipe."""
+        if name not in self.recipe.stage_names():
+            raise StageError(f"stage {self.config.name!r}: no stage named {name!r} in the recipe")
+        return self.run_dir / name
+
+    def resolve_model(self, ref: str | None) -> str:
+        """`None`/`"base"` → the base model; an earlier stage's name → its `model/`; else a path or hub name."""
+        if ref is None or ref == "base":
+            return self.base_model
+        if ref in self.recipe.stage_names():
+            path = self.run_dir / ref / MODEL_DIR
+            if not (path / "config.json").exists():
+                raise StageError(
+                    f"stage {self.config.name!r} needs the model of stage {ref!r}, but {path} has none: "
+                    f"run stage {ref!r} first (posttrain run RECIPE --stages {ref},{self.config.name})"
+                )
+            return str(path)
+        return ref
+
+    def resolve_data(self, ref: str, filename: str = DATA_FILE) -> Path:
+        """An earlier stage's name → its `filename`; else a local file path."""
+        if ref in self.recipe.stage_names():
+            path = self.run_dir / ref / filename
+            if not path.exists():
+                raise StageError(
+                    f"stage {self.config.name!r} needs {filename} from stage {ref!r}, but {path} does not "
+                    f"exist: run stage {ref!r} first"
+                )
+            return path
+        path = Path(ref)
+        if not path.exists():
+            raise StageError(f"stage {self.config.name!r}: data file {ref!r} does not exist")
+        return path
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        """One JSON line per logging step in DIR/<stage>/metrics.jsonl (main process only)."""
+        if not self.is_main_process:
+            return
+        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.stage_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")

@@ -1,0 +1,48 @@
+"""Entry point of one process of a stage run under `accelerate launch` (see runner._run_launched).
+
+`python -m posttrain.worker RUN_DIR STAGE` rebuilds the stage's context from the resolved recipe;
+rank 0 writes DIR/<stage>/result.json for the runner.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from accelerate import PartialState
+
+    from posttrain.log import setup_logging
+    from posttrain.recipe import load_recipe
+    from posttrain.runner import RESOLVED_RECIPE, RESULT_FILE
+    from posttrain.stages import get_stage_kind
+    from posttrain.stages.base import StageContext
+    from posttrain.tiny import base_model_ref
+
+    run_dir, stage_name = argv or sys.argv[1:]
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    state = PartialState()
+    setup_logging(None, rank=state.process_index)
+    recipe = load_recipe(Path(run_dir) / RESOLVED_RECIPE)
+    stage = recipe.stage(stage_name)
+    ctx = StageContext(recipe, stage, Path(run_dir), base_model_ref(recipe, Path(run_dir)),
+                       logging.getLogger(f"posttrain.{stage_name}"),
+                       process_index=state.process_index, num_processes=state.num_processes)
+    result = get_stage_kind(stage.kind).run(ctx)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        out = Path(run_dir) / stage_name / RESULT_FILE
+        out.write_text(json.dumps({"metrics": result.metrics, "outputs": result.outputs}))
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reward functions with TRL's signature: `fn(completions, **columns) -> list[float | None]`."""

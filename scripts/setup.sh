@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# One-step setup on a fresh machine: .venv/ with the project and its extras, plus the system
+# packages later stages need (bubblewrap for the code sandbox). Idempotent: a second run is quick.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-}
+EXTRAS=${POSTTRAIN_EXTRAS:-dev}
+STAMP="$VENV/.posttrain-setup"
+
+say() { printf '[setup] %s\n' "$*"; }
+
+# --- system packages -------------------------------------------------------------------------------
+install_system_packages() {
+    if command -v bwrap >/dev/null 2>&1; then return 0; fi
+    local cmd="apt-get install -y --no-install-recommends bubblewrap"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing bubblewrap (code sandbox)"
+        if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null 2>&1 ||
+               { apt-get update -qq >/dev/null 2>&1 &&
+                 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null 2>&1; }; }; then
+            say "WARNING: could not install bubblewrap; the 'code' reward will refuse to run. Try: $cmd"
+        fi
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then
+        say "installing bubblewrap with sudo (code sandbox)"
+        sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null 2>&1 ||
+            { sudo -n apt-get update -qq >/dev/null 2>&1 &&
+              sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null 2>&1; } ||
+            say "WARNING: could not install bubblewrap. Run: sudo $cmd"
+    else
+        say "bubblewrap is missing and cannot be installed from here (not root, no passwordless sudo)."
+        say "Run this once, then 'make setup' again:  sudo $cmd"
+        say "Everything but the sandboxed 'code' reward works without it."
+    fi
+}
+
+# --- python ----------------------------------------------------------------------------------------
+pick_python() {
+    if [ -n "$PYTHON" ]; then echo "$PYTHON"; return; fi
+    for p in python3.12 python3.11 python3.10 python3; do
+        if command -v "$p" >/dev/null 2>&1 &&
+           "$p" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+            # Resolve pyenv shims to the real interpreter: the shim costs ~190 ms per start.
+            "$p" -c 'import sys; print(sys.executable)'; return
+        fi
+    done
+    say "ERROR: Python >= 3.10 not found; set PYTHON=/path/to/python3" >&2; exit 1
+}
+
+has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+
+install_system_packages
+
+fingerprint=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-${EXTRAS}-${POSTTRAIN_TORCH_SPEC:-default}
+if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$fingerprint" ]; then
+    say "environment up to date ($VENV)"; exit 0
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    py=$(pick_python)
+    say "creating $VENV with $py"
+    "$py" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+
+# torch first: a plain 'pip install torch' pulls a ~5.6 GB CUDA build. Without a GPU we install the
+# CPU build; POSTTRAIN_TORCH_SPEC overrides (e.g. POSTTRAIN_TORCH_SPEC='torch==2.13.0' or a CUDA pin).
+if ! "$VENV/bin/python" -c 'import torch' >/dev/null 2>&1; then
+    if [ -n "${POSTTRAIN_TORCH_SPEC:-}" ]; then
+        say "installing ${POSTTRAIN_TORCH_SPEC}"; "${PIP[@]}" install "${POSTTRAIN_TORCH_SPEC}"
+    elif has_gpu; then
+        say "GPU found: installing the default (CUDA) torch build"; "${PIP[@]}" install torch
+    else
+        say "no GPU: installing the CPU build of torch"
+        "${PIP[@]}" install torch==2.13.0 ||
+            "${PIP[@]}" install torch --index-url https://download.pytorch.org/whl/cpu
+    fi
+fi
+
+say "installing posttrain[$EXTRAS] (editable)"
+"${PIP[@]}" install -e ".[${EXTRAS}]"
+echo "$fingerprint" > "$STAMP"
+say "done: $VENV/bin/posttrain"

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from posttrain.errors import PosttrainError
+from posttrain.recipe import parse_recipe
+from posttrain.runner import read_state, run_recipe
+
+RECIPE = """\
+output_dir: {out}
+seed: 0
+model:
+  name_or_path: {base}
+stages:
+  - name: first
+    kind: counting
+    rows: {rows}
+    delay_s: {delay}
+  - name: second
+    kind: counting
+    rows: 2
+    data: first
+"""
+
+
+def recipe_text(out: Path, base: Path, rows: int = 5, delay: float = 0.0) -> str:
+    return RECIPE.format(out=out, base=base, rows=rows, delay=delay)
+
+
+def test_run_writes_outputs_and_report(tmp_path: Path, tiny_base: Path) -> None:
+    out = tmp_path / "run"
+    report = run_recipe(parse_recipe(recipe_text(out, tiny_base)))
+    assert list(report["stages"]) == ["first", "second"]
+    first = report["stages"]["first"]
+    assert first["kind"] == "counting" and first["status"] == "done" and first["metrics"]["rows"] == 5
+    assert json.loads((out / "report.json").read_text()) == report
+    assert (out / "resolved_recipe.yaml").exists() and (out / "report.md").exists()
+    # The second stage read the first one's output through its reference.
+    rows = [json.loads(line) for line in (out / "second" / "data.jsonl").read_text().splitlines()]
+    assert rows[0]["upstream"] == 5
+
+
+def test_rerun_skips_unchanged_and_reruns_changed(tmp_path: Path, tiny_base: Path) -> None:
+    out = tmp_path / "run"
+    run_recipe(parse_recipe(recipe_text(out, tiny_base)))
+    report = run_recipe(parse_recipe(recipe_text(out, tiny_base)))
+    assert [e["status"] for e in report["stages"].values()] == ["skipped", "skipped"]
+    assert report["stages"]["first"]["metrics"]["rows"] == 5  # metrics survive a skip
+
+    # Changing the first stage reruns it, and the second too (it depends on the first).
+    report = run_recipe(parse_recipe(recipe_text(out, tiny_base, rows=3)))
+    assert [e["status"] for e in report["stages"].values()] == ["done", "done"]
+    assert len((out / "first" / "data.jsonl").read_text().splitlines()) == 3
+    # The old outputs were moved aside, not deleted.
+    assert len((out / "first.prev" / "data.jsonl").read_text().splitlines()) == 5
+
+
+def test_only_selected_stages_run(tmp_path: Path, tiny_base: Path) -> None:
+    out = tmp_path / "run"
+    report = run_recipe(parse_recipe(recipe_text(out, tiny_base)), only=["first"])
+    assert list(report["stages"]) == ["first"]
+    with pytest.raises(PosttrainError, match="no stage named nope"):
+        run_recipe(parse_recipe(recipe_text(out, tiny_base)), only=["nope"])
+
+
+def test_failed_stage_is_reported_and_stops_the_run(tmp_path: Path, tiny_base: Path) -> None:
+    out = tmp_path / "run"
+    text = recipe_text(out, tiny_base).replace("data: first", "data: /no/such/file.jsonl")
+    report = run_recipe(parse_recipe(text))
+    second = report["stages"]["second"]
+    assert second["status"] == "failed"
+    assert "does not exist" in second["metrics"]["error"]
+    assert read_state(out / "second")["status"] == "failed"  # type: ignore[index]
+
+
+def _cli(python: str, recipe: Path) -> subprocess.Popen[str]:
+    code = ("import sys; from posttrain.stages import register_stage_kind; "
+            "register_stage_kind('counting', 'tests.posttrain.plugins.counting_stage'); "
+            "from posttrain.cli import main; sys.exit(main(sys.argv[1:]))")
+    return subprocess.Popen([python, "-c", code, "run", str(recipe)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_mid_stage_then_resume_gives_same_outputs(tmp_path: Path, tiny_base: Path, python: str) -> None:
+    out, ref = tmp_path / "killed", tmp_path / "reference"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text(out, tiny_base, rows=40, delay=0.05))
+    proc = _cli(python, recipe)
+    data = out / "first" / "data.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not data.exists() or len(data.read_text().splitlines()) < 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err
+    written = len(data.read_text().splitlines())
+    assert 5 <= written < 40
+    assert read_state(out / "first")["status"] == "interrupted"  # type: ignore[index]
+
+    proc = _cli(python, recipe)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"]["first"]["status"] == "done"
+    assert report["stages"]["first"]["metrics"]["resumed_at"] == written
+
+    ref_recipe = tmp_path / "ref.yaml"
+    ref_recipe.write_text(recipe_text(ref, tiny_base, rows=40, delay=0.0))
+    assert _cli(python, ref_recipe).wait(timeout=120) == 0
+    for stage in ("first", "second"):
+        assert (out / stage / "data.jsonl").read_text() == (ref / stage / "data.jsonl").read_text()
+
+
+def test_cli_run_exit_codes(tmp_path: Path, tiny_base: Path, python: str) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text(tmp_path / "out", tiny_base).replace("data: first", "data: /nope"))
+    proc = _cli(python, recipe)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "failed stages: second" in err
+    recipe.write_text("stages: [")
+    proc = _cli(python, recipe)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "invalid YAML" in err and "Traceback" not in err
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from data_pipelines.tasks.arithmetic import solution_text
+from posttrain.models import load_causal_lm, load_tokenizer
+from posttrain.recipe import parse_recipe
+from posttrain.tiny import materialize_base
+
+
+def test_tokenizer_round_trips_and_keeps_think_ordinary(tiny_base: Path) -> None:
+    tok = load_tokenizer(str(tiny_base))
+    text = "Compute 365+75." + solution_text(365, 75)
+    ids = tok(text)["input_ids"]
+    assert tok.decode(ids) == text
+    # Digits are single tokens; <think> is one token that survives skip_special_tokens.
+    assert tok.convert_ids_to_tokens(tok("365")["input_ids"]) == ["3", "6", "5"]
+    assert len(tok("<think>")["input_ids"]) == 1
+    assert "<think>" in tok.decode(ids, skip_special_tokens=True)
+    assert tok.decode(tok("naïve 中文 ∫x")["input_ids"]) == "naïve 中文 ∫x"  # byte-level: nothing is lost
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert chat.endswith("<｜Assistant｜>") and "hi" in chat
+
+
+def test_tiny_model_is_deepseek_v3_moe_and_loads_by_path(tiny_base: Path) -> None:
+    model = load_causal_lm(str(tiny_base))
+    cfg = model.config
+    assert cfg.model_type == "deepseek_v3" and cfg.n_routed_experts == 8 and cfg.first_k_dense_replace == 1
+    layer = model.model.layers[1]
+    assert hasattr(layer.mlp, "gate") and hasattr(layer.mlp, "shared_experts")  # routed + shared experts
+    assert hasattr(layer.self_attn, "kv_a_proj_with_mqa")  # MLA
+    n = sum(p.numel() for p in model.parameters())
+    assert 0.5e6 < n < 5e6
+    tok = load_tokenizer(str(tiny_base))
+    batch = tok(["Compute 1+2.", "Compute 12+345."], return_tensors="pt", padding=True)
+    out = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape == (2, batch["input_ids"].shape[1] + 4)
+
+
+def test_materialize_base_is_cached_and_deterministic(tmp_path: Path) -> None:
+    text = """
+output_dir: {out}
+seed: 5
+model: {{tiny: {{num_hidden_layers: 2}}}}
+tokenizer: {{train: {{corpus: "data_pipelines.tasks.arithmetic:corpus", corpus_kwargs: {{n: 200}}}}}}
+stages: [{{name: s, kind: counting}}]
+"""
+    recipe_a = parse_recipe(text.format(out=tmp_path / "a"))
+    ref, digest = materialize_base(recipe_a, tmp_path / "a")
+    stamp = Path(ref) / "posttrain_base.json"
+    before = stamp.stat().st_mtime_ns
+    assert materialize_base(recipe_a, tmp_path / "a") == (ref, digest)
+    assert stamp.stat().st_mtime_ns == before  # reused, not rebuilt
+    ref_b, digest_b = materialize_base(parse_recipe(text.format(out=tmp_path / "b")), tmp_path / "b")
+    assert digest_b == digest
+    a, b = load_causal_lm(ref), load_causal_lm(ref_b)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert json.loads(stamp.read_text())["parameters"] > 0
+    assert a.config.num_hidden_layers == 2

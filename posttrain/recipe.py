@@ -85,6 +85,19 @@ class TokenizerSpec(StrictModel):
         return self
 
 
+class RewardSpec(StrictModel):
+    """One reward of a weighted mix: a built-in name, `module:function`, or an entry point."""
+
+    name: str
+    weight: float = 1.0
+    #: Options bound to the reward; `model: <stage name>` is replaced by that stage's model folder.
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name.rpartition(":")[2].rpartition(".")[2]
+
+
 class LaunchSpec(StrictModel):
     """Run the stage in several processes with `accelerate launch` (DDP, or DeepSpeed/FSDP by config file)."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.errors import StageError
-from posttrain.recipe import Recipe, StageConfig
+from posttrain.recipe import Recipe, RewardSpec, StageConfig
 
 #: File names stages write, so that later stages and `posttrain report` can find them.
 MODEL_DIR = "model"
@@ -82,6 +82,18 @@ class StageContext:
         if not path.exists():
             raise StageError(f"stage {self.config.name!r}: data file {ref!r} does not exist")
         return path
+
+    def build_rewards(self, specs: list[RewardSpec]) -> list[tuple[Any, float]]:
+        """(reward function, weight) per spec, with `model:` kwargs naming a stage resolved to its model."""
+        from rewards.registry import get_reward
+
+        out = []
+        for spec in specs:
+            kwargs = dict(spec.kwargs)
+            if isinstance(kwargs.get("model"), str) and kwargs["model"] in self.recipe.stage_names():
+                kwargs["model"] = self.resolve_model(kwargs["model"])
+            out.append((get_reward(spec.name, **kwargs), spec.weight))
+        return out
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         """One JSON line per logging step in DIR/<stage>/metrics.jsonl (main process only)."""

@@ -1,0 +1,81 @@
+"""Where the answer is: completion text (string or chat list), the part after `</think>`, the last `\\boxed{}`.
+
+Reading the answer from the wrong place (inside `<think>`, or the chat template's text) is the
+most common reason a reward sits at 0; every reward reads it through these functions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#-]*)[^\n]*\n(.*?)```", re.DOTALL)
+
+
+def completion_text(completion: Any) -> str:
+    """A completion as TRL passes it: a string, or a chat list whose last assistant message is the text.
+
+    >>> completion_text([{"role": "assistant", "content": "hi"}])
+    'hi'
+    """
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        return str(completion.get("content", ""))
+    if isinstance(completion, list | tuple):
+        contents = [m.get("content", "") for m in completion if isinstance(m, dict) and m.get("role") == "assistant"]
+        if not contents:
+            contents = [m.get("content", "") for m in completion if isinstance(m, dict)]
+        return str(contents[-1]) if contents else ""
+    return "" if completion is None else str(completion)
+
+
+def split_think(text: str) -> tuple[str | None, str]:
+    """(reasoning, answer): the answer is what follows the last `</think>`; (None, text) without one.
+
+    >>> split_think("<think>2+2=4</think> The answer is 4.")
+    ('2+2=4', ' The answer is 4.')
+    """
+    if THINK_CLOSE not in text:
+        return None, text
+    head, _, tail = text.rpartition(THINK_CLOSE)
+    start = head.find(THINK_OPEN)
+    return (head[start + len(THINK_OPEN):] if start >= 0 else head), tail
+
+
+def answer_text(completion: Any) -> str:
+    """The part of a completion that holds its answer (after `</think>` when present)."""
+    return split_think(completion_text(completion))[1]
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` (or `\\fbox{...}`), braces balanced; None if there is none.
+
+    >>> last_boxed(r"\\boxed{1} then \\boxed{\\frac{1}{2}}")
+    '\\\\frac{1}{2}'
+    """
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j]
+    return None
+
+
+def last_code_block(text: str) -> tuple[str | None, str] | None:
+    """(language tag or None, code) of the last fenced block; None if there is none."""
+    blocks = _FENCE.findall(text)
+    if not blocks:
+        return None
+    lang, code = blocks[-1]
+    return (lang.lower() or None), code

@@ -1,0 +1,228 @@
+"""Filters a correct sample must still pass before it becomes SFT data: R1 format, length, language
+mixing, exact and near duplicates. DeepSeek-R1 filtered its distilled reasoning data for "mixed
+languages, long paragraphs, and code blocks"; these are the rule-based ones.
+
+Each check returns a reason (a short stats key) or None when the sample passes.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rewards.answer import THINK_CLOSE, THINK_OPEN, last_boxed
+
+#: Language codes a recipe may give, and the script their words are written in.
+LANGUAGE_SCRIPTS = {
+    "en": "latin", "fr": "latin", "de": "latin", "es": "latin", "it": "latin", "pt": "latin", "nl": "latin",
+    "zh": "cjk", "ja": "cjk", "ko": "hangul", "ru": "cyrillic", "uk": "cyrillic", "ar": "arabic", "he": "hebrew",
+    "hi": "devanagari", "th": "thai", "el": "greek",
+}
+#: Unicode name prefixes grouped into scripts (Japanese kana count with CJK: they mix by nature).
+_SCRIPT_OF_PREFIX = {"LATIN": "latin", "CJK": "cjk", "HIRAGANA": "cjk", "KATAKANA": "cjk", "HANGUL": "hangul",
+                     "CYRILLIC": "cyrillic", "ARABIC": "arabic", "HEBREW": "hebrew", "DEVANAGARI": "devanagari",
+                     "THAI": "thai", "GREEK": "greek"}
+#: Markup that is not language: think tags, LaTeX commands, code blocks.
+_NOT_LANGUAGE = re.compile(r"```.*?```|</?think>|\\[A-Za-z]+", re.DOTALL)
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+class NearDuplicateSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: Jaccard similarity of shingle sets at or above which a sample is a near duplicate.
+    threshold: float = Field(0.9, gt=0, le=1)
+    #: Tokens per shingle (tokens: words, numbers, single punctuation marks).
+    shingle: int = Field(3, ge=1)
+    #: `prompt`: against the samples kept for the same prompt; `global`: against every kept sample.
+    scope: Literal["prompt", "global"] = "prompt"
+
+
+class FilterSpec(BaseModel):
+    """Which filters run on samples that passed the rewards (set a key to null/false to turn it off)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: R1 format: `<think>...</think>` first, then a non-empty answer.
+    format: bool = True
+    #: The answer (after `</think>`) must hold a `\\boxed{}`.
+    require_boxed: bool = False
+    #: Longest completion, in tokens of `tokenizer` (default: the recipe's base model tokenizer).
+    max_tokens: int | None = Field(None, ge=1)
+    tokenizer: str | None = None
+    #: Longest completion in characters.
+    max_chars: int | None = Field(None, ge=1)
+    #: Expected language (`en`, `zh`, ...) or script (`latin`, `cjk`, ...); None: the completion's main script.
+    language: str | None = None
+    #: Largest share of letters outside that script; null turns the language filter off.
+    max_mixed: float | None = Field(0.05, ge=0, le=1)
+    #: Letters needed before mixing is judged (a short answer says little).
+    min_letters: int = Field(20, ge=1)
+    exact_duplicates: bool = True
+    near_duplicates: NearDuplicateSpec | None = Field(default_factory=NearDuplicateSpec)
+
+
+def format_problem(text: str, require_boxed: bool = False) -> str | None:
+    """None if `text` has R1's format (one `<think>` block first, then an answer), else what is wrong.
+
+    >>> format_problem("<think>1+1=2</think> The answer is \\\\boxed{2}.", require_boxed=True) is None
+    True
+    >>> format_problem("The answer is 2.")
+    'no <think> block at the start'
+    """
+    body = text.lstrip()
+    if not body.startswith(THINK_OPEN):
+        return "no <think> block at the start"
+    if text.count(THINK_OPEN) != 1 or text.count(THINK_CLOSE) != 1:
+        return "expected exactly one <think> and one </think>"
+    reasoning, _, answer = body[len(THINK_OPEN):].partition(THINK_CLOSE)
+    if not reasoning.strip():
+        return "empty reasoning"
+    if not answer.strip():
+        return "no answer after </think>"
+    if require_boxed and last_boxed(answer) is None:
+        return "no \\boxed{} answer"
+    return None
+
+
+def script_counts(text: str) -> Counter[str]:
+    """Letters per script, markup (think tags, LaTeX commands, code blocks) left out."""
+    counts: Counter[str] = Counter()
+    for ch in _NOT_LANGUAGE.sub(" ", text):
+        if not ch.isalpha():
+            continue
+        name = unicodedata.name(ch, "")
+        counts[_SCRIPT_OF_PREFIX.get(name.split(" ", 1)[0], "other")] += 1
+    return counts
+
+
+def mixed_share(text: str, language: str | None = None) -> tuple[float, int]:
+    """(share of letters outside the expected script, letters counted). Greek letters in math do not count."""
+    counts = script_counts(text)
+    target = LANGUAGE_SCRIPTS.get(language, language) if language else None
+    if target != "greek":
+        counts.pop("greek", None)
+    total = sum(counts.values())
+    if total == 0:
+        return 0.0, 0
+    if target is None:
+        target = counts.most_common(1)[0][0]
+    return 1.0 - counts.get(target, 0) / total, total
+
+
+def is_language_mixed(text: str, language: str | None = None, max_mixed: float = 0.05, min_letters: int = 20) -> bool:
+    """True when more than `max_mixed` of the letters are outside the expected (or main) script.
+
+    >>> is_language_mixed("Let us add the digits first, then carry the one.")
+    False
+    >>> is_language_mixed("Let us add the digits first, 然后我们进位 then carry the one.")
+    True
+    """
+    share, letters = mixed_share(text, language)
+    return letters >= min_letters and share > max_mixed
+
+
+def normalize(text: str) -> str:
+    """Whitespace-collapsed text: exact duplicates are equal after this."""
+    return " ".join(text.split())
+
+
+def shingles(text: str, k: int = 3) -> frozenset[tuple[str, ...]]:
+    """Sets of k consecutive tokens (the whole text when shorter), lower-cased."""
+    tokens = _TOKEN.findall(text.lower())
+    if len(tokens) <= k:
+        return frozenset([tuple(tokens)])
+    return frozenset(tuple(tokens[i:i + k]) for i in range(len(tokens) - k + 1))
+
+
+def jaccard(a: frozenset[tuple[str, ...]], b: frozenset[tuple[str, ...]]) -> float:
+    if not a and not b:
+        return 1.0
+    inter = len(a & b)
+    return inter / (len(a) + len(b) - inter)
+
+
+class NearDuplicateIndex:
+    """Kept samples' shingle sets with an inverted index: a query compares only with samples sharing a shingle."""
+
+    def __init__(self, threshold: float = 0.9, k: int = 3):
+        self.threshold, self.k = threshold, k
+        self.sets: list[frozenset[tuple[str, ...]]] = []
+        self.postings: dict[tuple[str, ...], list[int]] = defaultdict(list)
+
+    def __len__(self) -> int:
+        return len(self.sets)
+
+    def find(self, text: str) -> int | None:
+        """Index of a kept sample at least `threshold` similar to `text`, or None."""
+        query = shingles(text, self.k)
+        shared: Counter[int] = Counter()
+        for sh in query:
+            shared.update(self.postings.get(sh, ()))
+        for idx, inter in shared.most_common():
+            other = self.sets[idx]
+            if inter / (len(query) + len(other) - inter) >= self.threshold:
+                return idx
+            if inter / len(query) < self.threshold:
+                break  # sorted by shared count, and Jaccard <= shared / |query|: no later one can match
+        return None
+
+    def add(self, text: str) -> None:
+        sh = shingles(text, self.k)
+        idx = len(self.sets)
+        self.sets.append(sh)
+        for s in sh:
+            self.postings[s].append(idx)
+
+
+class SampleFilter:
+    """Runs the configured checks on one prompt's passing samples, remembering what was kept."""
+
+    def __init__(self, spec: FilterSpec, count_tokens: object = None):
+        self.spec = spec
+        #: `fn(text) -> int`, needed when `max_tokens` is set.
+        self.count_tokens = count_tokens
+        self.seen: set[str] = set()
+        self.global_index = self._index("global")
+        self._prompt_index: NearDuplicateIndex | None = None
+
+    def _index(self, scope: str) -> NearDuplicateIndex | None:
+        near = self.spec.near_duplicates
+        return NearDuplicateIndex(near.threshold, near.shingle) if near and near.scope == scope else None
+
+    def start_prompt(self) -> None:
+        """A new prompt begins: per-prompt near-duplicate checks start empty."""
+        self._prompt_index = self._index("prompt")
+
+    def check(self, text: str) -> str | None:
+        """The first failing filter's reason, or None (the sample may be kept)."""
+        spec = self.spec
+        if spec.format and format_problem(text, spec.require_boxed) is not None:
+            return "format"
+        if spec.max_chars is not None and len(text) > spec.max_chars:
+            return "max_length"
+        if spec.max_tokens is not None:
+            if not callable(self.count_tokens):
+                raise TypeError("max_tokens needs a token counter")
+            if self.count_tokens(text) > spec.max_tokens:
+                return "max_length"
+        if spec.max_mixed is not None and is_language_mixed(text, spec.language, spec.max_mixed, spec.min_letters):
+            return "language_mixing"
+        if spec.exact_duplicates and normalize(text) in self.seen:
+            return "duplicate"
+        for index in (self._prompt_index, self.global_index):
+            if index is not None and index.find(text) is not None:
+                return "near_duplicate"
+        return None
+
+    def add(self, text: str) -> None:
+        """Record a kept sample (for the duplicate checks of later ones)."""
+        if self.spec.exact_duplicates:
+            self.seen.add(normalize(text))
+        for index in (self._prompt_index, self.global_index):
+            if index is not None:
+                index.add(text)

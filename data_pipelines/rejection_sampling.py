@@ -1,0 +1,277 @@
+"""Rejection sampling: score a prompt's samples with rule-based rewards and keep the ones that pass.
+
+DeepSeek-V3/R1 build reasoning SFT data this way: sample several answers per prompt from an expert
+model, verify them by rule (the answer, the format), keep the correct ones. `judge` applies the keep
+rule to one sample's scores; `select` orders a prompt's samples (shortest first when asked) so that
+the filters and the `keep_per_prompt` cap see them in the order they should be preferred.
+`RejectionSampler` runs the whole loop on a batch of prompts: generate, score, judge, filter, cap,
+and returns the rows to write plus the counts for the stats.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from data_pipelines.filters import SampleFilter
+from posttrain.generation import Generator, SamplingParams, as_messages
+
+log = logging.getLogger("posttrain.data.rejection")
+
+#: Reasons that say a sample is worse than a kept one: such samples make preference pairs.
+QUALITY_REASONS = ("reward_", "min_score", "format", "max_length", "language_mixing")
+
+
+class KeepRule(BaseModel):
+    """`all`: every reward at or above its threshold; `min_score`: the weighted sum at or above `min_score`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rule: Literal["all", "min_score"] = "all"
+    #: Threshold of every reward under `all` (a binary verifier gives 1.0 to a correct answer).
+    threshold: float = 1.0
+    #: Per-reward thresholds by label (the reward's name), overriding `threshold`.
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    min_score: float | None = None
+
+    @model_validator(mode="after")
+    def _min_score_given(self) -> KeepRule:
+        if self.rule == "min_score" and self.min_score is None:
+            raise ValueError("rule 'min_score' needs 'min_score'")
+        return self
+
+
+@dataclass
+class Sample:
+    """One generated answer and what became of it."""
+
+    prompt_id: str
+    teacher: str
+    index: int
+    completion: str
+    scores: dict[str, float | None] = field(default_factory=dict)
+    #: Why it was not kept (a stats key), or None if kept.
+    reason: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.prompt_id}-{self.teacher}-{self.index}"
+
+    @property
+    def passed(self) -> bool:
+        """Passed the keep rule (it may still fail a filter later)."""
+        return not (self.reason or "").startswith(("reward_", "min_score"))
+
+
+def reward_labels(names: Sequence[str]) -> list[str]:
+    """Unique labels for the rewards (`math`, `format`, `math_2` when a name repeats)."""
+    out: list[str] = []
+    for name in names:
+        label, k = name, 2
+        while label in out:
+            label, k = f"{name}_{k}", k + 1
+        out.append(label)
+    return out
+
+
+def score(
+    rewards: Sequence[tuple[str, Any, float]],
+    prompts: Sequence[Any],
+    completions: Sequence[str],
+    columns: dict[str, Sequence[Any]],
+) -> list[dict[str, float | None]]:
+    """Scores per completion, `{label: score}`, calling each reward once on the whole batch as TRL does
+    (`fn(completions, prompts=..., **columns)`)."""
+    out: list[dict[str, float | None]] = [{} for _ in completions]
+    for label, fn, _weight in rewards:
+        scores = fn(list(completions), prompts=list(prompts), **{k: list(v) for k, v in columns.items()})
+        for row, s in zip(out, scores, strict=True):
+            row[label] = s
+    return out
+
+
+def judge(scores: dict[str, float | None], rule: KeepRule, weights: dict[str, float]) -> str | None:
+    """None if the sample passes the keep rule, else the reason: `reward_<label>` (the first reward
+    below its threshold or without a score) or `min_score`."""
+    if rule.rule == "all":
+        for label, s in scores.items():
+            if s is None or s < rule.thresholds.get(label, rule.threshold):
+                return f"reward_{label}"
+        return None
+    total = sum(weights.get(k, 1.0) * s for k, s in scores.items() if s is not None)
+    assert rule.min_score is not None
+    return None if total >= rule.min_score else "min_score"
+
+
+def select(samples: list[Sample], prefer_shorter: bool = False, length: Any = len) -> list[Sample]:
+    """The passing samples in preference order: shortest first when asked (ties keep sample order)."""
+    passing = [s for s in samples if s.reason is None]
+    if prefer_shorter:
+        passing.sort(key=lambda s: length(s.completion))
+    return passing
+
+
+def pass_rate_histogram(counts: dict[str, int], passed: int, total: int) -> None:
+    """Add one prompt to a `{"k/n": prompts}` histogram of how many samples passed the rewards."""
+    key = f"{passed}/{total}"
+    counts[key] = counts.get(key, 0) + 1
+
+
+@dataclass
+class Teacher:
+    label: str
+    generator: Generator
+    n: int
+    sampling: SamplingParams
+
+
+@dataclass
+class BatchResult:
+    """What one batch of prompts produced: rows for data.jsonl / pairs.jsonl / errors.jsonl, and counts."""
+
+    data: list[dict[str, Any]] = field(default_factory=list)
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    generated: int = 0
+    passed: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    histogram: dict[str, int] = field(default_factory=dict)
+    #: Prompts with at least one kept sample.
+    prompts_kept: int = 0
+    per_teacher: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def reject(self, reason: str, count: int = 1) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + count
+
+
+class RejectionSampler:
+    """Generate `n` samples per prompt from each teacher, score, keep the best that pass everything."""
+
+    def __init__(
+        self,
+        teachers: Sequence[Teacher],
+        rewards: Sequence[tuple[str, Any, float]],
+        rule: KeepRule,
+        sample_filter: SampleFilter,
+        keep_per_prompt: int = 1,
+        prefer_shorter: bool = False,
+        pairs_per_prompt: int = 1,
+        teacher_retries: int = 2,
+        chat_format: bool = False,
+        length: Callable[[str], int] = len,
+        contaminated: Callable[[str], bool] | None = None,
+    ):
+        self.teachers = list(teachers)
+        self.rewards = list(rewards)
+        self.weights = {label: w for label, _, w in rewards}
+        self.rule = rule
+        self.filter = sample_filter
+        self.keep_per_prompt = keep_per_prompt
+        self.prefer_shorter = prefer_shorter
+        self.pairs_per_prompt = pairs_per_prompt
+        self.teacher_retries = teacher_retries
+        self.chat_format = chat_format
+        self.length = length
+        #: Checks a completion against the eval set (decontamination of completions), when configured.
+        self.contaminated = contaminated
+
+    @property
+    def samples_per_prompt(self) -> int:
+        return sum(t.n for t in self.teachers)
+
+    def _generate(self, teacher: Teacher, prompts: list[Any]) -> tuple[list[list[str]], list[str | None]]:
+        outs, errors = teacher.generator.generate_with_errors(prompts, teacher.n, teacher.sampling)
+        for attempt in range(1, self.teacher_retries + 1):
+            failed = [i for i, e in enumerate(errors) if e is not None]
+            if not failed:
+                break
+            log.warning("teacher %s failed on %d prompt(s) (%s); retry %d/%d", teacher.label, len(failed),
+                        str(errors[failed[0]])[:200], attempt, self.teacher_retries)
+            retry_outs, retry_errors = teacher.generator.generate_with_errors(
+                [prompts[i] for i in failed], teacher.n, teacher.sampling)
+            for i, out, err in zip(failed, retry_outs, retry_errors, strict=True):
+                outs[i], errors[i] = out, err
+        return outs, errors
+
+    def process(self, rows: Sequence[dict[str, Any]]) -> BatchResult:
+        """Rows are `{"id", "prompt", **verifier columns}`; returns what to write and count."""
+        result = BatchResult()
+        prompts = [r["prompt"] for r in rows]
+        samples: list[list[Sample]] = [[] for _ in rows]
+        for teacher in self.teachers:
+            outs, errors = self._generate(teacher, prompts)
+            stats = result.per_teacher.setdefault(teacher.label, {"generated": 0, "kept": 0, "errors": 0})
+            for i, (row, out, err) in enumerate(zip(rows, outs, errors, strict=True)):
+                result.generated += teacher.n
+                stats["generated"] += teacher.n
+                if err is not None:
+                    stats["errors"] += 1
+                    result.reject("teacher_error", teacher.n)
+                    result.errors.append({"prompt_id": row["id"], "teacher": teacher.label, "error": err})
+                    continue
+                samples[i] += [Sample(row["id"], teacher.label, j, c) for j, c in enumerate(out)]
+        self._score(rows, samples)
+        for row, group in zip(rows, samples, strict=True):
+            if group:
+                self._decide(row, group, result)
+        return result
+
+    def _score(self, rows: Sequence[dict[str, Any]], samples: list[list[Sample]]) -> None:
+        flat = [(row, s) for row, group in zip(rows, samples, strict=True) for s in group]
+        if not flat:
+            return
+        names = dict.fromkeys(k for row in rows for k in row if k not in ("id", "prompt"))
+        columns = {k: [row.get(k) for row, _ in flat] for k in names}
+        scores = score(self.rewards, [row["prompt"] for row, _ in flat], [s.completion for _, s in flat], columns)
+        for (_, s), sc in zip(flat, scores, strict=True):
+            s.scores = sc
+            s.reason = judge(sc, self.rule, self.weights)
+
+    def _decide(self, row: dict[str, Any], group: list[Sample], result: BatchResult) -> None:
+        passed = sum(s.reason is None for s in group)
+        result.passed += passed
+        pass_rate_histogram(result.histogram, passed, len(group))
+        self.filter.start_prompt()
+        kept: list[Sample] = []
+        for s in select(group, self.prefer_shorter, self.length):
+            if len(kept) >= self.keep_per_prompt:
+                s.reason = "keep_per_prompt"  # enough kept already: not examined further
+                continue
+            reason = self.filter.check(s.completion)
+            if reason is None and self.contaminated is not None and self.contaminated(s.completion):
+                reason = "contaminated"
+            if reason is None:
+                kept.append(s)
+                self.filter.add(s.completion)
+            s.reason = reason
+        for s in group:
+            if s.reason is not None:
+                result.reject(s.reason)
+        if kept:
+            result.prompts_kept += 1
+        for s in kept:
+            result.per_teacher[s.teacher]["kept"] += 1
+            result.data.append(self._data_row(row, s))
+        worse = [s for s in group if s.reason is not None and s.reason.startswith(QUALITY_REASONS)]
+        for k in range(min(self.pairs_per_prompt, len(worse)) if kept else 0):
+            chosen, rejected = kept[k % len(kept)], worse[k]
+            result.pairs.append({
+                "id": f"{row['id']}-pair{k}", "prompt_id": row["id"], "prompt": self._prompt(row["prompt"]),
+                "chosen": self._completion(chosen.completion), "rejected": self._completion(rejected.completion),
+                "chosen_id": chosen.id, "rejected_id": rejected.id, "rejected_reason": rejected.reason,
+            })
+
+    def _prompt(self, prompt: Any) -> Any:
+        return as_messages(prompt) if self.chat_format else prompt
+
+    def _completion(self, text: str) -> Any:
+        return [{"role": "assistant", "content": text}] if self.chat_format else text
+
+    def _data_row(self, row: dict[str, Any], s: Sample) -> dict[str, Any]:
+        extra = {k: v for k, v in row.items() if k not in ("id", "prompt")}
+        return {"id": s.id, "prompt_id": row["id"], "prompt": self._prompt(row["prompt"]),
+                "completion": self._completion(s.completion), "teacher": s.teacher, "scores": s.scores, **extra}

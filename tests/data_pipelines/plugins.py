@@ -1,0 +1,65 @@
+"""Teachers, rewards and prompt sources used by the data pipeline tests, written as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from data_pipelines.tasks.arithmetic import teacher as arithmetic_teacher
+from rewards.answer import answer_text, completion_text, last_boxed, split_think
+
+
+def boxed_answer(completions: list[Any], solution: list[str], **kwargs: Any) -> list[float]:
+    """1.0 when the last \\boxed{} after </think> equals the `solution` column."""
+    return [float(last_boxed(answer_text(c)) == s) for c, s in zip(completions, solution, strict=True)]
+
+
+def think_format(completions: list[Any], **kwargs: Any) -> list[float]:
+    """1.0 for `<think>...</think>` followed by an answer."""
+    out = []
+    for c in completions:
+        text = completion_text(c)
+        reasoning, answer = split_think(text)
+        out.append(float(text.startswith("<think>") and reasoning is not None and bool(answer.strip())))
+    return out
+
+
+def slow_teacher(prompts: list[Any], n: int, sampling: Any, delay_s: float = 0.0, **kwargs: Any) -> list[list[str]]:
+    """The arithmetic teacher, `delay_s` seconds per call (to interrupt a run mid-way)."""
+    time.sleep(delay_s)
+    return arithmetic_teacher(prompts, n, sampling, **kwargs)
+
+
+def flaky_teacher(prompts: list[Any], n: int, sampling: Any, state_dir: str = "", **kwargs: Any) -> list[list[str]]:
+    """Fails the first attempt at any prompt containing 7 (a transient error); 'Compute 0+0.' always fails."""
+    out = []
+    for p in prompts:
+        if p == "Compute 0+0.":
+            raise RuntimeError("teacher crashed on 0+0")
+        marker = Path(state_dir) / (p.replace(" ", "_") + ".tried")
+        if "7" in p and not marker.exists():
+            marker.write_text("1")
+            raise ConnectionError(f"transient failure on {p!r}")
+        out.append(arithmetic_teacher([p], n, sampling, **kwargs)[0])
+    return out
+
+
+def fixed_teacher(prompts: list[Any], n: int, sampling: Any, answers: dict[str, list[str]] | None = None,
+                  path: str | None = None) -> list[list[str]]:
+    """Returns canned completions per prompt (from `answers` or a JSON file at `path`)."""
+    table = answers if answers is not None else json.loads(Path(path or "").read_text())
+    return [list(table[p])[:n] for p in prompts]
+
+
+def few_prompts(n: int = 3, offset: int = 0) -> list[dict[str, Any]]:
+    """Rows for a `function:` source."""
+    return [{"question": f"Compute {i}+{i + 1}.", "answer": str(2 * i + 1), "difficulty": i % 2, "uid": f"q{i}"}
+            for i in range(offset, offset + n)]
+
+
+def environment_variable(completions: list[Any], **kwargs: Any) -> list[float]:
+    """Proof that a reward ran in this process: the value of POSTTRAIN_TEST_REWARD (as a float)."""
+    return [float(os.environ.get("POSTTRAIN_TEST_REWARD", "0"))] * len(completions)

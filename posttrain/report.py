@@ -409,8 +409,15 @@ def _figures_distill(b: _Builder, stage: Stage) -> None:
                f"- kept: {_num(kept if kept is not None else '?')}"]
     if _is_number(kept) and _is_number(generated) and generated > 0:
         figures.append(f"- **acceptance rate: {_pct(kept / generated)}** (kept / generated)")
-    if _is_number(stats.get("pairs")):
-        figures.append(f"- preference pairs: {_num(stats['pairs'])}")
+    if _is_number(stats.get("pass_rate")):
+        figures.append(f"- samples that passed the rewards: {_pct(stats['pass_rate'])} (before the keep-per-prompt "
+                       f"limit and the quality filters)")
+    if _is_number(stats.get("prompt_yield")):
+        figures.append(f"- prompts with at least one kept answer: {_pct(stats['prompt_yield'])}")
+    for key, label in (("pairs", "preference pairs"), ("teacher_errors", "teacher errors"),
+                       ("samples_per_s", "samples per second")):
+        if _is_number(stats.get(key)):
+            figures.append(f"- {label}: {_num(stats[key])}")
     b.add("Key figures:", "", *figures, "")
     if rejected:
         total = sum(rejected.values())
@@ -428,16 +435,26 @@ def _figures_distill(b: _Builder, stage: Stage) -> None:
 
 
 def _histogram(stats: dict[str, Any]) -> tuple[list[str], list[float]] | None:
-    """A pass-rate-per-prompt histogram from stats.json: {bin: count} or a list of counts."""
+    """A pass-rate-per-prompt histogram from stats.json: {"k/n" or bin: prompts}, or a list of counts."""
     for key, value in stats.items():
         if "hist" not in key.lower():
             continue
         if isinstance(value, dict) and value and all(map(_is_number, value.values())):
-            return [str(k) for k in value], [float(v) for v in value.values()]
+            items = sorted(value.items(), key=lambda kv: _bin_order(str(kv[0])))
+            return [str(k) for k, _ in items], [float(v) for _, v in items]
         if isinstance(value, list) and value and all(map(_is_number, value)):
             n = len(value)
             return [f"{i / n:.2g}–{(i + 1) / n:.2g}" for i in range(n)], [float(v) for v in value]
     return None
+
+
+def _bin_order(label: str) -> tuple[float, str]:
+    """Sort key for histogram bins: "3/4" → 0.75, "0.5" → 0.5; anything else after, by name."""
+    try:
+        num, _, den = label.partition("/")
+        return (float(num) / float(den) if den else float(num)), label
+    except (ValueError, ZeroDivisionError):
+        return math.inf, label
 
 
 def _plot_distill(path: Path, name: str, kept: Any, rejected: dict[str, float],
@@ -460,7 +477,7 @@ def _plot_distill(path: Path, name: str, kept: Any, rejected: dict[str, float],
         ax2 = axes[0][1]
         ax2.bar(range(len(hist[1])), hist[1], color="tab:blue")
         ax2.set_xticks(range(len(hist[0])), hist[0], rotation=45 if len(hist[0]) > 6 else 0, fontsize=8)
-        ax2.set_xlabel("teacher pass rate per prompt")
+        ax2.set_xlabel("answers per prompt that passed the rewards")
         ax2.set_ylabel("prompts")
         ax2.set_title("How often the teacher was right, per prompt")
         meta["histogram"] = dict(zip(hist[0], hist[1], strict=True))

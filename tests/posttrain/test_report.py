@@ -67,9 +67,11 @@ def _grpo_rows() -> list[dict[str, Any]]:
     return rows
 
 
-STATS = {"prompts": 2000, "generated": 8000, "kept": 5040, "pairs": 1800,
-         "rejected": {"wrong_answer": 2500, "bad_format": 300, "duplicate": 160},
-         "pass_rate_histogram": {"0.0": 50, "0.25": 200, "0.5": 500, "0.75": 750, "1.0": 500}}
+# As the distill stage writes it (keep_per_prompt 1 of n = 4; histogram keys "passed/n", in arrival order).
+STATS = {"prompts": 2000, "generated": 8000, "kept": 1900, "pairs": 1800, "passed_rewards": 5040,
+         "pass_rate": 0.63, "prompt_yield": 0.95, "teacher_errors": 0,
+         "rejected": {"math": 2500, "format": 300, "duplicate": 160, "keep_per_prompt": 3140},
+         "pass_rate_histogram": {"3/4": 750, "4/4": 500, "1/4": 200, "0/4": 100, "2/4": 450}}
 EVALS = {
     "eval_base": {"accuracy": 0.0, "pass@1": 0.0, "model": "runs/x/base_model"},
     "eval_sft": {"accuracy": 0.584, "pass@1": 0.259, "pass@k": 0.61, "k": 4, "model": "runs/x/sft/model"},
@@ -94,7 +96,7 @@ def make_run(root: Path) -> Path:
     run.mkdir(parents=True)
     (run / "resolved_recipe.yaml").write_text(yaml.safe_dump({"output_dir": str(run), "stages": stages}))
     metrics = {
-        "distill": {"kept": 5040, "rows": 5040},
+        "distill": {"kept": 1900, "acceptance_rate": 0.2375},
         "sft": {"train_loss": 0.61, "steps": 300, "rows": 5040, "model": str(run / "sft/model"),
                 "balance_baseline": {"metrics_file": "sft_gamma0/metrics.jsonl", "label": "γ = 0 (no balancing)"}},
         "reward_model": {"pairwise_accuracy": 0.87, "train_loss": 0.35},
@@ -167,7 +169,9 @@ def test_full_run_report(tmp_path: Path) -> None:
 
     # Distill: acceptance rate and every rejection reason with its count and share.
     assert "Sampled 8000 completions for 2000 prompts" in sec["distill"]
-    assert "**acceptance rate: 63.0 %**" in sec["distill"]
+    assert "**acceptance rate: 23.8 %**" in sec["distill"]
+    assert "samples that passed the rewards: 63.0 %" in sec["distill"]
+    assert "prompts with at least one kept answer: 95.0 %" in sec["distill"]
     total = sum(STATS["rejected"].values())
     for reason, count in STATS["rejected"].items():
         assert f"| {reason} | {count} | {100 * count / total:.1f} % |" in sec["distill"]
@@ -215,7 +219,8 @@ def test_full_run_report(tmp_path: Path) -> None:
     rewards = png_info(run / "plots" / "grpo_rewards.png")["data"]["series"]
     assert rewards == {"format": len(GRPO_STEPS), "math": len(GRPO_STEPS), "reward (weighted sum)": len(GRPO_STEPS)}
     distill = png_info(run / "plots" / "distill_distill.png")["data"]
-    assert distill["bars"]["kept"] == 5040 and distill["bars"]["rejected: bad_format"] == 300
+    assert distill["bars"]["kept"] == 1900 and distill["bars"]["rejected: format"] == 300
+    assert list(distill["histogram"]) == ["0/4", "1/4", "2/4", "3/4", "4/4"]  # in pass-rate order
     assert distill["histogram"] == STATS["pass_rate_histogram"]
     comparison = png_info(run / "plots" / "maxvio_comparison.png")["data"]["series"]
     assert set(comparison) == {"sft (γ = 0.001)", "grpo (γ = 0.001)"}

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import doctest
+import pickle
+from pathlib import Path
+
+import pytest
+
+import rewards.overlong
+from posttrain.errors import PluginError
+from rewards.overlong import OverlongReward, soft_overlong_penalty
+from rewards.registry import get_reward
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny word-level tokenizer (digits are single tokens), saved like a model's."""
+    from data_pipelines.tasks.arithmetic import corpus
+    from posttrain.tiny import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    train_tokenizer(corpus(), 512).save_pretrained(out)
+    return out
+
+
+def test_dapo_schedule() -> None:
+    # max 20, cache 8: free up to 12, then linear down to -1 at 20, -1 past it.
+    assert [soft_overlong_penalty(n, 20, 8) for n in (0, 12, 13, 16, 20, 21, 500)] == [
+        0.0, 0.0, -0.125, -0.5, -1.0, -1.0, -1.0]
+
+
+def test_characters_without_a_tokenizer() -> None:
+    reward = get_reward("overlong", max_length=10, cache_length=4)
+    assert reward(["x" * 6, "x" * 8, [{"role": "assistant", "content": "x" * 12}]]) == [0.0, -0.5, -1.0]
+
+
+def test_tokens_with_a_tokenizer_path(tokenizer_dir: Path) -> None:
+    text = "12345678"  # 8 characters, 8 tokens (digits are single tokens)
+    long_text = "<think>5+5=10</think>"  # 21 characters, 8 tokens
+    by_tokens = get_reward("overlong", max_length=10, cache_length=4, tokenizer=str(tokenizer_dir))
+    by_chars = get_reward("overlong", max_length=10, cache_length=4)
+    assert by_tokens([text, long_text]) == [-0.5, -0.5]
+    assert by_chars([text, long_text]) == [-0.5, -1.0]
+    # TRL's completion_ids are counted as generated, without re-tokenising.
+    assert by_tokens([long_text], completion_ids=[[1] * 11]) == [-1.0]
+    assert by_chars([long_text], completion_ids=[[1] * 3]) == [-1.0]  # characters stay characters
+
+
+def test_loaded_tokenizer_object_and_pickling(tokenizer_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    reward = OverlongReward(max_length=10, cache_length=4, tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir))
+    assert reward(["<think>5+5=10</think>"]) == [-0.5]
+    by_path = OverlongReward(max_length=10, cache_length=4, tokenizer=str(tokenizer_dir))
+    by_path(["1"])
+    clone = pickle.loads(pickle.dumps(by_path))
+    assert clone._loaded is None and clone(["<think>5+5=10</think>"]) == [-0.5]
+
+
+def test_bad_options_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(PluginError, match="cache_length <= max_length"):
+        get_reward("overlong", max_length=10, cache_length=20)
+    with pytest.raises(PluginError, match="bad options"):
+        get_reward("overlong")
+    reward = get_reward("overlong", max_length=10, cache_length=4, tokenizer=str(tmp_path / "missing"))
+    assert reward(["abc"]) == [None]
+    assert "cannot load tokenizer" in (reward.last_errors[0] or "")
+
+
+def test_docstring_examples_run() -> None:
+    result = doctest.testmod(rewards.overlong)
+    assert result.attempted >= 2 and result.failed == 0

@@ -28,5 +28,13 @@ def setup_logging(run_dir: Path | None, level: int = logging.INFO, rank: int = 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for noisy in ("transformers", "datasets", "accelerate", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()  # per-map and per-shard bars on small data are noise, not progress
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")

@@ -157,7 +157,10 @@ def _run_launched(stage: StageConfig, run_dir: Path) -> StageResult:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch_args(stage),
            "-m", "posttrain.worker", str(run_dir), stage.name]
     log.info("  launching %d processes: %s", stage.launch.num_processes, " ".join(cmd[2:]))
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    env = dict(os.environ)
+    if not stage.launch.config_file and not _has_cuda():
+        env["ACCELERATE_USE_CPU"] = "true"  # torchrun ranks + gloo; without it every rank thinks it is alone
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
     try:
         code = proc.wait()
     except KeyboardInterrupt:
@@ -180,6 +183,12 @@ def launch_args(stage: StageConfig) -> list[str]:
         args += ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",
                  "--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // spec.num_processes))]
     return args
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _terminate(proc: subprocess.Popen[Any]) -> None:

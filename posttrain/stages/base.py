@@ -17,6 +17,20 @@ DATA_FILE = "data.jsonl"
 METRICS_FILE = "metrics.jsonl"
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file; a broken line is an error naming the file and line."""
+    rows = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as exc:
+                raise StageError(f"{path}:{lineno}: not valid JSON ({exc})") from None
+    return rows
+
+
 @dataclass
 class StageResult:
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -82,6 +96,27 @@ class StageContext:
         if not path.exists():
             raise StageError(f"stage {self.config.name!r}: data file {ref!r} does not exist")
         return path
+
+    def load_dataset(self, ref: str, filename: str = DATA_FILE, split: str = "train") -> Any:
+        """A `datasets.Dataset` from an earlier stage's `filename`, a local jsonl/json/parquet file, or a hub name."""
+        import datasets
+
+        if ref in self.recipe.stage_names():
+            path = self.resolve_data(ref, filename)
+        elif Path(ref).exists():
+            path = Path(ref)
+        else:
+            try:
+                return datasets.load_dataset(ref, split=split)
+            except Exception as exc:
+                raise StageError(f"stage {self.config.name!r}: {ref!r} is neither a stage of this recipe, a local "
+                                 f"file, nor a loadable data set ({type(exc).__name__}: {exc})") from None
+        if path.suffix == ".parquet":
+            return datasets.Dataset.from_parquet(str(path))
+        rows = read_jsonl(path)
+        if not rows:
+            raise StageError(f"stage {self.config.name!r}: {path} has no rows")
+        return datasets.Dataset.from_list(rows)
 
     def build_rewards(self, specs: list[RewardSpec]) -> list[tuple[Any, float]]:
         """(reward function, weight) per spec, with `model:` kwargs naming a stage resolved to its model."""

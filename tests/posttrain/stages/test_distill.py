@@ -205,6 +205,24 @@ def test_resume_drops_rows_of_an_unfinished_chunk(tmp_path: Path, tiny_base: Pat
     assert _timeless(json.loads((d / "stats.json").read_text())) == _timeless(json.loads(finished["stats.json"]))
 
 
+def test_tiny_recipe_distill_stage(tmp_path: Path) -> None:
+    """The shipped recipe's stage with the real `math` and `format` rewards, on fewer prompts."""
+    from posttrain.recipe import load_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / "tiny-r1.yaml", ["stages.distill.source.kwargs.n=200",
+                                                           "stages.distill.chunk_size=50"], output_dir=str(tmp_path))
+    report = run_recipe(recipe, only=["distill"])
+    entry = report["stages"]["distill"]
+    assert entry["status"] == "done", entry
+    stats = json.loads((tmp_path / "distill" / "stats.json").read_text())
+    assert stats["generated"] == 800 and stats["eval_prompts"] >= 500
+    assert 0.5 < stats["pass_rate"] < 0.72  # the teacher is wrong or malformed ~40 % of the time
+    assert 0.9 < stats["prompt_yield"] < 1.0
+    assert {"reward_math", "reward_format", "keep_per_prompt"} <= set(stats["rejected"])
+    data = _jsonl(tmp_path / "distill" / "data.jsonl")
+    assert len(data) == stats["kept"] and all(r["scores"] == {"math": 1.0, "format": 1.0} for r in data)
+
+
 def _cli(python: str, recipe: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([python, "-m", "posttrain.cli", "run", str(recipe)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

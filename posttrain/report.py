@@ -414,7 +414,11 @@ def _figures_distill(b: _Builder, stage: Stage) -> None:
                        f"limit and the quality filters)")
     if _is_number(stats.get("prompt_yield")):
         figures.append(f"- prompts with at least one kept answer: {_pct(stats['prompt_yield'])}")
-    for key, label in (("pairs", "preference pairs"), ("teacher_errors", "teacher errors"),
+    skipped = stats.get("prompts_skipped")
+    if isinstance(skipped, dict) and skipped:
+        figures.append("- prompts skipped: " + ", ".join(f"{k} {_num(v)}" for k, v in skipped.items()))
+    for key, label in (("eval_prompts", "held-out eval prompts written"), ("pairs", "preference pairs"),
+                       ("teacher_errors", "teacher errors"),
                        ("samples_per_s", "samples per second")):
         if _is_number(stats.get(key)):
             figures.append(f"- {label}: {_num(stats[key])}")

@@ -49,6 +49,13 @@ _GRPO_DYNAMICS = (
     ("frac_reward_zero_std", "fraction of groups with equal rewards"),
     ("reward_std", "reward std within groups"),
 )
+#: What TRL's RewardTrainer logs besides the loss.
+_REWARD_MODEL_CURVES = (
+    ("accuracy", "pairwise accuracy (training batches)"),
+    ("eval_accuracy", "pairwise accuracy (held out)"),
+    ("margin", "mean reward margin, chosen − rejected"),
+    ("eval_margin", "held-out reward margin"),
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,7 +318,12 @@ def _status_line(stage: Stage) -> str:
 
 def _other_metrics(b: _Builder, stage: Stage) -> None:
     """The stage's scalar metrics from report.json, so that nothing it reported is hidden."""
-    rows = [(k, v) for k, v in stage.metrics.items() if isinstance(v, str | int | float | bool) and k != "error"]
+    rows = []
+    for key, value in stage.metrics.items():
+        if isinstance(value, str | int | float | bool) and key != "error":
+            rows.append((key, value))
+        elif isinstance(value, dict):  # one level of breakdown, e.g. {"rejected": {reason: count}}
+            rows += [(f"{key}.{k}", v) for k, v in value.items() if isinstance(v, str | int | float | bool)]
     if rows:
         b.add("<details><summary>All metrics in report.json</summary>", "", "| metric | value |", "|---|---|")
         b.add(*(f"| {k} | {_num(v) if _is_number(v) else v} |" for k, v in rows))
@@ -504,6 +516,8 @@ def _figures_sft(b: _Builder, stage: Stage) -> None:
         figures.append(f"- logged loss: {_trend(*stage.log.series('loss'))}")
     if _is_number(stage.metrics.get("eval_loss")):
         figures.append(f"- eval loss: {_num(stage.metrics['eval_loss'])}")
+    if stage.log.has("mean_token_accuracy"):
+        figures.append(f"- token accuracy on training batches: {_trend(*stage.log.series('mean_token_accuracy'))}")
     figures += _maxvio_figures(stage, b.run_dir)
     if figures:
         b.add("Key figures:", "", *figures, "")
@@ -528,7 +542,11 @@ def _figures_reward_model(b: _Builder, stage: Stage) -> None:
             figures.append(f"- {key.replace('_', ' ')}: {_num(stage.metrics[key])}")
     if stage.log.has("loss"):
         figures.append(f"- logged loss: {_trend(*stage.log.series('loss'))}")
+    if stage.log.has("accuracy"):
+        figures.append(f"- pairwise accuracy on training batches: {_trend(*stage.log.series('accuracy'))}")
     b.add("Key figures:", "", *figures, "")
+    b.image(_plot_panels(b.plots_dir / f"{stage.name}_accuracy.png", stage, _REWARD_MODEL_CURVES,
+                         "pairwise accuracy and margin"), f"{stage.name}: pairwise accuracy")
     _training_plots(b, stage)
 
 
@@ -571,7 +589,8 @@ def _figures_grpo(b: _Builder, stage: Stage) -> None:
         _missing(b, "No curves", lg.problem)
         return
     b.image(_plot_rewards(b.plots_dir / f"{stage.name}_rewards.png", stage), f"{stage.name}: rewards")
-    b.image(_plot_dynamics(b.plots_dir / f"{stage.name}_dynamics.png", stage), f"{stage.name}: training dynamics")
+    b.image(_plot_panels(b.plots_dir / f"{stage.name}_dynamics.png", stage, _GRPO_DYNAMICS, "training dynamics"),
+            f"{stage.name}: training dynamics")
     _training_plots(b, stage)
 
 
@@ -838,8 +857,9 @@ def _plot_rewards(path: Path, stage: Stage) -> Path | None:
     return _save(fig, path, f"{stage.name}: rewards", {"series": series})
 
 
-def _plot_dynamics(path: Path, stage: Stage) -> Path | None:
-    panels = [(k, label) for k, label in _GRPO_DYNAMICS if stage.log.has(k)][:4]
+def _plot_panels(path: Path, stage: Stage, candidates: tuple[tuple[str, str], ...], title: str) -> Path | None:
+    """Up to four logged series, one small panel each (those the stage did not log are left out)."""
+    panels = [(k, label) for k, label in candidates if stage.log.has(k)][:4]
     if not panels:
         return None
     plt = _pyplot()
@@ -850,14 +870,15 @@ def _plot_dynamics(path: Path, stage: Stage) -> Path | None:
     for ax, (key, label) in zip(axes.flat, panels, strict=False):
         series[key] = _curve(ax, *stage.log.series(key), key, "tab:purple")
         ax.set_xlabel("training step")
-        ax.set_ylabel(label)
-        ax.set_title(key)
+        ax.set_ylabel(key)
+        ax.set_title(label, fontsize=11)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0] and series[key] >= 40:  # only the smoothed curves need a key
+            ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(f"{stage.name}: training dynamics")
-    return _save(fig, path, f"{stage.name}: training dynamics", {"series": series})
+    fig.suptitle(f"{stage.name}: {title}")
+    return _save(fig, path, f"{stage.name}: {title}", {"series": series})
 
 
 def _curve(ax: Any, steps: list[float], values: list[float], label: str, color: str) -> int:

@@ -113,7 +113,8 @@ def make_run(root: Path) -> Path:
     _write_jsonl(run / "sft" / "metrics.jsonl", _sft_rows(gamma=0.001))
     _write_jsonl(run / "sft_gamma0" / "metrics.jsonl", _sft_rows(gamma=0.0))
     _write_jsonl(run / "reward_model" / "metrics.jsonl",
-                 [{"step": s, "loss": 0.69 - 0.001 * s, "accuracy": 0.5 + 0.001 * s} for s in range(10, 110, 10)])
+                 [{"step": s, "loss": 0.69 - 0.001 * s, "accuracy": 0.5 + 0.003 * s, "margin": 0.01 * s}
+                  for s in range(10, 110, 10)])
     _write_jsonl(run / "grpo" / "metrics.jsonl", _grpo_rows())
     return run
 
@@ -188,6 +189,7 @@ def test_full_run_report(tmp_path: Path) -> None:
 
     # Reward model and GRPO figures.
     assert "**pairwise accuracy (held out): 87.0 %**" in sec["reward_model"]
+    assert "pairwise accuracy on training batches: 0.53 (step 10) → 0.8 (step 100)" in sec["reward_model"]
     grpo_rows = _grpo_rows()
     assert f"reward `math`: {grpo_rows[0]['rewards/math/mean']:.4g} (step 5)" in sec["grpo"]
     assert f"→ {grpo_rows[-1]['rewards/format/mean']:.4g} (step 180)" in sec["grpo"]
@@ -201,7 +203,8 @@ def test_full_run_report(tmp_path: Path) -> None:
     referenced = {line.split("(plots/")[1].rstrip(")") for line in md.splitlines() if "](plots/" in line}
     assert referenced == plots
     assert {"accuracy_by_stage.png", "distill_distill.png", "sft_loss.png", "sft_maxvio.png", "sft_expert_load.png",
-            "reward_model_loss.png", "grpo_rewards.png", "grpo_dynamics.png", "grpo_loss.png", "grpo_maxvio.png",
+            "reward_model_loss.png", "reward_model_accuracy.png",
+            "grpo_rewards.png", "grpo_dynamics.png", "grpo_loss.png", "grpo_maxvio.png",
             "grpo_expert_load.png", "maxvio_comparison.png"} == plots
     for name in plots:
         info = png_info(run / "plots" / name)
@@ -224,6 +227,9 @@ def test_full_run_report(tmp_path: Path) -> None:
     assert distill["histogram"] == STATS["pass_rate_histogram"]
     comparison = png_info(run / "plots" / "maxvio_comparison.png")["data"]["series"]
     assert set(comparison) == {"sft (γ = 0.001)", "grpo (γ = 0.001)"}
+    assert png_info(run / "plots" / "reward_model_accuracy.png")["data"]["series"] == {"accuracy": 10, "margin": 10}
+    # Breakdowns in report.json metrics are listed too, one level deep.
+    assert "| balance_baseline.label | γ = 0 (no balancing) |" in sec["sft"]
 
 
 def test_two_sft_stages_are_compared(tmp_path: Path) -> None:

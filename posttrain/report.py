@@ -718,7 +718,7 @@ def _plot_maxvio(path: Path, stage: Stage, baseline: tuple[str, Log] | None) -> 
         b_steps, b_values = baseline[1].series("moe/max_violation")
         ax.plot(b_steps, b_values, lw=2.2, ls="--", color="tab:red", label=f"{baseline[0]}: mean over layers")
         series[baseline[0]] = len(b_values)
-    ax.set_xlabel("training step")
+    _step_axis(ax)
     ax.set_ylabel("MaxVio = max load / mean load − 1")
     title = "MaxVio with and without balancing" if len([s for s in series if not s.startswith("layer_")]) > 1 \
         else "MaxVio per MoE layer"
@@ -795,7 +795,7 @@ def _maxvio_comparison_section(b: _Builder, stages: list[Stage]) -> None:
         label = f"{s.name} ({_balance_label(s)})"
         ax.plot(steps, values, lw=2, ls="--" if _gamma(s) == 0 else "-", label=label)
         series[label] = len(values)
-    ax.set_xlabel("training step (of each stage)")
+    _step_axis(ax, "training step (of each stage)")
     ax.set_ylabel("MaxVio = max load / mean load − 1")
     ax.set_title("MaxVio across stages")
     ax.set_ylim(bottom=0)
@@ -822,7 +822,7 @@ def _plot_loss(path: Path, stage: Stage) -> Path | None:
         steps, values = lg.series("eval_loss")
         ax.plot(steps, values, "o-", color="tab:orange", label="eval loss")
         series["eval loss"] = len(values)
-    ax.set_xlabel("training step")
+    _step_axis(ax)
     ax.set_ylabel("loss")
     ax.set_title(f"{stage.name}: loss")
     ax.grid(alpha=0.3)
@@ -849,7 +849,7 @@ def _plot_rewards(path: Path, stage: Stage) -> Path | None:
                             [m + s for m, s in zip(mean, std, strict=True)], color=color, alpha=0.12)
     if lg.has("reward"):
         series["reward (weighted sum)"] = _curve(ax, *lg.series("reward"), "reward (weighted sum)", "black")
-    ax.set_xlabel("training step")
+    _step_axis(ax)
     ax.set_ylabel("mean reward of the sampled completions")
     ax.set_title(f"{stage.name}: reward per component" + (" (band: ± std)" if names else ""))
     ax.grid(alpha=0.3)
@@ -869,7 +869,7 @@ def _plot_panels(path: Path, stage: Stage, candidates: tuple[tuple[str, str], ..
     series: dict[str, int] = {}
     for ax, (key, label) in zip(axes.flat, panels, strict=False):
         series[key] = _curve(ax, *stage.log.series(key), key, "tab:purple")
-        ax.set_xlabel("training step")
+        _step_axis(ax)
         ax.set_ylabel(key)
         ax.set_title(label, fontsize=11)
         ax.grid(alpha=0.3)
@@ -879,6 +879,13 @@ def _plot_panels(path: Path, stage: Stage, candidates: tuple[tuple[str, str], ..
         ax.set_visible(False)
     fig.suptitle(f"{stage.name}: {title}")
     return _save(fig, path, f"{stage.name}: {title}", {"series": series})
+
+
+def _step_axis(ax: Any, label: str = "training step") -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel(label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _curve(ax: Any, steps: list[float], values: list[float], label: str, color: str) -> int:

@@ -328,3 +328,46 @@ def test_cli_rebuilds_the_report(tmp_path: Path, python: str) -> None:
                           text=True, timeout=300)
     assert proc.returncode == 2
     assert "no readable report.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+REAL_RECIPE = """\
+output_dir: {out}
+seed: 0
+model:
+  tiny: {{}}
+tokenizer:
+  train:
+    corpus: data_pipelines.tasks.arithmetic:corpus
+stages:
+  - name: distill
+    kind: distill
+    source:
+      function: data_pipelines.tasks.arithmetic:train_prompts
+      kwargs: {{n: 40}}
+      keep: [solution]
+    teacher:
+      backend: scripted
+      model: data_pipelines.tasks.arithmetic:teacher
+    n: 4
+    rewards:
+      - name: math
+"""
+
+
+def test_report_of_a_real_run(tmp_path: Path, python: str) -> None:
+    """`posttrain run` writes the report from what the real distill stage logged."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(REAL_RECIPE.format(out=tmp_path / "run"))
+    proc = subprocess.run([python, "-m", "posttrain.cli", "run", str(recipe)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    stats = json.loads((run / "distill" / "stats.json").read_text())
+    sec = sections((run / "report.md").read_text())["1. distill (`distill`)"]
+    assert f"**acceptance rate: {100 * stats['kept'] / stats['generated']:.1f} %**" in sec
+    for reason, count in stats["rejected"].items():
+        assert f"| {reason} | {count} |" in sec
+    drawn = png_info(run / "plots" / "distill_distill.png")["data"]
+    in_order = [(f"{k}/4", stats["pass_rate_histogram"][f"{k}/4"]) for k in range(5)
+                if f"{k}/4" in stats["pass_rate_histogram"]]
+    assert list(drawn["histogram"].items()) == in_order

@@ -32,7 +32,7 @@ from fractions import Fraction
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from posttrain.errors import DataError
+from posttrain.errors import DataError, PluginError
 from rewards.answer import THINK_OPEN, completion_text, last_boxed, split_think
 
 log = logging.getLogger("posttrain.rewards.math")
@@ -122,29 +122,65 @@ def as_number(text: str) -> tuple[Fraction, bool] | None:
     return None
 
 
-def quick_verdict(gold: str, pred: str) -> float | None:
-    """1.0/0.0 when the answer is decided without sympy (same verdict as math-verify's), else None.
-
-    Equal normal forms are equal. Two plain numbers are compared exactly; when one is written as a
-    decimal, math-verify rounds to 6 places, so only a difference far above that decides 0.0 here.
-
-    >>> quick_verdict("440", "440"), quick_verdict(r"\\frac{1}{2}", "1/2"), quick_verdict("7", "8")
-    (1.0, 1.0, 0.0)
-    """
-    g, p = normalize(gold), normalize(pred)
-    if g and g == p:
-        return 1.0
-    gn, pn = as_number(g), as_number(p)
-    if gn is None or pn is None:
+def as_sequence(text: str) -> tuple[str, list[tuple[Fraction, bool]]] | None:
+    """(brackets, numbers) of a tuple, interval or set of plain numbers: `(1,-2)`, `[2,5)`, `\\{1,3\\}`; else None."""
+    if text.startswith("\\{") and text.endswith("\\}"):
+        brackets, inner = "{}", text[2:-2]
+    elif len(text) > 2 and text[0] in "([" and text[-1] in ")]":
+        brackets, inner = text[0] + text[-1], text[1:-1]
+    else:
         return None
-    (gv, g_dec), (pv, p_dec) = gn, pn
+    parts = inner.split(",")
+    numbers = [as_number(part) for part in parts]
+    if (len(parts) < 2 and brackets != "{}") or any(n is None for n in numbers):
+        return None
+    return brackets, numbers  # type: ignore[return-value]
+
+
+def _numbers_verdict(g: tuple[Fraction, bool], p: tuple[Fraction, bool]) -> float | None:
+    (gv, g_dec), (pv, p_dec) = g, p
     if gv == pv:
         return 1.0
     if not (g_dec or p_dec):
         return 0.0
     if abs(gv - pv) > Fraction(1, 10**5) * max(1, abs(gv), abs(pv)):
         return 0.0
-    return None
+    return None  # within math-verify's rounding of decimals: its call
+
+
+def quick_verdict(gold: str, pred: str) -> float | None:
+    """1.0/0.0 when the answer is decided without sympy (same verdict as math-verify's), else None.
+
+    Equal normal forms are equal. Two plain numbers are compared exactly; when one is written as a
+    decimal, math-verify rounds to 6 places, so only a difference far above that decides 0.0 here.
+    Tuples, intervals and sets of plain numbers with the same brackets are compared element by
+    element (sets as sets); anything else (units, percent, symbols, mixed brackets) is left to sympy.
+
+    >>> quick_verdict("440", "440"), quick_verdict(r"\\frac{1}{2}", "1/2"), quick_verdict("7", "8")
+    (1.0, 1.0, 0.0)
+    >>> quick_verdict("[2, 5)", "[2,5]"), quick_verdict(r"\\{1, 3\\}", r"\\{3,1\\}"), quick_verdict("(1,2)", "(1,3)")
+    (None, 1.0, 0.0)
+    """
+    g, p = normalize(gold), normalize(pred)
+    if g and g == p:
+        return 1.0
+    gn, pn = as_number(g), as_number(p)
+    if gn is not None and pn is not None:
+        return _numbers_verdict(gn, pn)
+    gs, ps = as_sequence(g), as_sequence(p)
+    if gs is None or ps is None or gs[0] != ps[0]:
+        return None
+    (brackets, gnums), (_, pnums) = gs, ps
+    if brackets == "{}":
+        if any(d for _, d in gnums + pnums):
+            return None
+        return float({v for v, _ in gnums} == {v for v, _ in pnums})
+    if len(gnums) != len(pnums):
+        return 0.0
+    verdicts = [_numbers_verdict(a, b) for a, b in zip(gnums, pnums, strict=True)]
+    if 0.0 in verdicts:
+        return 0.0
+    return 1.0 if all(v == 1.0 for v in verdicts) else None
 
 
 # ---------------------------------------------------------------- verifying with math-verify (sympy)
@@ -315,17 +351,20 @@ class VerifierPool:
             self._workers.append(self._start())
         # Rows with the same gold go to the same worker, which parses that gold once.
         order = sorted(range(n), key=lambda i: tasks[i][0])
-        size = max(1, min(32, -(-n // (2 * self.size))))
+        size = max(1, min(16, -(-n // (4 * self.size))))
         queue: deque[list[int]] = deque(order[i : i + size] for i in range(0, n, size))
         hard = self.hard_s
         done = 0
         while done < n:
             now = time.monotonic()
             for w in self._workers:
-                if w.ready and not w.chunk and queue:
-                    w.chunk = deque(queue.popleft())
-                    w.deadline = now + hard
-                    w.conn.send([(i, *tasks[i]) for i in w.chunk])
+                # Up to two chunks in flight: a worker never idles waiting for this process to wake up.
+                while w.ready and queue and len(w.chunk) <= size:
+                    rows = queue.popleft()
+                    if not w.chunk:
+                        w.deadline = now + hard
+                    w.chunk.extend(rows)
+                    w.conn.send([(i, *tasks[i]) for i in rows])
             watched = [w for w in self._workers if w.chunk or not w.ready]
             deadlines = [w.deadline if w.ready else w.started + self.startup_s for w in watched]
             ready = wait([w.conn for w in watched], timeout=max(0.0, min(deadlines) - now))
@@ -362,7 +401,7 @@ class VerifierPool:
         return 1
 
     def _fail(self, worker: _Worker, results: list, queue: deque[list[int]], why: str) -> int:
-        """Score the worker's current row 0.0 with `why`, requeue the rest of its chunk, replace the worker."""
+        """Score the worker's current row 0.0 with `why`, requeue the rows it still had, replace the worker."""
         index = worker.chunk.popleft()
         results[index] = (0.0, why)
         if worker.chunk:
@@ -396,6 +435,8 @@ def default_workers() -> int:
 
 # ---------------------------------------------------------------- the reward
 
+_MAX_VERDICTS = 100_000
+
 
 class MathReward:
     """Math correctness: 1.0 if the final answer (after </think>, last \\boxed{}) equals column `solution`, else 0.0.
@@ -415,13 +456,15 @@ class MathReward:
 
     def __init__(self, workers: int | None = None, timeout_s: float = 5.0, memory_mb: int | None = 4096):
         if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+            raise PluginError(f"math reward: timeout_s must be > 0, got {timeout_s}")
         self.workers = default_workers() if workers is None else int(workers)
         self.timeout_s = float(timeout_s)
         self.memory_mb = memory_mb
         self.last_errors: list[str | None] = []
         self._pool: VerifierPool | None = None
         self._lock = threading.Lock()
+        #: Verdicts already reached, by (gold, answer, boxed): G completions often give the same answer.
+        self._verdicts: dict[Task, float] = {}
 
     def __call__(self, completions: Sequence[Any], solution: Sequence[Any] | None = None,
                  prompts: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
@@ -434,8 +477,7 @@ class MathReward:
         golds: dict[Any, str] = {}
         scores: list[float | None] = [0.0] * n
         errors: list[str | None] = [None] * n
-        pending: list[int] = []
-        tasks: list[Task] = []
+        pending: dict[Task, list[int]] = {}
         for i, (completion, sol) in enumerate(zip(completions, solution, strict=True)):
             key = sol if isinstance(sol, str) else repr(sol)
             gold = golds.get(key)
@@ -449,14 +491,22 @@ class MathReward:
             if found is None or not found[0].strip():
                 continue  # no answer: wrong, not a failure
             pred, boxed = found
-            verdict = quick_verdict(gold, pred) if boxed or len(pred) < 64 else None
+            task = (gold, pred, boxed)
+            verdict = self._verdicts.get(task)
+            if verdict is None and (boxed or len(pred) < 64):
+                verdict = quick_verdict(gold, pred)
             if verdict is not None:
                 scores[i] = verdict
                 continue
-            pending.append(i)
-            tasks.append((gold, pred, boxed))
-        for i, (score, error) in zip(pending, self._verify(tasks), strict=True):
-            scores[i], errors[i] = score, error
+            pending.setdefault(task, []).append(i)
+        tasks = list(pending)
+        for task, (score, error) in zip(tasks, self._verify(tasks), strict=True):
+            for i in pending[task]:
+                scores[i], errors[i] = score, error
+            if error is None and score is not None:
+                if len(self._verdicts) >= _MAX_VERDICTS:
+                    self._verdicts.clear()
+                self._verdicts[task] = score
         self.last_errors = errors
         return scores
 
@@ -481,6 +531,7 @@ class MathReward:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_pool"] = None
+        state["_verdicts"] = {}
         del state["_lock"]
         return state
 

@@ -318,6 +318,7 @@ class VerifierPool:
         self.memory_mb = memory_mb or 0
         self.startup_s = startup_s
         self.restarts = 0
+        self.owner = os.getpid()
         self._workers: list[_Worker] = []
 
     def _start(self) -> _Worker:
@@ -411,6 +412,9 @@ class VerifierPool:
 
     def close(self) -> None:
         """Stop the workers (they also stop when this process ends)."""
+        if self.owner != os.getpid():
+            self._workers = []  # a forked copy: the workers are the parent's to stop
+            return
         for w in self._workers:
             with contextlib.suppress(OSError):
                 w.conn.send(None)
@@ -517,6 +521,8 @@ class MathReward:
         if self.workers <= 1 and in_main:
             return [bounded(*task, timeout_s=self.timeout_s) for task in tasks]
         with self._lock:
+            if self._pool is not None and self._pool.owner != os.getpid():
+                self._pool = None  # inherited through fork: those workers talk to the parent, start our own
             if self._pool is None:
                 self._pool = VerifierPool(max(1, self.workers), self.timeout_s, self.timeout_s + 2.0, self.memory_mb)
             return self._pool.map(tasks)

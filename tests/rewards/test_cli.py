@@ -146,3 +146,18 @@ def test_parse_reward_arg() -> None:
         parse_reward_arg("math:nan")
     specs = parse_rewards(["math", "overlong:2"], ['overlong={"max_length": 8, "cache_length": 2}'])
     assert specs[1] == RewardArg("overlong", 2.0, {"max_length": 8, "cache_length": 2})
+
+
+def test_a_pathological_answer_scores_zero_with_an_error_in_the_output(tmp_path: Path) -> None:
+    src = write_lines(tmp_path / "in.jsonl", [
+        json.dumps({"completion": "<think>big</think> \\boxed{9^{9^{9^{9}}}}", "solution": "2"}),
+        json.dumps({"completion": "<think>ok</think> \\boxed{2}", "solution": "2"}),
+    ])
+    dst = tmp_path / "out.jsonl"
+    result = posttrain("rewards", "score", "--reward", "math", "--reward-kwargs", 'math={"timeout_s": 1}',
+                       "--input", str(src), "--output", str(dst), "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    rows = read_rows(dst)
+    assert [r["rewards"]["math"] for r in rows] == [0.0, 1.0]
+    assert "timed out" in rows[0]["errors"]["math"] and "errors" not in rows[1]
+    assert "1 failed" in result.stderr

@@ -222,3 +222,25 @@ def test_a_group_with_repeated_answers_goes_to_sympy_once_per_distinct_answer() 
     group = [boxed("(x+1)^2")] * 5 + [boxed("x^2+1")] * 2 + [boxed("x^2+2x+1")]  # the last one matches exactly
     assert reward(group, solution=["x^2+2x+1"] * 8) == [1.0] * 5 + [0.0] * 2 + [1.0]
     assert sorted(pred for _, pred, _ in reward._verdicts) == ["(x+1)^2", "x^2+1"]
+
+
+def test_a_forked_child_starts_its_own_workers(pooled: MathReward) -> None:
+    """DataLoader-style fork after first use: the child must not talk to the parent's workers."""
+    import os
+
+    completions, solution = [boxed("2^{-1}"), boxed("x(x+1)")], ["0.5", "x^2+x"]
+    assert pooled(completions, solution=solution) == [1.0, 1.0]
+    parent_pool = pooled._pool
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only when it scored right with workers of its own
+        code = 1
+        try:
+            pooled._verdicts.clear()
+            ok = pooled(completions, solution=solution) == [1.0, 1.0] and pooled._pool is not parent_pool
+            pooled.close()
+            code = 0 if ok else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert pooled._pool is parent_pool and pooled([boxed("x+x")], solution=["2x"]) == [1.0]

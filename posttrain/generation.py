@@ -279,6 +279,7 @@ class HFGenerator(BaseGenerator):
             "do_sample": not greedy,
             "num_return_sequences": 1 if greedy else n,  # greedy samples are all the same: decode once
             "pad_token_id": tok.pad_token_id,
+            "use_cache": True,  # a model saved by a trainer has it off: without it every token recomputes all
         }
         if not greedy:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)

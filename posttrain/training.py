@@ -130,6 +130,7 @@ def save_final(trainer: Any, tokenizer: Any, ctx: StageContext) -> Path:
     if hasattr(model, "merge_and_unload"):
         model.save_pretrained(ctx.stage_dir / "adapter")
         model = model.merge_and_unload()
+    model.config.use_cache = True  # trainers switch the KV cache off; generation from this model needs it
     if trainer.accelerator.is_main_process:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)

@@ -334,9 +334,15 @@ def build_trl_config(stage: StageConfig, output_dir: str | Path, **extra: Any) -
     if ref is None:
         raise TypeError(f"stage kind {stage.kind!r} has no TRL config")
     kwargs = {**stage.trl_kwargs(), **extra, "output_dir": str(output_dir)}
+    cls = trl_config_class(ref)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                     ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+        if old in kwargs and new not in kwargs and new in fields:  # renamed in transformers 5.x; the old name warns
+            kwargs[new] = kwargs.pop(old)
     if "bf16" not in kwargs and "fp16" not in kwargs:
         kwargs["bf16"] = _has_bf16()  # TRL defaults to bf16=True, which fails on a CPU
-    return trl_config_class(ref)(**kwargs)
+    return cls(**kwargs)
 
 
 def _has_bf16() -> bool:

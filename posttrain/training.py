@@ -19,7 +19,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from posttrain.stages.base import MODEL_DIR, StageContext
+from posttrain.stages.base import METRICS_FILE, MODEL_DIR, StageContext, read_jsonl
 
 log = logging.getLogger("posttrain.training")
 
@@ -148,3 +148,15 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return value
+
+
+def balance_summary(ctx: StageContext) -> dict[str, Any]:
+    """Mean MaxVio over the last third of logged steps (the figure DeepSeek-V3's balancing is judged by)."""
+    path = ctx.stage_dir / METRICS_FILE
+    rows = [r for r in read_jsonl(path) if isinstance(r.get("moe/max_violation"), float | int)] if path.exists() else []
+    if not rows:
+        return {}
+    last_step = rows[-1]["step"]
+    tail = [r["moe/max_violation"] for r in rows if r["step"] > last_step * 2 / 3] or [rows[-1]["moe/max_violation"]]
+    return {"max_violation_last_third": round(sum(tail) / len(tail), 4),
+            "max_violation_first": rows[0]["moe/max_violation"]}

@@ -52,7 +52,9 @@ def run(ctx: StageContext) -> StageResult:
 
     cfg = ctx.config
     assert isinstance(cfg, Config)
-    model = ctx.resolve_model(cfg.model)
+    # The stage's model feeds the engines that load weights; a scripted or remote engine names its own.
+    local = cfg.generation.backend in ("hf", "vllm")
+    model = ctx.resolve_model(cfg.model) if local or not cfg.generation.model else cfg.generation.model
     rows = _rows(ctx, cfg)
     rewards = ctx.build_rewards(cfg.rewards)
     total_weight = sum(w for _, w in rewards) or 1.0

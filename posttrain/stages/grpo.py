@@ -82,7 +82,7 @@ def run(ctx: StageContext) -> StageResult:
     from posttrain.models import load_causal_lm, load_tokenizer
     from posttrain.moe_balance import MoEBalanceMixin
     from posttrain.recipe import build_trl_config
-    from posttrain.training import checkpoint_dir, prepare_trainer, save_final, train_resumably
+    from posttrain.training import balance_summary, checkpoint_dir, prepare_trainer, save_final, train_resumably
 
     cfg = ctx.config
     assert isinstance(cfg, Config)
@@ -99,7 +99,7 @@ def run(ctx: StageContext) -> StageResult:
 
     trainer = Trainer(model=model, args=args, reward_funcs=rewards, train_dataset=dataset,
                       processing_class=tokenizer)
-    trainer.setup_moe_balance(cfg.moe_balance)
+    tracker = trainer.setup_moe_balance(cfg.moe_balance)
     trainer.setup_dynamic_sampling(cfg.dynamic_sampling, dataset.to_list(), ctx.seed)
     prepare_trainer(trainer, ctx)
     ctx.log.info("GRPO on %d prompts: %d completions per prompt, %d completions per step, rewards %s",
@@ -111,6 +111,9 @@ def run(ctx: StageContext) -> StageResult:
     metrics: dict[str, Any] = {"train_loss": round(result.training_loss, 5), "steps": result.global_step,
                                "model": str(out)}
     metrics.update(_summary(ctx))
+    metrics.update(balance_summary(ctx))
+    if tracker is not None and ctx.num_processes > 1:
+        metrics["bias_sync_max_diff"] = trainer.moe_callback.bias_sync_max_diff
     return StageResult(metrics=metrics, outputs={"model": str(out)})
 
 

@@ -48,7 +48,7 @@ def run(ctx: StageContext) -> StageResult:
     from posttrain.models import load_causal_lm, load_tokenizer
     from posttrain.moe_balance import MoEBalanceMixin
     from posttrain.recipe import build_trl_config
-    from posttrain.training import checkpoint_dir, prepare_trainer, save_final, train_resumably
+    from posttrain.training import balance_summary, checkpoint_dir, prepare_trainer, save_final, train_resumably
 
     cfg = ctx.config
     assert isinstance(cfg, Config)
@@ -96,17 +96,3 @@ def _prompt_completion(dataset: Any, cfg: Config) -> Any:
 
 def _seed(cfg: StageConfig, ctx: StageContext) -> dict[str, Any]:
     return {} if "seed" in cfg.trl else {"seed": ctx.seed}
-
-
-def balance_summary(ctx: StageContext) -> dict[str, Any]:
-    """Mean MaxVio over the last third of logged steps (the figure DeepSeek-V3's balancing is judged by)."""
-    from posttrain.stages.base import METRICS_FILE, read_jsonl
-
-    path = ctx.stage_dir / METRICS_FILE
-    rows = [r for r in read_jsonl(path) if isinstance(r.get("moe/max_violation"), float | int)] if path.exists() else []
-    if not rows:
-        return {}
-    last_step = rows[-1]["step"]
-    tail = [r["moe/max_violation"] for r in rows if r["step"] > last_step * 2 / 3] or [rows[-1]["moe/max_violation"]]
-    return {"max_violation_last_third": round(sum(tail) / len(tail), 4),
-            "max_violation_first": rows[0]["moe/max_violation"]}

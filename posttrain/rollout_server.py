@@ -1,0 +1,93 @@
+"""`posttrain rollout-server`: vLLM rollout workers for a recipe's GRPO stage (server mode).
+
+GRPO's server mode keeps generation on GPUs of its own: this command starts TRL's `vllm-serve`
+on the model the GRPO stage will start from (an earlier stage's `model/`, the base model, or a
+path), with the host and port of the stage's `rollout:` section, so the trainer finds it. The
+trainer pushes its updated weights to the server after every step. A typical 8-GPU layout is in
+recipes/README.md.
+
+    posttrain rollout-server RECIPE [--stage grpo] [--output-dir DIR] [--dry-run] [--vllm-args '...']
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from posttrain.errors import MissingDependencyError, RecipeError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rollout-server", help="start vLLM rollout workers for a recipe's GRPO stage (GPU)",
+                       description=__doc__.split("\n\n")[1])
+    p.add_argument("recipe", nargs="?", help="the recipe whose GRPO stage the server feeds")
+    p.add_argument("--stage", help="name of the GRPO stage (default: the recipe's first `grpo` stage)")
+    p.add_argument("--output-dir", help="the run's output directory, if not the recipe's")
+    p.add_argument("--model", help="serve this model instead of the stage's starting model")
+    p.add_argument("--host", help="default: the stage's rollout.server_host")
+    p.add_argument("--port", type=int, help="default: the stage's rollout.server_port")
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--data-parallel-size", type=int, default=1)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    p.add_argument("--vllm-args", default="", help="more trl vllm-serve options, e.g. '--max_model_len 4096'")
+    p.set_defaults(func=cmd_rollout_server)
+
+
+def server_command(args: argparse.Namespace) -> list[str]:
+    """The `trl vllm-serve` command line for these arguments (model resolved from the recipe)."""
+    host, port, model = args.host, args.port, args.model
+    if args.recipe:
+        stage_model, stage_host, stage_port = _from_recipe(args)
+        model, host, port = model or stage_model, host or stage_host, port or stage_port
+    if not model:
+        raise RecipeError(["rollout-server: give a RECIPE with a grpo stage, or --model PATH"])
+    extra = shlex.split(args.vllm_args)
+    return [sys.executable, "-m", "trl.scripts.vllm_serve", "--model", model,
+            "--host", host or "127.0.0.1", "--port", str(port or 8000),
+            "--tensor_parallel_size", str(args.tensor_parallel_size),
+            "--data_parallel_size", str(args.data_parallel_size),
+            "--gpu_memory_utilization", str(args.gpu_memory_utilization), *extra]
+
+
+def cmd_rollout_server(args: argparse.Namespace) -> int:
+    cmd = server_command(args)
+    if args.dry_run:
+        print(shlex.join(cmd))
+        return 0
+    if importlib.util.find_spec("vllm") is None:
+        raise MissingDependencyError("the rollout server needs vLLM (GPU machines): pip install 'posttrain[vllm]'. "
+                                     "Without it, GRPO generates with transformers in the training process.")
+    print(f"starting: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    os.execv(cmd[0], cmd)  # the server owns the process from here: signals reach vLLM directly
+
+
+def _from_recipe(args: argparse.Namespace) -> tuple[str, str, int]:
+    from posttrain.recipe import load_recipe
+    from posttrain.stages.base import MODEL_DIR
+    from posttrain.stages.grpo import Config as GRPOConfig
+    from posttrain.tiny import base_model_ref
+
+    recipe = load_recipe(args.recipe, output_dir=args.output_dir)
+    grpo = [s for s in recipe.stages if isinstance(s, GRPOConfig) and (args.stage in (None, s.name))]
+    if not grpo:
+        names = [s.name for s in recipe.stages if isinstance(s, GRPOConfig)]
+        raise RecipeError([f"{args.recipe}: no grpo stage {args.stage or ''} (grpo stages: {names or 'none'})"])
+    stage = grpo[0]
+    run_dir = Path(recipe.output_dir)
+    if stage.model in (None, "base"):
+        model = base_model_ref(recipe, run_dir)
+    elif stage.model in recipe.stage_names():
+        path = run_dir / stage.model / MODEL_DIR
+        if not (path / "config.json").exists():
+            raise RecipeError([f"{args.recipe}: stage {stage.name!r} starts from stage {stage.model!r}, whose model "
+                               f"{path} does not exist yet: run `posttrain run {args.recipe} --stages "
+                               f"{stage.model}` first"])
+        model = str(path)
+    else:
+        model = stage.model
+    return model, stage.rollout.server_host, stage.rollout.server_port

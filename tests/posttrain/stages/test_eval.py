@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from data_pipelines.tasks.arithmetic import eval_prompts
+from posttrain.recipe import parse_recipe
+from posttrain.runner import run_recipe
+from posttrain.stages.eval import pass_at_k, summarize
+
+RECIPE = """\
+output_dir: {out}
+seed: 0
+model: {{name_or_path: {base}}}
+stages:
+  - name: eval
+    kind: eval
+    data: {data}
+    samples: 4
+    pass_k: [2, 4]
+    sampling: {{temperature: 1.0, max_new_tokens: 48}}
+    chunk_size: 10
+{extra}"""
+SCRIPTED = """\
+    generation:
+      backend: scripted
+      model: data_pipelines.tasks.arithmetic:teacher
+      options: {{slip: {slip}, malformed: 0.0}}
+"""
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("eval") / "eval.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in eval_prompts(40, seed=3)))
+    return path
+
+
+def recipe(out: Path, base: Path, data: Path, extra: str = "") -> str:
+    return RECIPE.format(out=out, base=base, data=data, extra=extra)
+
+
+@pytest.mark.parametrize(("n", "c", "k"), [(4, 0, 1), (4, 1, 1), (4, 1, 2), (4, 3, 2), (5, 2, 3), (4, 4, 4)])
+def test_pass_at_k_is_the_chance_that_k_of_the_n_samples_hold_a_correct_one(n: int, c: int, k: int) -> None:
+    correct = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(correct, k))
+    assert pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
+
+
+def test_summary_separates_greedy_accuracy_from_sampled_pass_at_1() -> None:
+    rows = [{"greedy_score": 1.0, "sample_scores": [1.0, 0.0, 0.0, 0.0]},
+            {"greedy_score": 0.0, "sample_scores": [1.0, 1.0, 0.0, 1.0]}]
+    out = summarize(rows, threshold=1.0, pass_k=[2])
+    assert out["accuracy"] == 0.5
+    assert out["pass@1"] == pytest.approx((0.25 + 0.75) / 2)
+    assert out["pass@2"] == pytest.approx((0.5 + 1.0) / 2)
+    assert out["k"] == out["samples_per_prompt"] == 4
+
+
+def test_a_perfect_solver_scores_one_and_a_slipping_one_less_when_sampled(
+    tmp_path: Path, tiny_base: Path, held_out: Path
+) -> None:
+    perfect = run_recipe(parse_recipe(recipe(tmp_path / "a", tiny_base, held_out, SCRIPTED.format(slip=0.0))))
+    metrics = perfect["stages"]["eval"]["metrics"]
+    assert (metrics["accuracy"], metrics["pass@1"], metrics["pass@4"], metrics["prompts"]) == (1.0, 1.0, 1.0, 40)
+    slipping = run_recipe(parse_recipe(recipe(tmp_path / "b", tiny_base, held_out, SCRIPTED.format(slip=0.2))))
+    metrics = slipping["stages"]["eval"]["metrics"]
+    assert metrics["accuracy"] == 1.0  # the scripted teacher never slips at T = 0
+    assert 0.2 < metrics["pass@1"] < 0.9
+    assert metrics["pass@1"] <= metrics["pass@2"] <= metrics["pass@4"]
+    rows = [json.loads(line) for line in (tmp_path / "b" / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 40 and all(len(r["samples"]) == 4 for r in rows)
+    assert sum(sum(r["sample_scores"]) for r in rows) / 160 == pytest.approx(metrics["pass@1"], abs=1e-4)
+
+
+def test_an_interrupted_eval_only_generates_the_missing_prompts(
+    tmp_path: Path, tiny_base: Path, held_out: Path
+) -> None:
+    text = recipe(tmp_path, tiny_base, held_out, SCRIPTED.format(slip=0.0))
+    # A previous run wrote 15 rows (with deliberately wrong scores) before it was killed.
+    first = eval_prompts(40, seed=3)[:15]
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "samples.jsonl").write_text("".join(
+        json.dumps({"id": r["id"], "prompt": r["prompt"], "greedy": "x", "greedy_score": 0.0, "samples": ["x"] * 4,
+                    "sample_scores": [0.0] * 4}) + "\n" for r in first))
+    (tmp_path / "eval" / "stage.json").write_text(json.dumps({"status": "running", "config_hash": _digest(text)}))
+    metrics = run_recipe(parse_recipe(text))["stages"]["eval"]["metrics"]
+    assert metrics["accuracy"] == pytest.approx(25 / 40)  # the 15 kept rows were not generated again
+    lines = (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 40 and len({json.loads(x)["id"] for x in lines}) == 40
+
+
+def test_the_tiny_base_model_with_transformers(tmp_path: Path, tiny_base: Path, held_out: Path) -> None:
+    text = recipe(tmp_path, tiny_base, held_out).replace("chunk_size: 10", "chunk_size: 10\n    max_samples: 8")
+    entry = run_recipe(parse_recipe(text))["stages"]["eval"]
+    assert entry["status"] == "done", entry
+    assert entry["metrics"]["prompts"] == 8 and entry["metrics"]["model"] == str(tiny_base)
+    assert 0.0 <= entry["metrics"]["pass@1"] <= 1.0
+
+
+def test_a_missing_prompt_column_is_a_clear_failure(tmp_path: Path, tiny_base: Path) -> None:
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps({"question": "Compute 1+1.", "solution": "2"}) + "\n")
+    entry = run_recipe(parse_recipe(recipe(tmp_path / "out", tiny_base, data)))["stages"]["eval"]
+    assert entry["status"] == "failed"
+    assert "no column 'prompt'" in entry["metrics"]["error"]
+
+
+def _digest(text: str) -> str:
+    from posttrain.runner import stage_hash
+    from posttrain.tiny import base_fingerprint
+
+    recipe = parse_recipe(text)
+    return stage_hash(recipe, recipe.stages[0], base_fingerprint(recipe), {})

@@ -1,0 +1,215 @@
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from posttrain.dynamic_sampling import DynamicSamplingConfig, concat_rollouts, zero_variance_groups
+from posttrain.models import load_causal_lm
+from posttrain.moe_balance import find_routers
+from posttrain.recipe import parse_recipe
+from posttrain.runner import run_recipe
+from posttrain.stages.grpo import LOSS_PRESETS
+
+PLUGINS = "tests.posttrain.plugins.grpo_rewards"
+RECIPE = """\
+output_dir: {out}
+seed: 0
+model: {{name_or_path: {base}}}
+stages:
+  - name: grpo
+    kind: grpo
+    data: {data}
+    rewards: {rewards}
+{extra}    trl: {{max_steps: {steps}, per_device_train_batch_size: 8, num_generations: 4, max_completion_length: 12,
+           learning_rate: 1.0e-3, logging_steps: 1, save_steps: {save}{trl}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("grpo") / "prompts.jsonl"
+    with open(path, "w") as f:
+        for i in range(40):
+            a, b = 10 + 7 * i, 3 + 5 * i
+            f.write(json.dumps({"prompt": f"Compute {a}+{b}.", "solution": str(a + b)}) + "\n")
+    return path
+
+
+def recipe(out: Path, base: Path, data: Path, *, rewards: str = f"[{{name: '{PLUGINS}:length'}}]",
+           steps: int = 1, save: int = 100, extra: str = "", trl: str = "") -> str:
+    return RECIPE.format(out=out, base=base, data=data, rewards=rewards, steps=steps, save=save, extra=extra,
+                         trl=trl)
+
+
+def metric_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
+
+
+def changed_weights(out: Path, base: Path) -> set[str]:
+    trained = load_causal_lm(str(out / "grpo" / "model")).state_dict()
+    start = load_causal_lm(str(base)).state_dict()
+    return {k for k, v in trained.items() if not torch.equal(v, start[k])}
+
+
+@pytest.mark.parametrize("loss", sorted(LOSS_PRESETS))
+def test_each_loss_variant_takes_a_step_that_changes_the_weights(
+    loss: str, tmp_path: Path, tiny_base: Path, prompts: Path
+) -> None:
+    # A random model rarely stops within 12 tokens: keep truncated completions in the loss (DAPO masks them).
+    text = recipe(tmp_path, tiny_base, prompts, extra=f"    loss: {loss}\n", trl=", mask_truncated_completions: false")
+    report = run_recipe(parse_recipe(text))
+    entry = report["stages"]["grpo"]
+    assert entry["status"] == "done", entry
+    assert entry["metrics"]["steps"] == 1
+    changed = changed_weights(tmp_path, tiny_base)
+    assert "model.layers.0.self_attn.kv_b_proj.weight" in changed
+    assert "lm_head.weight" in changed
+
+
+def test_kl_to_the_reference_rebuilds_it_from_the_saved_model(tmp_path: Path, tiny_base: Path, prompts: Path) -> None:
+    report = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, prompts, steps=2, trl=", beta: 0.1")))
+    assert report["stages"]["grpo"]["status"] == "done", report
+    rows = [r for r in metric_rows(tmp_path) if "loss" in r]
+    assert rows[-1]["kl"] > 0  # the policy moved away from the reference after the first step
+    assert changed_weights(tmp_path, tiny_base)
+
+
+def test_reward_weights_combine_as_specified(tmp_path: Path, tiny_base: Path, prompts: Path) -> None:
+    rewards = f"[{{name: '{PLUGINS}:length', weight: 1.0}}, {{name: '{PLUGINS}:digits', weight: -0.5}}]"
+    report = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, prompts, rewards=rewards, steps=2)))
+    assert report["stages"]["grpo"]["status"] == "done", report
+    for row in (r for r in metric_rows(tmp_path) if "reward" in r):
+        length, digits = row["rewards/length/mean"], row["rewards/digits/mean"]
+        assert row["reward"] == pytest.approx(1.0 * length - 0.5 * digits, rel=1e-4)
+        assert length > 0
+
+
+def test_moe_balancing_runs_during_rl(tmp_path: Path, tiny_base: Path, prompts: Path) -> None:
+    text = recipe(tmp_path, tiny_base, prompts, steps=2, extra="    moe_balance: {bias_update_speed: 0.01}\n")
+    assert run_recipe(parse_recipe(text))["stages"]["grpo"]["status"] == "done"
+    rows = [r for r in metric_rows(tmp_path) if "loss" in r]
+    assert all(r["moe/max_violation"] >= 0 for r in rows) and "moe/max_violation/layer_1" in rows[0]
+    model = load_causal_lm(str(tmp_path / "grpo" / "model"))
+    biases = torch.stack([r.e_score_correction_bias for _, r in find_routers(model)])
+    # Two updates of ±γ (or 0 for an expert exactly at the mean): every bias is a multiple of γ, some moved.
+    assert biases.abs().max() > 0 and biases.abs().max() <= 0.02 + 1e-6
+    assert torch.allclose(biases / 0.01, (biases / 0.01).round(), atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# Dynamic sampling
+
+
+def test_zero_variance_groups_are_the_groups_with_all_equal_advantages() -> None:
+    adv = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1e-6])
+    assert zero_variance_groups(adv, 4).tolist() == [True, False, False]
+
+
+def test_concat_rollouts_pads_prompts_on_the_left_and_completions_on_the_right() -> None:
+    a = {"prompt_ids": torch.tensor([[5, 6]]), "completion_ids": torch.tensor([[7, 8, 9]]), "n": 1}
+    b = {"prompt_ids": torch.tensor([[1, 2, 3]]), "completion_ids": torch.tensor([[4]]), "n": 1}
+    out = concat_rollouts([a, b], pad_token_id=0)
+    assert out["prompt_ids"].tolist() == [[0, 5, 6], [1, 2, 3]]
+    assert out["completion_ids"].tolist() == [[7, 8, 9], [4, 0, 0]]
+    assert out["n"] == 1
+
+
+def test_dynamic_sampling_drops_exactly_the_zero_variance_groups(tmp_path: Path, tiny_base: Path) -> None:
+    from trl import GRPOConfig, GRPOTrainer
+
+    from posttrain.dynamic_sampling import DynamicSamplingMixin
+    from posttrain.models import load_tokenizer
+    from rewards.registry import get_reward
+
+    class Trainer(DynamicSamplingMixin, GRPOTrainer):
+        pass
+
+    from datasets import Dataset
+
+    varied = [{"prompt": f"Compute {i}+{i + 1}."} for i in range(20)]
+    flat = [{"prompt": f"Flat {i}."} for i in range(2)]
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, num_generations=4,
+                      max_completion_length=8, bf16=False, report_to=[], seed=0)
+    tokenizer = load_tokenizer(str(tiny_base), padding_side="left")
+    trainer = Trainer(model=load_causal_lm(str(tiny_base)), args=args, processing_class=tokenizer,
+                      reward_funcs=[get_reward(f"{PLUGINS}:flat_for_marked")], train_dataset=Dataset.from_list(varied))
+    trainer.setup_dynamic_sampling(DynamicSamplingConfig(enabled=True, max_refills=1), varied, seed=0)
+    trainer.model.train()
+    # Four groups: two flat (every completion rewarded 0.5), two that vary.
+    inputs = [row for p in [flat[0], varied[0], flat[1], varied[1]] for row in [p] * 4]
+    batch = trainer._generate_and_score_completions(inputs)
+    prompts = tokenizer.batch_decode(batch["prompt_ids"], skip_special_tokens=True)
+    assert len(prompts) == 16
+    assert not any("Flat" in p for p in prompts)  # both flat groups gone...
+    assert not zero_variance_groups(batch["advantages"], 4).any()  # ...and replaced by groups with signal
+    assert [prompts[i] for i in (0, 4)] == ["Compute 0+1.", "Compute 1+2."]  # the kept groups come first
+    metrics = trainer._metrics["train"]
+    assert metrics["dynamic_sampling/groups_dropped"] == [2.0]
+    assert metrics["dynamic_sampling/refills"] == [1.0]
+    assert metrics["dynamic_sampling/zero_variance_kept"] == [0.0]
+    assert batch["completion_ids"].shape[0] == batch["completion_mask"].shape[0] == 16
+
+
+def test_dynamic_sampling_in_a_run_logs_the_dropped_groups(tmp_path: Path, tiny_base: Path) -> None:
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Flat {i}." if i % 2 else f"Compute {i}+1."}) + "\n"
+                            for i in range(16)))
+    text = recipe(tmp_path / "out", tiny_base, data, rewards=f"[{{name: '{PLUGINS}:flat_for_marked'}}]", steps=2,
+                  extra="    dynamic_sampling: {enabled: true, max_refills: 2}\n")
+    report = run_recipe(parse_recipe(text))
+    assert report["stages"]["grpo"]["status"] == "done", report
+    rows = [r for r in metric_rows(tmp_path / "out") if "reward" in r]
+    assert sum(r["dynamic_sampling/groups_dropped"] for r in rows) > 0
+    assert report["stages"]["grpo"]["metrics"]["groups_dropped_per_step"] > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Scale and resume
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate(tmp_path: Path, tiny_base: Path, prompts: Path) -> None:
+    text = recipe(tmp_path, tiny_base, prompts, steps=2,
+                  extra="    launch: {num_processes: 2}\n    moe_balance: {bias_update_speed: 0.01}\n")
+    report = run_recipe(parse_recipe(text))
+    entry = report["stages"]["grpo"]
+    assert entry["status"] == "done", entry
+    assert entry["metrics"]["steps"] == 2
+    assert entry["metrics"]["bias_sync_max_diff"] == 0.0
+    assert changed_weights(tmp_path, tiny_base)
+
+
+@pytest.mark.slow
+def test_sigterm_then_rerun_resumes_from_the_grpo_checkpoint(
+    tmp_path: Path, tiny_base: Path, prompts: Path, python: str
+) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(recipe(tmp_path / "out", tiny_base, prompts, steps=16, save=1000))
+    proc = subprocess.Popen([python, "-m", "posttrain.cli", "run", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "out" / "grpo" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-3000:]
+    checkpoints = sorted((tmp_path / "out" / "grpo" / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints, "the graceful stop should have saved a checkpoint"
+    stopped_at = int(checkpoints[-1].name.split("-")[1])
+    assert 3 <= stopped_at < 16
+
+    rerun = subprocess.run([python, "-m", "posttrain.cli", "run", str(path)], capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from {checkpoints[-1]}" in rerun.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["stages"]["grpo"]["metrics"]["steps"] == 16
+    steps = [r["step"] for r in metric_rows(tmp_path / "out") if "loss" in r]
+    assert steps[-1] == 16 and stopped_at + 1 in steps  # logging went on from the checkpoint

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import importlib.util
+import shlex
+from pathlib import Path
+
+import pytest
+
+from posttrain.cli import main
+
+RECIPE = """\
+output_dir: {out}
+model: {{name_or_path: /models/base}}
+stages:
+  - name: sft
+    kind: sft
+    data: data.jsonl
+  - name: grpo
+    kind: grpo
+    model: sft
+    data: prompts.jsonl
+    rewards: [{{name: math}}]
+    rollout: {{backend: vllm, mode: server, server_host: 10.0.0.7, server_port: 8123}}
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE.format(out=tmp_path / "run"))
+    return path
+
+
+def test_serves_the_model_the_grpo_stage_starts_from(recipe: Path, tmp_path: Path, capsys) -> None:
+    model = tmp_path / "run" / "sft" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    assert main(["rollout-server", str(recipe), "--dry-run", "--vllm-args", "--max_model_len 512"]) == 0
+    cmd = shlex.split(capsys.readouterr().out)
+    assert cmd[1:3] == ["-m", "trl.scripts.vllm_serve"]
+    opts = dict(zip(cmd[3::2], cmd[4::2], strict=False))
+    assert opts["--model"] == str(model)
+    assert (opts["--host"], opts["--port"]) == ("10.0.0.7", "8123")  # where the stage's trainer looks
+    assert opts["--max_model_len"] == "512"
+
+
+def test_a_missing_starting_model_names_the_stage_to_run_first(recipe: Path, capsys) -> None:
+    assert main(["rollout-server", str(recipe), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'sft'" in err and "--stages sft" in err
+
+
+def test_a_recipe_without_grpo_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE.format(out=tmp_path).split("  - name: grpo")[0])
+    assert main(["rollout-server", str(path), "--dry-run"]) == 2
+    assert "no grpo stage" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed: it would start")
+def test_without_vllm_it_says_how_to_get_it(capsys) -> None:
+    assert main(["rollout-server", "--model", "/models/x"]) == 2
+    assert "pip install 'posttrain[vllm]'" in capsys.readouterr().err

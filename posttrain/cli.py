@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="posttrain", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(metavar="COMMAND")
 
-    p = sub.add_parser("validate", help="check a recipe; exit 2 with every problem found")
+    p = sub.add_parser("validate", help="check a recipe (and its --quick variant); exit 2 with every problem found")
     p.add_argument("recipe")
     _add_set(p)
     p.set_defaults(func=cmd_validate)
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("--output-dir", help="override the recipe's output_dir")
     p.add_argument("--stages", help="comma-separated stage names to run (default: all)")
+    p.add_argument("--quick", action="store_true", help="apply the recipe's `quick:` overrides (a CI-sized run)")
     _add_set(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)
@@ -80,7 +81,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from posttrain.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
-    print(f"{args.recipe}: ok ({len(recipe.stages)} stages: {', '.join(recipe.stage_names())})")
+    quick = " and its --quick variant" if recipe.quick and load_recipe(args.recipe, args.overrides, quick=True) else ""
+    print(f"{args.recipe}{quick}: ok ({len(recipe.stages)} stages: {', '.join(recipe.stage_names())})")
     return 0
 
 
@@ -89,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from posttrain.recipe import load_recipe
     from posttrain.runner import run_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides, output_dir=args.output_dir)
+    recipe = load_recipe(args.recipe, args.overrides, output_dir=args.output_dir, quick=args.quick)
     setup_logging(Path(recipe.output_dir), logging.DEBUG if args.verbose else logging.INFO)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None

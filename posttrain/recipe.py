@@ -133,6 +133,8 @@ class Recipe(StrictModel):
     model: ModelSpec
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     stages: list[SerializeAsAny[StageConfig]] = Field(min_length=1)
+    #: Overrides `posttrain run --quick` applies (keys addressed as with --set): a CI-sized run of the recipe.
+    quick: dict[str, Any] = Field(default_factory=dict)
 
     def stage(self, name: str) -> StageConfig:
         for stage in self.stages:
@@ -161,14 +163,16 @@ def load_recipe(
     path: str | Path,
     overrides: typing.Sequence[str] = (),
     output_dir: str | None = None,
+    quick: bool = False,
 ) -> Recipe:
-    """Read, override (`--set`), and validate a recipe; raise `RecipeError` with every problem."""
+    """Read, override (`quick:` when asked, then `--set`), and validate a recipe; raise `RecipeError` with every
+    problem."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise RecipeError([f"{path}: cannot read recipe: {exc.strerror or exc}"]) from None
-    return parse_recipe(text, source=str(path), overrides=overrides, output_dir=output_dir)
+    return parse_recipe(text, source=str(path), overrides=overrides, output_dir=output_dir, quick=quick)
 
 
 def parse_recipe(
@@ -176,6 +180,7 @@ def parse_recipe(
     source: str = "<recipe>",
     overrides: typing.Sequence[str] = (),
     output_dir: str | None = None,
+    quick: bool = False,
 ) -> Recipe:
     try:
         node = yaml.compose(text, Loader=_Loader)
@@ -191,6 +196,13 @@ def parse_recipe(
 
     lines = _node_lines(node) if node is not None else {}
     problems = _Problems(source, lines)
+    if quick:
+        shrink = raw.get("quick")
+        if not isinstance(shrink, dict) or not shrink:
+            problems.add_raw("--quick: the recipe has no `quick:` mapping of overrides")
+        else:
+            for key, value in shrink.items():
+                _set_value(raw, str(key), value, problems, "quick")
     for override in overrides:
         _apply_override(raw, override, problems)
     if output_dir is not None:
@@ -255,7 +267,8 @@ def _validate(raw: dict[str, Any], problems: _Problems) -> Recipe | None:
     if top is None or len(stages) != len(raw_stages) or len(problems):
         return None
     return Recipe(
-        output_dir=top.output_dir, seed=top.seed, model=top.model, tokenizer=top.tokenizer, stages=stages
+        output_dir=top.output_dir, seed=top.seed, model=top.model, tokenizer=top.tokenizer, stages=stages,
+        quick=top.quick,
     )
 
 
@@ -365,17 +378,21 @@ def _apply_override(raw: dict[str, Any], override: str, problems: _Problems) -> 
         value = yaml_load(value_text) if value_text.strip() else ""
     except yaml.YAMLError:
         value = value_text
+    _set_value(raw, key, value, problems)
+
+
+def _set_value(raw: dict[str, Any], key: str, value: Any, problems: _Problems, origin: str = "--set") -> None:
     parts = key.split(".")
     target: Any = raw
     if parts[0] == "stages":
         if len(parts) < 3:
-            problems.add_raw(f"--set {key}: address a stage option as stages.<name>.<key>")
+            problems.add_raw(f"{origin} {key}: address a stage option as stages.<name>.<key>")
             return
         stages = raw.get("stages") or []
         matches = [s for s in stages if isinstance(s, dict) and s.get("name") == parts[1]]
         if not matches:
             names = [s.get("name") for s in stages if isinstance(s, dict)]
-            problems.add_raw(f"--set {key}: no stage named {parts[1]!r} (stages: {', '.join(map(str, names))})")
+            problems.add_raw(f"{origin} {key}: no stage named {parts[1]!r} (stages: {', '.join(map(str, names))})")
             return
         target, parts = matches[0], parts[2:]
     for part in parts[:-1]:
@@ -383,7 +400,7 @@ def _apply_override(raw: dict[str, Any], override: str, problems: _Problems) -> 
         if nxt is None:
             nxt = target[part] = {}
         if not isinstance(nxt, dict):
-            problems.add_raw(f"--set {key}: {part!r} is not a mapping")
+            problems.add_raw(f"{origin} {key}: {part!r} is not a mapping")
             return
         target = nxt
     target[parts[-1]] = value

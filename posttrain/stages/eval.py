@@ -28,6 +28,8 @@ class Config(StageConfig):
     #: Held-out prompts: an earlier stage (its `data_file`), a jsonl/parquet file, or a hub data set.
     data: str
     data_file: str = "eval.jsonl"
+    #: Split of a hub data set (ignored for stage outputs and local files).
+    split: str = "train"
     prompt_column: str = "prompt"
     max_samples: int | None = Field(None, ge=1)
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="math")], min_length=1)
@@ -125,7 +127,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def _rows(ctx: StageContext, cfg: Config) -> list[dict[str, Any]]:
-    dataset = ctx.load_dataset(cfg.data, cfg.data_file)
+    dataset = ctx.load_dataset(cfg.data, cfg.data_file, cfg.split)
     if cfg.prompt_column not in dataset.column_names:
         raise DataError(f"eval data for stage {cfg.name!r} has no column {cfg.prompt_column!r}; it has "
                         f"{dataset.column_names} (set prompt_column)")

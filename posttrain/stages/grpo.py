@@ -52,6 +52,8 @@ class Config(StageConfig):
     #: Prompts with the columns the rewards need: an earlier stage (its `data_file`), a file, or a hub set.
     data: str
     data_file: str = "prompts.jsonl"
+    #: Split of a hub data set (ignored for stage outputs and local files).
+    split: str = "train"
     prompt_column: str = "prompt"
     max_samples: int | None = Field(None, ge=1)
     rewards: list[RewardSpec] = Field(min_length=1)
@@ -118,7 +120,7 @@ def run(ctx: StageContext) -> StageResult:
 
 
 def _prompts(ctx: StageContext, cfg: Config) -> Any:
-    dataset = ctx.load_dataset(cfg.data, cfg.data_file)
+    dataset = ctx.load_dataset(cfg.data, cfg.data_file, cfg.split)
     if cfg.prompt_column not in dataset.column_names:
         raise DataError(f"GRPO prompts for stage {cfg.name!r} have no column {cfg.prompt_column!r}; they have "
                         f"{dataset.column_names} (set prompt_column)")

@@ -127,6 +127,20 @@ def test_set_errors() -> None:
     assert "stages[0].rows: expected an integer, got 'x'" in problems_of(GOOD, "stages.first.rows=x")[0]
 
 
+def test_quick_applies_the_recipes_own_overrides_before_set() -> None:
+    text = GOOD + "quick:\n  seed: 5\n  stages.first.rows: 1\n  stages.second.trl.learning_rate: 1.0e-3\n"
+    assert parse_recipe(text).stage("first").rows == 3  # type: ignore[attr-defined]
+    quick = parse_recipe(text, quick=True, overrides=["stages.second.trl.learning_rate=2e-3"])
+    assert (quick.seed, quick.stage("first").rows) == (5, 1)  # type: ignore[attr-defined]
+    assert quick.stage("second").trl["learning_rate"] == 2e-3  # --set wins
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(GOOD, quick=True)
+    assert "has no `quick:` mapping" in err.value.problems[0]
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(GOOD + "quick:\n  stages.sfx.rows: 1\n", quick=True)
+    assert "quick stages.sfx.rows: no stage named 'sfx'" in err.value.problems[0]
+
+
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [

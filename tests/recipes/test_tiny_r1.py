@@ -1,0 +1,49 @@
+"""The default recipe, CI-sized (`--quick`): every stage of `make demo` runs and reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from posttrain.recipe import load_recipe
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny-r1.yaml"
+
+
+def test_the_quick_variant_only_shrinks_the_run() -> None:
+    full, quick = load_recipe(RECIPE), load_recipe(RECIPE, quick=True)
+    assert full.stage_names() == quick.stage_names()
+    assert quick.stage("sft").trl["max_steps"] < full.stage("sft").trl["max_steps"]
+    assert quick.output_dir != full.output_dir
+    # What is measured stays the same: same rewards, same sampling, same seeds.
+    for name in ("eval_base", "eval_sft", "eval_grpo"):
+        assert quick.stage(name).model_dump() == full.stage(name).model_dump()
+    assert quick.stage("grpo").rewards == full.stage("grpo").rewards
+
+
+@pytest.mark.slow
+def test_every_stage_of_the_demo_runs_end_to_end(tmp_path: Path, python: str) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.run([python, "-m", "posttrain.cli", "run", str(RECIPE), "--quick", "--output-dir", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((out / "report.json").read_text())
+    stages = report["stages"]
+    assert list(stages) == load_recipe(RECIPE).stage_names()
+    assert {e["status"] for e in stages.values()} == {"done"}, {n: e["status"] for n, e in stages.items()}
+    for name in ("eval_base", "eval_sft", "eval_grpo"):
+        metrics = stages[name]["metrics"]
+        assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["pass@1"] <= 1 and metrics["prompts"] == 24
+    assert stages["grpo"]["metrics"]["steps"] == 2
+    assert (out / "grpo" / "model" / "config.json").exists()
+    text = (out / "report.md").read_text()
+    assert all(f"## {name}" in text or name in text for name in stages)
+    assert (out / "plots").is_dir() and any((out / "plots").glob("*.png"))
+    # A second run skips everything.
+    again = subprocess.run([python, "-m", "posttrain.cli", "run", str(RECIPE), "--quick", "--output-dir", str(out)],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {e["status"] for e in json.loads((out / "report.json").read_text())["stages"].values()} == {"skipped"}

@@ -3,9 +3,32 @@
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+import sys
 from typing import Any
 
 from posttrain.errors import PluginError
+
+log = logging.getLogger("posttrain.plugins")
+
+
+def _import_module(name: str) -> Any:
+    """Import `name`; a module that only the working directory holds is found too.
+
+    `python -m` puts the working directory on sys.path but the `posttrain` console script does
+    not, so `--reward my_rewards:score` next to my_rewards.py would fail for no visible reason.
+    The directory goes last: an installed module of the same name still wins.
+    """
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        if exc.name != name.split(".")[0] or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        log.debug("%s: not on sys.path; found it in the working directory %s", name, cwd)
+        return importlib.import_module(name)
 
 
 def load_object(ref: str) -> Any:
@@ -21,7 +44,7 @@ def load_object(ref: str) -> Any:
     else:
         raise PluginError(f"{ref!r} is not an importable reference: use 'module:function'")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _import_module(module_name)
     except ImportError as exc:
         raise PluginError(f"cannot import module {module_name!r} for {ref!r}: {exc}") from exc
     for part in attr_path.split("."):

@@ -209,8 +209,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise PosttrainError(f"--batch-size must be >= 1, got {args.batch_size}")
     specs = parse_rewards(args.reward, args.reward_kwargs)
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # `module:function` in the current directory, as with `python -m`
     for spec in specs:
         if args.workers is not None and "workers" not in spec.kwargs and _takes_workers(spec.name):
             spec.kwargs["workers"] = args.workers

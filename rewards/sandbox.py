@@ -21,7 +21,7 @@ thousands of times per training step. Here each call runs inside a bubblewrap sa
 Inside, a small supervisor (`_supervisor`, run by the system's Python) compiles the program once,
 then runs each test in a fresh child (a fork of itself for Python, so there is no interpreter
 start-up per test; an exec of the binary for C/C++), kills everything that test left, wipes
-`/tmp`, and reports one JSON line per test. Expected outputs never enter the sandbox.
+`/tmp`, and reports one line (a Python literal) per test. Expected outputs never enter the sandbox.
 
 >>> run("print(sum(map(int, input().split())))", stdin="2 3").stdout  # doctest: +SKIP
 '5\\n'
@@ -29,11 +29,13 @@ start-up per test; an exec of the binary for C/C++), kills everything that test 
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import inspect
 import json
 import logging
+import marshal
 import os
 import platform
 import shutil
@@ -208,7 +210,7 @@ def seccomp_filter(machine: str | None = None) -> bytes | None:
 
 
 def _supervisor() -> None:  # pragma: no cover - runs inside the sandbox, under the system's Python
-    """Read a job (JSON) on stdin; compile once; run each test in a fresh child; one JSON line per step on stdout.
+    """Read a job (marshal) on stdin; compile once; run each test in a fresh child; one line per step on stdout.
 
     Self-contained (only the standard library, Python >= 3.8): its source is what the sandbox runs.
     Children never hold the result channel, and this process is made non-dumpable so that a test
@@ -216,17 +218,17 @@ def _supervisor() -> None:  # pragma: no cover - runs inside the sandbox, under 
     """
     import builtins
     import contextlib
-    import json
+    import marshal
     import os
     import resource
     import select
     import signal
     import sys
     import time
-    import traceback
     import types
 
-    job = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    # marshal in, repr out: no json/traceback imports, which would double the start-up of this process.
+    job = marshal.loads(sys.stdin.buffer.read())
     devnull = os.open("/dev/null", os.O_RDWR)
     os.dup2(devnull, 0)
     results = os.dup(1)  # the result channel; fd 1 itself goes to /dev/null
@@ -251,7 +253,7 @@ def _supervisor() -> None:  # pragma: no cover - runs inside the sandbox, under 
         resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
 
     def emit(obj: dict) -> None:
-        data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8", "replace")
+        data = (repr(obj) + "\n").encode("utf-8", "replace")
         while data:
             data = data[os.write(results, data):]
 
@@ -350,6 +352,8 @@ def _supervisor() -> None:  # pragma: no cover - runs inside the sandbox, under 
             status = run_python(code, token)
         except BaseException:
             with contextlib.suppress(BaseException):
+                import traceback
+
                 traceback.print_exc()
         finally:
             os._exit(status & 0xFF)
@@ -382,7 +386,10 @@ def _supervisor() -> None:  # pragma: no cover - runs inside the sandbox, under 
                 status = 1
         except BaseException:
             kind, value, tb = sys.exc_info()
-            sys.excepthook(kind, value, tb.tb_next if tb is not None else tb)  # from the program's frame on
+            tb = tb.tb_next if tb is not None else tb  # start at the program's frame, as `python main.py` does
+            if value is not None:
+                value.__traceback__ = tb
+            sys.excepthook(kind, value, tb)
             status = 1
         for finish in ("threading", "atexit"):
             try:
@@ -521,6 +528,8 @@ def _supervisor() -> None:  # pragma: no cover - runs inside the sandbox, under 
         try:
             compiled = compile(source, os.path.join(work, "main.py"), "exec", dont_inherit=True)
         except BaseException as exc:
+            import traceback
+
             text = "".join(traceback.format_exception_only(type(exc), exc))
             emit({"compile": {"status": "compile_error", "stdout": "", "stderr": text[-cap_err:], "exit_code": 1,
                               "wall_s": round(time.monotonic() - start, 6), "passed": None, "truncated": False}})
@@ -636,7 +645,8 @@ class Sandbox:
     `check()` probes once that a sandbox starts here; without one it raises SandboxUnavailable naming
     the fix, unless `allow_unsandboxed=True`, which logs a loud warning and runs programs as plain
     processes (limits still applied, no isolation). `python` is the interpreter used inside
-    (default: the system's `/usr/bin/python3`).
+    (default: the system's `/usr/bin/python3`); `bwrap` the bubblewrap binary (default: $POSTTRAIN_BWRAP,
+    else `bwrap` on PATH).
     """
 
     def __init__(self, limits: Limits | None = None, *, allow_unsandboxed: bool = False, python: str | None = None,
@@ -644,12 +654,22 @@ class Sandbox:
         self.limits = (limits or Limits()).check()
         self.allow_unsandboxed = bool(allow_unsandboxed)
         self.python, self._python_binds = _sandbox_python(python)
-        self.bwrap = bwrap or shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin")
+        self.bwrap = bwrap or os.environ.get("POSTTRAIN_BWRAP") or shutil.which("bwrap") \
+            or shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin")
         self.seccomp = bool(seccomp)
         self.isolated: bool | None = None  # None until check()
         self.unavailable_reason = ""
         self._lock = threading.Lock()
         self._root = os.geteuid() == 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------ probing
 
@@ -674,8 +694,8 @@ class Sandbox:
             return self
 
     def _probe(self) -> str | None:
-        if not self.bwrap:
-            return "bubblewrap (`bwrap`) is not installed"
+        if not self.bwrap or not os.access(self.bwrap, os.X_OK):
+            return f"bubblewrap (`bwrap`) is not installed{f' at {self.bwrap}' if self.bwrap else ''}"
         if not os.access(self.python, os.X_OK):
             return f"no Python interpreter at {self.python}"
         try:
@@ -738,7 +758,7 @@ class Sandbox:
         per_test = limits.timeout_s + 0.5
         budget = limits.total_timeout_s if limits.total_timeout_s is not None else per_test * max(1, len(inputs))
         if host_timeout_s is None:
-            host_timeout_s = 10.0 + budget + (limits.compile_timeout_s if language in COMPILERS else 0.0) \
+            host_timeout_s = 5.0 + budget + (limits.compile_timeout_s if language in COMPILERS else 0.0) \
                 + 0.5 * len(inputs)
         with contextlib.ExitStack() as stack:
             if isolated:
@@ -748,7 +768,7 @@ class Sandbox:
             else:
                 work = stack.enter_context(tempfile.TemporaryDirectory(prefix="posttrain-unsandboxed-"))
                 job["workdir"] = work
-                argv, fds, popen_kwargs = [self.python, "-I", "-X", "utf8", "-c", _supervisor_source()], [], {}
+                argv, fds, popen_kwargs = [self.python, "-I", "-X", "utf8", "-c", _supervisor_source()], {}, {}
                 popen_kwargs["env"] = {**_ENV, "HOME": work, "TMPDIR": work}
             info_r = fds.pop("info_r", None)
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -758,7 +778,7 @@ class Sandbox:
                 os.close(fd)
             stack.callback(lambda: info_r is not None and _close(info_r))
             timed_out = False
-            payload = json.dumps(job, ensure_ascii=False).encode("utf-8", "surrogateescape")
+            payload = marshal.dumps(job, 4)  # format 4: read by every Python >= 3.4
             try:
                 out, err = proc.communicate(payload, timeout=host_timeout_s)
             except subprocess.TimeoutExpired:
@@ -838,8 +858,10 @@ class Sandbox:
         results: list[RunResult | None] = [None] * n
         for line in out.decode("utf-8", "replace").splitlines():
             try:
-                record = json.loads(line)
-            except ValueError:
+                record = ast.literal_eval(line)  # the supervisor's repr() of a dict of literals
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                continue
+            if not isinstance(record, dict):
                 continue
             if "compile" in record:
                 compile_result = RunResult(**record["compile"])

@@ -115,8 +115,30 @@ def run(ctx: StageContext) -> StageResult:
     args = build_trl_config(cfg, checkpoint_dir(ctx), **extra)
     ctx.log.info("reward model from %s on %d pairs (%d held out), %s", model_path, len(train), len(held_out),
                  f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs")
-    trainer = RewardTrainer(model=model_path, args=args, train_dataset=train,
-                            eval_dataset=held_out if len(held_out) else None, processing_class=tokenizer)
+
+    class Trainer(RewardTrainer):
+        def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
+                     metric_key_prefix: str = "eval") -> dict[str, float]:
+            """Exact held-out figures, scored as the `reward_model` reward scores (TRL averages batch means,
+            which over-weights a short last batch)."""
+            if eval_dataset is not None or not len(held_out):
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            model = self.accelerator.unwrap_model(self.model)
+            was_training = model.training
+            model.eval()
+            try:
+                found = pairwise_metrics(*_score_pairs(model, tokenizer, held_out, args.per_device_eval_batch_size))
+                logs = {f"{metric_key_prefix}_loss": found["eval_loss"],
+                        f"{metric_key_prefix}_accuracy": found["pairwise_accuracy"],
+                        f"{metric_key_prefix}_margin": found["reward_margin"]}
+                self.log(logs)  # in eval mode, so RewardTrainer adds no training figures to this row
+                self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, logs)
+            finally:
+                model.train(was_training)
+            return logs
+
+    trainer = Trainer(model=model_path, args=args, train_dataset=train,
+                      eval_dataset=held_out if len(held_out) else None, processing_class=tokenizer)
     prepare_trainer(trainer, ctx)
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, MetricsFileCallback):

@@ -94,6 +94,7 @@ def test_reward_model_learns_the_preference_and_reports_held_out_accuracy(
     assert {"accuracy", "margin"} <= set(train_rows[0])
     eval_rows = [r for r in logged if "eval_accuracy" in r]
     assert [r["step"] for r in eval_rows] == [10, 20, 30] and "eval_margin" in eval_rows[0]
+    assert eval_rows[-1]["eval_accuracy"] == m["pairwise_accuracy"]  # exact, not TRL's mean of batch means
 
     # The saved model is a one-output classifier that the `reward_model` reward loads by path and that
     # scores the held-out pairs exactly as the stage measured them.

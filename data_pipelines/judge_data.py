@@ -8,9 +8,10 @@ same template the `genrm` reward renders at scoring time, so the trained judge i
 the layout it was taught on. Rows are `{"prompt", "completion", "score", "source"}`: SFT trains on
 the completion only; `score` (the verdict in [0, 1]) and `source` are kept for inspection.
 
->>> scripted_judgement("<think>9+5=13</think> The answer is \\\\boxed{13}.", "14", {"math": 0.0, "format": 1.0},
-...                    {"math": 0.8, "format": 0.2}, scale=10)
-'The answer is 13, the reference is 14: incorrect. The format is correct.\\nVerdict: Score: 2/10'
+>>> print(scripted_judgement("<think>9+5=13</think> The answer is \\\\boxed{13}.", "14", {"math": 0.0, "format": 1.0},
+...                          {"math": 0.8, "format": 0.2}, scale=10))
+Answer 13, reference 14: 3!=4 1=1 incorrect. Format correct.
+Verdict: Score: 2/10
 """
 
 from __future__ import annotations
@@ -89,20 +90,40 @@ def scripted_judgement(completion: Any, reference: str | None, scores: dict[str,
 
     predicted = predicted_answer(completion, prompt)
     if predicted is None:
-        parts = ["There is no final answer (the reasoning never ends)"]
+        head = "No final answer (the reasoning never ends)"
     else:
-        parts = [f"The answer is {predicted[0].strip()}" if predicted[1] else "The final answer is not boxed"]
+        head = f"Answer {predicted[0].strip()}" if predicted[1] else "No boxed answer"
+    steps = ""
     if use_reference and reference is not None:
-        parts[0] += f", the reference is {reference}"
+        head += f", reference {reference}"
+        if predicted is not None and predicted[1]:
+            steps = digit_comparison(predicted[0].strip(), str(reference).strip())
     math = scores.get("math")
-    parts[0] += ": cannot be checked." if math is None else (": correct." if math >= 1 else ": incorrect.")
+    finding = "cannot be checked" if math is None else ("correct" if math >= 1 else "incorrect")
+    parts = [f"{head}: {steps + ' ' if steps else ''}{finding}."]
     fmt = scores.get("format")
     if fmt is not None:
-        parts.append("The format is correct." if fmt >= 1 else "The format is incorrect.")
+        parts.append("Format correct." if fmt >= 1 else "Format incorrect.")
     for label, value in scores.items():
         if label not in ("math", "format") and value is not None:
             parts.append(f"{label.capitalize()}: {value:.2g}.")
     return " ".join(parts) + f"\nVerdict: Score: {score}/{scale}"
+
+
+def digit_comparison(answer: str, reference: str) -> str:
+    """`8!=7 3=3 5=5` for two whole numbers of up to 12 digits, from the right (else empty): a step-by-step
+    check a small judge can learn, each step comparing two digits it has just written side by side.
+
+    >>> digit_comparison("538", "537")
+    '8!=7 3=3 5=5'
+    >>> digit_comparison("1160", "160")
+    '0=0 6=6 1=1 1!=_'
+    """
+    if not (answer.isdigit() and reference.isdigit()) or max(len(answer), len(reference)) > 12:
+        return ""
+    width = max(len(answer), len(reference))
+    a, r = answer[::-1].ljust(width, "_"), reference[::-1].ljust(width, "_")
+    return " ".join(f"{x}={y}" if x == y else f"{x}!={y}" for x, y in zip(a, r, strict=True))
 
 
 def judged_examples(rows: Sequence[dict[str, Any]], verifiers: Sequence[Verifier], *, template: str = "compact",

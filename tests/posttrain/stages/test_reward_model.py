@@ -128,7 +128,8 @@ def test_judge_data_is_written_from_the_training_pairs_only(tmp_path: Path, tiny
     good = [e for e in examples if e["source"] == "chosen"]
     assert good and all(e["completion"].endswith("Verdict: Score: 10/10") for e in good)
     # The verdict is the verifiers' weighted mean (math 0.8, format 0.2) and the reasoning says why.
-    verdicts = {(": correct." in e["completion"], "format is correct" in e["completion"]): e["completion"][-5:]
+    verdicts = {(" correct." in e["completion"].split("Format")[0], "Format correct" in e["completion"]):
+                e["completion"][-5:]
                 for e in examples}
     assert verdicts == {(True, True): "10/10", (False, True): " 2/10", (True, False): " 8/10", (False, False): " 0/10"}
 

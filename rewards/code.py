@@ -12,7 +12,8 @@ Column `language` (python | c | cpp, default python) picks the compiler. The cod
 block after `</think>`. No block, a compile error, a timeout, a crash or a hostile program score 0.0
 with the reason in `last_errors`; a wrong answer scores 0.0 without one; a malformed row (no tests,
 unknown language) scores None with an error. Rows run in parallel in a bounded pool of sandboxes,
-each row compiled once and its tests run without a new sandbox each; identical programs on the same
+each row compiled once and its tests run in one sandbox (kept by each thread for its next rows, see
+`rewards.sandbox`); identical programs on the same
 tests (common among GRPO's completions of one prompt) run once.
 """
 
@@ -231,11 +232,12 @@ class CodeReward:
             return None, str(exc)
 
     def close(self) -> None:
-        """Stop the pool's threads (sandboxes are never left running)."""
+        """Stop the pool's threads and end the sandboxes they kept."""
         with self._lock:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+            self.sandbox.close()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -1,7 +1,7 @@
 """Run untrusted Python, C and C++ locally, contained by bubblewrap: `run(code, language, stdin)`.
 
 DeepSeek-V3 rewards code with compiler and test feedback, which means running what a policy wrote,
-thousands of times per training step. Here each call runs inside a bubblewrap sandbox:
+thousands of times per training step. Here every program runs inside a bubblewrap sandbox:
 
 - namespaces: a new user, PID, network (nothing reachable, not even the host's 127.0.0.1), IPC, UTS
   and mount namespace; no further user namespaces; a new session; it dies with its parent.
@@ -10,18 +10,25 @@ thousands of times per training step. Here each call runs inside a bubblewrap sa
   The root and `/dev` are read-only.
 - identity: bubblewrap starts with an empty environment (so `/proc/1/environ` holds nothing of the
   host's) and the program sees only PATH/HOME/LANG/TMPDIR. All capabilities are dropped. When this
-  process is root, bubblewrap runs as an unprivileged uid of its own (one per concurrent run), since
+  process is root, bubblewrap runs as an unprivileged uid of its own (one per live sandbox), since
   the kernel does not enforce RLIMIT_NPROC for uid 0.
 - limits, per run: wall time, CPU time, address space, processes, file size, open files, output.
   A seccomp filter refuses ptrace, bpf, keyctl, io_uring, perf, mount and module syscalls.
-- cleanup: every process of a run is killed and reaped before the next test starts and before
-  `run` returns; a timed-out sandbox is torn down by killing its PID namespace's init, which the
-  kernel only lets exit once every process in it is gone.
+- cleanup: every process a program started is killed and reaped before the next test starts and
+  before `run` returns; a timed-out sandbox is torn down by killing its PID namespace's init, which
+  the kernel only lets exit once every process in it is gone.
 
 Inside, a small supervisor (`_supervisor`, run by the system's Python) compiles the program once,
 then runs each test in a fresh child (a fork of itself for Python, so there is no interpreter
 start-up per test; an exec of the binary for C/C++), kills everything that test left, wipes
-`/tmp`, and reports one line (a Python literal) per test. Expected outputs never enter the sandbox.
+`/tmp` and `/dev/shm`, and reports one line per test. Expected outputs never enter the sandbox.
+
+Start-up (bubblewrap + an interpreter, ~15-25 ms) would dominate a HumanEval problem (~2 ms), so
+each thread keeps its sandbox and sends it the next program (`reuse=True`, the default): programs
+run one after another in it, each in fresh processes, on an emptied /tmp, with System V and POSIX
+message-queue IPC refused, so that nothing of one reaches the next. The supervisor itself is out of
+their reach (non-dumpable, a result channel they never hold); a program that kills or stops it
+only ends that sandbox, and the next call starts a new one. `reuse=False` starts one per call.
 
 >>> run("print(sum(map(int, input().split())))", stdin="2 3").stdout  # doctest: +SKIP
 '5\\n'
@@ -38,6 +45,7 @@ import logging
 import marshal
 import os
 import platform
+import select
 import shutil
 import signal
 import struct
@@ -48,6 +56,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from posttrain.errors import DataError, MissingDependencyError
@@ -157,7 +166,11 @@ _DENIED_SYSCALLS = ("ptrace", "process_vm_readv", "process_vm_writev", "keyctl",
                     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "mount",
                     "umount2", "pivot_root", "swapon", "swapoff", "reboot", "acct", "unshare", "setns", "syslog",
                     "quotactl", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick",
-                    "name_to_handle_at", "open_by_handle_at")
+                    "name_to_handle_at", "open_by_handle_at",
+                    # System V and POSIX message-queue IPC live in the IPC namespace, which outlives one program
+                    # when a sandbox runs several in turn: refuse them rather than let them carry state across.
+                    "shmget", "shmat", "shmctl", "semget", "semop", "semctl", "semtimedop", "msgget", "msgsnd",
+                    "msgrcv", "msgctl", "mq_open", "mq_unlink")
 _SYSCALLS = {
     # machine: (AUDIT_ARCH, {name: number}, x32 bit or 0)
     "x86_64": (0xC000003E, {
@@ -168,6 +181,8 @@ _SYSCALLS = {
         "pivot_root": 155, "swapon": 167, "swapoff": 168, "reboot": 169, "acct": 163, "unshare": 272,
         "setns": 308, "syslog": 103, "quotactl": 179, "open_tree": 428, "move_mount": 429, "fsopen": 430,
         "fsconfig": 431, "fsmount": 432, "fspick": 433, "name_to_handle_at": 303, "open_by_handle_at": 304,
+        "shmget": 29, "shmat": 30, "shmctl": 31, "semget": 64, "semop": 65, "semctl": 66, "semtimedop": 220,
+        "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "mq_open": 240, "mq_unlink": 241,
     }, 0x40000000),
     "aarch64": (0xC00000B7, {
         "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "keyctl": 219, "add_key": 217,
@@ -177,6 +192,8 @@ _SYSCALLS = {
         "pivot_root": 41, "swapon": 224, "swapoff": 225, "reboot": 142, "acct": 89, "unshare": 97,
         "setns": 268, "syslog": 116, "quotactl": 60, "open_tree": 428, "move_mount": 429, "fsopen": 430,
         "fsconfig": 431, "fsmount": 432, "fspick": 433, "name_to_handle_at": 264, "open_by_handle_at": 265,
+        "shmget": 194, "shmat": 196, "shmctl": 195, "semget": 190, "semop": 193, "semctl": 191, "semtimedop": 192,
+        "msgget": 186, "msgsnd": 189, "msgrcv": 188, "msgctl": 187, "mq_open": 180, "mq_unlink": 181,
     }, 0),
 }
 
@@ -210,7 +227,7 @@ def seccomp_filter(machine: str | None = None) -> bytes | None:
 
 
 def _supervisor() -> None:  # pragma: no cover - runs inside the sandbox, under the system's Python
-    """Read a job (marshal) on stdin; compile once; run each test in a fresh child; one line per step on stdout.
+    """Read jobs (marshal) on stdin; per job compile once, run each test in a fresh child; lines on stdout.
 
     Self-contained (only the standard library, Python >= 3.8): its source is what the sandbox runs.
     Children never hold the result channel, and this process is made non-dumpable so that a test
@@ -227,19 +244,21 @@ def _supervisor() -> None:  # pragma: no cover - runs inside the sandbox, under 
     import time
     import types
 
-    # marshal in, repr out: no json/traceback imports, which would double the start-up of this process.
-    job = marshal.loads(sys.stdin.buffer.read())
+    # Jobs come as marshal (length-prefixed, one after another until EOF), results go out as repr() lines:
+    # no json/traceback imports, which would double the start-up of this process.
+    work, pidns, nproc = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
+    me = os.getpid()
     devnull = os.open("/dev/null", os.O_RDWR)
+    jobs = os.dup(0)
+    results = os.dup(1)  # the result channel; fds 0 and 1 themselves go to /dev/null
     os.dup2(devnull, 0)
-    results = os.dup(1)  # the result channel; fd 1 itself goes to /dev/null
     os.dup2(devnull, 1)
-    work, pidns, me = job["workdir"], job["pidns"], os.getpid()
-    limits = job["limits"]
-    cap_out, cap_err = limits["max_output_bytes"], limits["max_stderr_bytes"]
     mem_markers = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "out of memory")
     crash_signals = {signal.SIGSEGV, signal.SIGABRT, signal.SIGFPE, signal.SIGBUS, signal.SIGILL, signal.SIGTRAP,
                      signal.SIGSYS, signal.SIGXFSZ}
-    env = dict(job["env"])
+    limits: dict = {}
+    env: dict = {}
+    cap_out = cap_err = 0
     try:
         import ctypes
 
@@ -249,8 +268,17 @@ def _supervisor() -> None:  # pragma: no cover - runs inside the sandbox, under 
     except Exception:
         pass
     if pidns:
-        n = limits["max_processes"] + 4  # bubblewrap's init, this supervisor, the test's first process, slack
+        n = nproc + 4  # bubblewrap's init, this supervisor, the test's first process, slack
         resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
+
+    def read_exact(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = os.read(jobs, n - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
 
     def emit(obj: dict) -> None:
         data = (repr(obj) + "\n").encode("utf-8", "replace")
@@ -518,62 +546,81 @@ def _supervisor() -> None:  # pragma: no cover - runs inside the sandbox, under 
         return {"status": status, "stdout": stdout, "stderr": stderr.lstrip("\n"), "exit_code": exit_code,
                 "wall_s": round(wall, 6), "passed": passed, "truncated": truncated}
 
+    def handle(job: dict) -> None:
+        """One call: compile once, then every test; a line per step."""
+        nonlocal limits, env, cap_out, cap_err
+        limits, env = job["limits"], dict(job["env"])
+        cap_out, cap_err = limits["max_output_bytes"], limits["max_stderr_bytes"]
+        source = job["source"]
+        compiled = None
+        program = None
+        start = time.monotonic()
+        if job["language"] == "python":
+            try:
+                compiled = compile(source, os.path.join(work, "main.py"), "exec", dont_inherit=True)
+            except BaseException as exc:
+                import traceback
+
+                text = "".join(traceback.format_exception_only(type(exc), exc))
+                emit({"compile": {"status": "compile_error", "stdout": "", "stderr": text[-cap_err:], "exit_code": 1,
+                                  "wall_s": round(time.monotonic() - start, 6), "passed": None, "truncated": False}})
+                return
+        else:
+            with open(os.path.join(work, job["source_name"]), "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(source)
+            result = run_one(job["compile"], None, b"", limits["compile_timeout_s"], limits["compile_memory_mb"], False,
+                             clean=False)
+            if result["status"] == "ok":
+                try:
+                    with open(os.path.join(work, "prog"), "rb") as f:
+                        program = f.read()
+                except OSError as exc:
+                    result.update(status="compile_error", stderr=result["stderr"] + f"\nno binary: {exc}")
+            else:  # failed, or the compiler was stopped (time, memory): the program does not compile in bounds
+                result["status"] = "compile_error"
+            emit({"compile": result})
+            wipe()
+            if program is None:
+                return
+        budget = job["total_timeout_s"]
+        for index, data in enumerate(job["tests"]):
+            if budget is not None and time.monotonic() - start > budget:
+                note = f"[sandbox] not run: the time for all tests ({budget:g} s) is spent"
+                emit({"test": index, "result": {"status": "timeout", "stdout": "", "stderr": note, "exit_code": None,
+                                                "wall_s": 0.0, "passed": None, "truncated": False}})
+                continue
+            argv = None
+            if program is not None:
+                path = os.path.join(work, "prog")
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
+                view = memoryview(program)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.close(fd)
+                argv = [path]
+            else:
+                with open(os.path.join(work, "main.py"), "w", encoding="utf-8", errors="surrogateescape") as f:
+                    f.write(source)
+            raw = data.encode("utf-8", "surrogateescape")
+            result = run_one(argv, compiled, raw, limits["timeout_s"], limits["memory_mb"], job["check"])
+            emit({"test": index, "result": result})
+
+
+
     os.chdir(work)
     wipe()
-    source = job["source"]
-    compiled = None
-    program = None
-    start = time.monotonic()
-    if job["language"] == "python":
-        try:
-            compiled = compile(source, os.path.join(work, "main.py"), "exec", dont_inherit=True)
-        except BaseException as exc:
-            import traceback
-
-            text = "".join(traceback.format_exception_only(type(exc), exc))
-            emit({"compile": {"status": "compile_error", "stdout": "", "stderr": text[-cap_err:], "exit_code": 1,
-                              "wall_s": round(time.monotonic() - start, 6), "passed": None, "truncated": False}})
+    while True:
+        header = read_exact(8)
+        if len(header) < 8:
             return
-    else:
-        with open(os.path.join(work, job["source_name"]), "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(source)
-        result = run_one(job["compile"], None, b"", limits["compile_timeout_s"], limits["compile_memory_mb"], False,
-                         clean=False)
-        if result["status"] == "ok":
-            try:
-                with open(os.path.join(work, "prog"), "rb") as f:
-                    program = f.read()
-            except OSError as exc:
-                result.update(status="compile_error", stderr=result["stderr"] + f"\nno binary: {exc}")
-        else:  # failed, or the compiler was stopped (time, memory): the program does not compile in bounds
-            result["status"] = "compile_error"
-        emit({"compile": result})
+        job = marshal.loads(read_exact(int.from_bytes(header, "little")))
+        if pidns and others():
+            os._exit(3)  # a process outlived its test: never run the next job into a half-dead namespace
+        handle(job)
         wipe()
-        if program is None:
-            return
-    budget = job["total_timeout_s"]
-    for index, data in enumerate(job["tests"]):
-        if budget is not None and time.monotonic() - start > budget:
-            note = f"[sandbox] not run: the time for all tests ({budget:g} s) is spent"
-            emit({"test": index, "result": {"status": "timeout", "stdout": "", "stderr": note, "exit_code": None,
-                                            "wall_s": 0.0, "passed": None, "truncated": False}})
-            continue
-        argv = None
-        if program is not None:
-            path = os.path.join(work, "prog")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
-            view = memoryview(program)
-            while view:
-                view = view[os.write(fd, view):]
-            os.close(fd)
-            argv = [path]
-        else:
-            with open(os.path.join(work, "main.py"), "w", encoding="utf-8", errors="surrogateescape") as f:
-                f.write(source)
-        raw = data.encode("utf-8", "surrogateescape")
-        result = run_one(argv, compiled, raw, limits["timeout_s"], limits["memory_mb"], job["check"])
-        emit({"test": index, "result": result})
-    emit({"done": True})
+        if os.listdir(work) or (pidns and os.listdir("/dev/shm")):
+            os._exit(3)  # something could not be removed: end the session rather than leak it to the next job
+        emit({"done": True})
 
 
 @functools.lru_cache(maxsize=1)
@@ -650,7 +697,7 @@ class Sandbox:
     """
 
     def __init__(self, limits: Limits | None = None, *, allow_unsandboxed: bool = False, python: str | None = None,
-                 bwrap: str | None = None, seccomp: bool = True):
+                 bwrap: str | None = None, seccomp: bool = True, reuse: bool = True):
         self.limits = (limits or Limits()).check()
         self.allow_unsandboxed = bool(allow_unsandboxed)
         self.python, self._python_binds = _sandbox_python(python)
@@ -659,17 +706,25 @@ class Sandbox:
         self.seccomp = bool(seccomp)
         self.isolated: bool | None = None  # None until check()
         self.unavailable_reason = ""
+        self.reuse = bool(reuse)
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._sessions: list[_Session] = []
+        self._sessions_lock = threading.Lock()
         self._root = os.geteuid() == 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_lock"]
+        for key in ("_lock", "_local", "_sessions", "_sessions_lock"):
+            del state[key]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._sessions = []
+        self._sessions_lock = threading.Lock()
 
     # ------------------------------------------------------------ probing
 
@@ -746,54 +801,8 @@ class Sandbox:
             return compile_result
         return results[0]
 
-    # ------------------------------------------------------------ launching
-
-    def _execute(self, language: str, code: str, inputs: list[str], *, check: bool, limits: Limits, isolated: bool,
-                 host_timeout_s: float | None = None) -> tuple[RunResult | None, list[RunResult]]:
-        job: dict[str, Any] = {"language": language, "source": code, "tests": inputs, "check": check,
-                               "limits": asdict(limits), "env": _ENV, "pidns": isolated,
-                               "total_timeout_s": limits.total_timeout_s}
-        if language in COMPILERS:
-            job["source_name"], job["compile"] = COMPILERS[language][0], list(COMPILERS[language][1])
-        per_test = limits.timeout_s + 0.5
-        budget = limits.total_timeout_s if limits.total_timeout_s is not None else per_test * max(1, len(inputs))
-        if host_timeout_s is None:
-            host_timeout_s = 5.0 + budget + (limits.compile_timeout_s if language in COMPILERS else 0.0) \
-                + 0.5 * len(inputs)
-        with contextlib.ExitStack() as stack:
-            if isolated:
-                uid = stack.enter_context(_UIDS.slot()) if self._root else None
-                argv, fds, popen_kwargs = self._bwrap_command(stack, uid)
-                job["workdir"] = "/tmp"
-            else:
-                work = stack.enter_context(tempfile.TemporaryDirectory(prefix="posttrain-unsandboxed-"))
-                job["workdir"] = work
-                argv, fds, popen_kwargs = [self.python, "-I", "-X", "utf8", "-c", _supervisor_source()], {}, {}
-                popen_kwargs["env"] = {**_ENV, "HOME": work, "TMPDIR": work}
-            info_r = fds.pop("info_r", None)
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    start_new_session=True, close_fds=True, cwd="/",
-                                    pass_fds=tuple(fds.values()), **popen_kwargs)
-            for fd in fds.values():
-                os.close(fd)
-            stack.callback(lambda: info_r is not None and _close(info_r))
-            timed_out = False
-            payload = marshal.dumps(job, 4)  # format 4: read by every Python >= 3.4
-            try:
-                out, err = proc.communicate(payload, timeout=host_timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                self._teardown(proc, info_r, isolated)
-                out, err = proc.communicate()
-            finally:
-                if proc.poll() is None:
-                    self._teardown(proc, info_r, isolated)
-                    proc.wait()
-        return self._parse(out, err, len(inputs), timed_out, host_timeout_s, proc.returncode)
-
-    def _bwrap_command(self, stack: contextlib.ExitStack, uid: int | None) -> tuple[list[str], dict[str, int],
-                                                                                         dict[str, Any]]:
-        lim = self.limits
+    def _bwrap_command(self, uid: int | None, tmp_mb: int) -> tuple[list[str], dict[str, int], dict[str, Any]]:
+        """bubblewrap's argv (up to the supervisor's own arguments), the fds it must inherit, Popen options."""
         features = _bwrap_features(self.bwrap)
         args = [self.bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
                 "--uid", str(_INNER_UID), "--gid", str(_INNER_UID), "--cap-drop", "ALL"]
@@ -808,8 +817,8 @@ class Sandbox:
             args += ["--ro-bind-try", f, f]
         for d in self._python_binds:
             args += ["--ro-bind", d, d]
-        size = ["--size", str(lim.tmp_mb << 20)] if "--size" in features else []
-        shm = ["--size", str(min(lim.tmp_mb, 16) << 20)] if "--size" in features else []
+        size = ["--size", str(tmp_mb << 20)] if "--size" in features else []
+        shm = ["--size", str(min(tmp_mb, 16) << 20)] if "--size" in features else []
         args += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", "/tmp", *shm, "--tmpfs", "/dev/shm"]
         if "--remount-ro" in features:
             args += ["--remount-ro", "/dev", "--remount-ro", "/"]
@@ -834,48 +843,232 @@ class Sandbox:
             popen.update(user=uid, group=uid, extra_groups=[])
         return args, fds, popen
 
-    def _teardown(self, proc: subprocess.Popen, info_r: int | None, isolated: bool) -> None:
-        """Kill a sandbox: its PID namespace's init (the kernel kills the rest first), then bubblewrap."""
-        child = _child_pid(info_r) if isolated and info_r is not None else None
-        if child is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(child, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait()
-        if child is not None:  # normally gone already: bubblewrap reaps it only once its namespace is empty
-            end = time.monotonic() + 5.0
-            while os.path.exists(f"/proc/{child}") and time.monotonic() < end:
-                time.sleep(0.01)
+    # ------------------------------------------------------------ launching
 
-    def _parse(self, out: bytes, err: bytes, n: int, timed_out: bool, host_timeout_s: float,
-               returncode: int | None) -> tuple[RunResult | None, list[RunResult]]:
+    def _execute(self, language: str, code: str, inputs: list[str], *, check: bool, limits: Limits, isolated: bool,
+                 host_timeout_s: float | None = None) -> tuple[RunResult | None, list[RunResult]]:
+        job: dict[str, Any] = {"language": language, "source": code, "tests": inputs, "check": check,
+                               "limits": asdict(limits), "env": _ENV, "total_timeout_s": limits.total_timeout_s}
+        if language in COMPILERS:
+            job["source_name"], job["compile"] = COMPILERS[language][0], list(COMPILERS[language][1])
+        per_test = limits.timeout_s + 0.5
+        budget = limits.total_timeout_s if limits.total_timeout_s is not None else per_test * max(1, len(inputs))
+        if host_timeout_s is None:
+            host_timeout_s = 5.0 + budget + (limits.compile_timeout_s if language in COMPILERS else 0.0) \
+                + 0.5 * len(inputs)
+        payload = marshal.dumps(job, 4)  # format 4: read by every Python >= 3.4
+        key = (isolated, limits.tmp_mb, limits.max_processes)
+        for attempt in range(2):
+            session, fresh = self._session(key)
+            records, end, detail = session.request(payload, host_timeout_s)
+            if end != "done" or not self.reuse:
+                self._discard(key, session)
+            # A reused session found dead before it answered anything (e.g. its thread's pool was shut down):
+            # start a fresh one and run the job there, once.
+            if end == "died" and not records and not fresh and attempt == 0:
+                continue
+            return self._results(records, len(inputs), end, detail, host_timeout_s)
+        raise AssertionError("unreachable")
+
+    def _session(self, key: tuple) -> tuple[_Session, bool]:
+        """This thread's live session for `key` (started if needed), and whether it was just started.
+
+        Sessions are per thread: bubblewrap's --die-with-parent follows the thread that started it.
+        """
+        sessions = getattr(self._local, "sessions", None)
+        if sessions is None or self._local.pid != os.getpid():  # none yet, or inherited through fork
+            sessions = self._local.sessions = {}
+            self._local.pid = os.getpid()
+        session = sessions.get(key)
+        if session is not None and session.alive():
+            return session, False
+        if session is not None:
+            self._discard(key, session)
+        session = _Session(self, isolated=key[0], tmp_mb=key[1], max_processes=key[2])
+        sessions[key] = session
+        with self._sessions_lock:
+            self._sessions = [s for s in self._sessions if s.alive()] + [session]
+        return session, True
+
+    def _discard(self, key: tuple, session: _Session) -> None:
+        session.close()
+        sessions = getattr(self._local, "sessions", {})
+        if sessions.get(key) is session:
+            del sessions[key]
+
+    def close(self) -> None:
+        """End every idle sandbox of this object (all threads'); runs in progress must be finished."""
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+        self._local = threading.local()
+
+    def _results(self, records: list[dict], n: int, end: str, detail: str,
+                 host_timeout_s: float) -> tuple[RunResult | None, list[RunResult]]:
         compile_result: RunResult | None = None
         results: list[RunResult | None] = [None] * n
-        for line in out.decode("utf-8", "replace").splitlines():
-            try:
-                record = ast.literal_eval(line)  # the supervisor's repr() of a dict of literals
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
-                continue
-            if not isinstance(record, dict):
-                continue
+        for record in records:
             if "compile" in record:
                 compile_result = RunResult(**record["compile"])
             elif "test" in record and 0 <= record["test"] < n:
                 results[record["test"]] = RunResult(**record["result"])
         if compile_result is not None and compile_result.status != "ok":
             return compile_result, []
-        if timed_out:
+        if end == "timeout":
             missing = RunResult("timeout", stderr=f"[sandbox] killed: the run took more than {host_timeout_s:g} s")
         else:
-            detail = err.decode("utf-8", "replace").strip()[-2000:]
-            missing = RunResult("killed", stderr="[sandbox] the test did not run: the sandbox ended early "
-                                                 f"(exit status {returncode})" + (f": {detail}" if detail else ""))
+            missing = RunResult("killed", stderr="[sandbox] the test did not run: the sandbox ended early"
+                                                 + (f": {detail}" if detail else ""))
         return compile_result, [r if r is not None else replace(missing) for r in results]
+
+
+class _Session:
+    """One running sandbox (bubblewrap + the supervisor) that runs jobs one after another.
+
+    Between jobs nothing of a program is left: the supervisor kills and reaps every process and
+    wipes /tmp and /dev/shm after each test, and refuses to go on (ends) if it cannot. A session
+    that timed out, died, or was killed by its program is torn down and replaced.
+    """
+
+    def __init__(self, sandbox: Sandbox, isolated: bool, tmp_mb: int, max_processes: int):
+        self.owner = os.getpid()
+        self.isolated = isolated
+        self._stack = contextlib.ExitStack()
+        self.info_r: int | None = None
+        self.child: int | None = None  # host PID of the sandbox's init (its PID namespace dies with it)
+        self._buffer = b""
+        self._err = b""
+        try:
+            if isolated:
+                uid = self._stack.enter_context(_UIDS.slot()) if sandbox._root else None
+                argv, fds, popen = sandbox._bwrap_command(uid, tmp_mb)
+                workdir = "/tmp"
+            else:
+                workdir = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="posttrain-unsandboxed-"))
+                argv, fds, popen = [sandbox.python, "-I", "-X", "utf8", "-c", _supervisor_source()], {}, {}
+                popen["env"] = {**_ENV, "HOME": workdir, "TMPDIR": workdir}
+            argv += [workdir, "1" if isolated else "0", str(max_processes)]
+            self.info_r = fds.pop("info_r", None)
+            try:
+                self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, bufsize=0, start_new_session=True,
+                                             close_fds=True, cwd="/", pass_fds=tuple(fds.values()), **popen)
+            finally:
+                for fd in fds.values():
+                    _close(fd)
+        except BaseException:
+            if self.info_r is not None:
+                _close(self.info_r)
+            self._stack.close()
+            raise
+
+    def alive(self) -> bool:
+        return self.owner == os.getpid() and self.proc.poll() is None
+
+    def request(self, payload: bytes, timeout_s: float) -> tuple[list[dict], str, str]:
+        """Send one job; (records, "done" | "timeout" | "died", detail) once it is answered or bounded."""
+        deadline = time.monotonic() + timeout_s
+        records: list[dict] = []
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(len(payload).to_bytes(8, "little") + payload)
+        except (BrokenPipeError, OSError):
+            return records, "died", self._detail()
+        out, err = self.proc.stdout, self.proc.stderr
+        assert out is not None and err is not None
+        streams = {out.fileno(): "out", err.fileno(): "err"}
+        while streams:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return records, "timeout", ""
+            for fd in select.select(list(streams), [], [], left)[0]:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    del streams[fd]
+                elif streams[fd] == "err":
+                    self._err = (self._err + chunk)[-4000:]
+                else:
+                    self._buffer += chunk
+                    *lines, self._buffer = self._buffer.split(b"\n")
+                    for line in lines:
+                        record = _literal(line)
+                        if record is None:
+                            continue
+                        if record.get("done"):
+                            return records, "done", ""
+                        records.append(record)
+            if out.fileno() not in streams:  # the supervisor is gone
+                break
+        return records, "died", self._detail()
+
+    def _detail(self) -> str:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(1)
+        err = self._err.decode("utf-8", "replace").strip()[-1000:]
+        return f"exit status {self.proc.returncode}" + (f": {err}" if err else "")
+
+    def close(self) -> None:
+        """End the session: EOF to an idle supervisor; kill a busy, stuck or dead one's namespace. Idempotent."""
+        if self.owner != os.getpid():
+            return  # a forked copy: the session is the parent's
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()  # type: ignore[union-attr]
+            try:
+                self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                self._kill()
+        self._kill()  # also makes sure the namespace is gone when bubblewrap exited first
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()  # type: ignore[union-attr]
+        if self.info_r is not None:
+            _close(self.info_r)
+            self.info_r = None
+        self._stack.close()
+
+    def _kill(self) -> None:
+        """Kill the sandbox's init (the kernel then kills everything in its PID namespace), then bubblewrap."""
+        if self.child is None and self.info_r is not None:
+            self.child = _child_pid(self.info_r)
+        if self.child is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.child, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            self.proc.wait()
+        if self.child is not None:  # bubblewrap reaps its init only once the namespace is empty; make sure
+            end = time.monotonic() + 5.0
+            while _is_process(self.child) and time.monotonic() < end:
+                time.sleep(0.01)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def _literal(line: bytes) -> dict | None:
+    """One record of the supervisor (the repr() of a dict of literals), or None."""
+    try:
+        record = ast.literal_eval(line.decode("utf-8", "replace"))
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _is_process(pid: int) -> bool:
+    """Whether `pid` still exists (and is not a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def _close(fd: int) -> None:

@@ -55,8 +55,11 @@ pytestmark = pytest.mark.skipif(_bwrap_works() is not None, reason=str(_bwrap_wo
 
 
 @pytest.fixture(scope="module")
-def sandbox() -> Sandbox:
-    return Sandbox(LIMITS).check()
+def sandbox() -> Iterator[Sandbox]:
+    box = Sandbox(LIMITS).check()
+    yield box
+    box.close()
+    assert _descendants() == [], "a sandbox outlived close()"
 
 
 def _descendants() -> list[int]:
@@ -76,6 +79,29 @@ def _descendants() -> list[int]:
     return found
 
 
+def _is_session(pid: int) -> bool:
+    """A process of a running sandbox itself: bubblewrap, its init (PID 1 inside) or the supervisor (PID 2 inside)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True  # gone meanwhile
+    nspid = status.split("\nNSpid:")[1].split("\n")[0].split()
+    name = status.split("\n")[0].split()[-1]
+    return (len(nspid) == 2 and nspid[1] in ("1", "2")) or (len(nspid) == 1 and name == "bwrap")
+
+
+def _programs() -> list[int]:
+    """Processes under this one that are not a sandbox's own: what a program started and left behind."""
+    return [pid for pid in _descendants() if not _is_session(pid)]
+
+
+def _is_process_alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _marked() -> list[int]:
     """Processes whose command line holds MARK (the background processes hostile programs start)."""
     hits = []
@@ -90,8 +116,8 @@ def _marked() -> list[int]:
 
 
 def _sandbox_uid_processes() -> list[int]:
-    """Processes running as a sandbox uid whose parent chain leads to this process (none once a run returned)."""
-    mine = set(_descendants())
+    """Program processes running as a sandbox uid under this process (none once a run returned)."""
+    mine = set(_programs())
     hits = []
     for pid in mine:
         try:
@@ -105,9 +131,9 @@ def _sandbox_uid_processes() -> list[int]:
 
 @pytest.fixture(autouse=True)
 def no_leftovers() -> Iterator[None]:
-    """After every test: no child of this process, no marked process, nothing of a sandbox uid."""
+    """After every test: no program process under this one, no marked process, nothing of a sandbox uid."""
     yield
-    assert _descendants() == [], "processes left behind by a sandbox run"
+    assert _programs() == [], "processes left behind by a sandbox run"
     assert _marked() == [], "a background process started in the sandbox outlived the run"
     assert _sandbox_uid_processes() == []
 
@@ -178,6 +204,25 @@ def test_tests_of_one_call_are_isolated_from_each_other(sandbox: Sandbox) -> Non
     compiled, results = sandbox.run_tests(program, "python", ["dirty", "clean", "dirty", "clean"])
     assert compiled is None
     assert [r.stdout for r in results] == ["dirtied\n", "['main.py'] [] 0 1\n"] * 2
+
+
+def test_calls_sharing_a_sandbox_are_isolated_from_each_other(sandbox: Sandbox) -> None:
+    """Calls of one thread reuse its sandbox: the next program finds no file, process or IPC object of the last."""
+    dirty = (
+        "import ctypes, os, subprocess\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "open('/tmp/left', 'w').write('x'); open('/dev/shm/left', 'w').write('x')\n"
+        f"subprocess.Popen(['sleep', '{MARK}'], start_new_session=True)\n"
+        "print(libc.shmget(1234, 4096, 0o1666), libc.semget(1234, 1, 0o1666), libc.msgget(1234, 0o1666),"
+        " libc.mq_open(b'/q', 0o100 | 2, 0o666, None))\n"
+    )
+    clean = ("import os\n"
+             "procs = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+             f"marked = [p for p in procs if b'{MARK}' in open(f'/proc/{{p}}/cmdline', 'rb').read()]\n"
+             "shm = open('/proc/sysvipc/shm').read().count('\\n')  # the header line only\n"
+             "print(sorted(os.listdir('/tmp')), os.listdir('/dev/shm'), len(marked), shm)")
+    assert sandbox.run(dirty, "python").stdout == "-1 -1 -1 -1\n"  # System V and POSIX queues: refused
+    assert sandbox.run(clean, "python").stdout == "['main.py'] [] 0 1\n"
 
 
 def test_c_binary_is_compiled_once_and_cannot_be_changed_by_a_test(sandbox: Sandbox) -> None:
@@ -618,6 +663,7 @@ def test_refuses_without_bubblewrap() -> None:
 
 
 def test_unsandboxed_only_when_allowed_and_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    before = set(_descendants())
     with caplog.at_level(logging.WARNING, logger="posttrain.rewards.sandbox"):
         sandbox = Sandbox(LIMITS, bwrap="/nonexistent/bwrap", allow_unsandboxed=True).check()
     assert sandbox.isolated is False
@@ -625,6 +671,31 @@ def test_unsandboxed_only_when_allowed_and_loudly(caplog: pytest.LogCaptureFixtu
     assert sandbox.run("print(input()[::-1])", "python", "abc").stdout == "cba\n"
     assert sandbox.run("import time\ntime.sleep(100)", "python").status == "timeout"
     assert sandbox.run(_c("int main(){puts(\"c\");}"), "c").stdout == "c\n"
+    sandbox.close()
+    assert set(_descendants()) - before == set()
+
+
+def test_without_reuse_nothing_outlives_a_run() -> None:
+    before = set(_descendants())
+    sandbox = Sandbox(LIMITS, reuse=False).check()
+    assert sandbox.run(BACKGROUND_PY, "python").stdout == "parent done\n"
+    assert set(_descendants()) - before == set()
+
+
+def test_sessions_are_per_thread_and_end_with_close() -> None:
+    before = set(_descendants())
+    sandbox = Sandbox(LIMITS).check()
+    threads = [threading.Thread(target=sandbox.run, args=("print(1)",)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # each thread's sandbox died with its thread (bubblewrap's --die-with-parent); the main thread's is alive
+    assert sandbox.run("print(2)").stdout == "2\n"
+    live = [pid for pid in set(_descendants()) - before if _is_process_alive(pid)]
+    assert len(live) == 3  # bubblewrap, its init, the supervisor (the threads' bubblewraps are zombies until reaped)
+    sandbox.close()
+    assert set(_descendants()) - before == set()
 
 
 def test_cli_names_the_fix_when_bubblewrap_is_missing(tmp_path: Path) -> None:

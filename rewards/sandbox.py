@@ -738,12 +738,17 @@ class Sandbox:
                 self.isolated = True
                 return self
             self.unavailable_reason = why
+            fix = FIX
+            if self._python_binds:
+                fix = (f"make the interpreter {self.python} readable by every user (the sandbox runs as an "
+                       "unprivileged uid), install python3 under /usr (`apt-get install python3`), or pass "
+                       f"python=... (the code reward's `python` option); or {FIX}")
             if not self.allow_unsandboxed:
-                raise SandboxUnavailable(f"cannot run untrusted code in a sandbox: {why}. To fix: {FIX}")
+                raise SandboxUnavailable(f"cannot run untrusted code in a sandbox: {why}. To fix: {fix}")
             global _WARNED_UNSANDBOXED
             log.warning("!!! RUNNING UNTRUSTED CODE WITHOUT A SANDBOX (allow_unsandboxed=True): %s. Programs run as "
                         "this user, see this machine's files and network, and may leave processes behind. "
-                        "To fix: %s", why, FIX)
+                        "To fix: %s", why, fix)
             _WARNED_UNSANDBOXED = True
             self.isolated = False
             return self
@@ -887,7 +892,10 @@ class Sandbox:
         session = _Session(self, isolated=key[0], tmp_mb=key[1], max_processes=key[2])
         sessions[key] = session
         with self._sessions_lock:
+            dead = [s for s in self._sessions if not s.alive()]
             self._sessions = [s for s in self._sessions if s.alive()] + [session]
+        for old in dead:  # e.g. the sandboxes of threads that ended: reap them, free their uids
+            old.close()
         return session, True
 
     def _discard(self, key: tuple, session: _Session) -> None:
@@ -978,13 +986,17 @@ class _Session:
         out, err = self.proc.stdout, self.proc.stderr
         assert out is not None and err is not None
         streams = {out.fileno(): "out", err.fileno(): "err"}
+        poller = select.poll()  # not select(): a training process may hold fds past 1024
+        for fd in streams:
+            poller.register(fd, select.POLLIN)
         while streams:
             left = deadline - time.monotonic()
             if left <= 0:
                 return records, "timeout", ""
-            for fd in select.select(list(streams), [], [], left)[0]:
+            for fd, _ in poller.poll(left * 1000):
                 chunk = os.read(fd, 1 << 16)
                 if not chunk:
+                    poller.unregister(fd)
                     del streams[fd]
                 elif streams[fd] == "err":
                     self._err = (self._err + chunk)[-4000:]

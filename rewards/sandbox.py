@@ -117,7 +117,12 @@ class RunResult:
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-run bounds. Times in seconds, sizes in MiB unless named in bytes."""
+    """Per-run bounds. Times in seconds, sizes in MiB unless named in bytes.
+
+    Memory is bounded per process (RLIMIT_AS: Linux has no per-user memory limit without cgroups),
+    so one sandbox holds at most about `max_processes` × `memory_mb`, plus `tmp_mb` for /tmp and up
+    to 16 MiB for /dev/shm.
+    """
 
     timeout_s: float = 5.0
     memory_mb: int = 512
@@ -125,7 +130,7 @@ class Limits:
     compile_memory_mb: int = 2048
     max_output_bytes: int = 1 << 20
     max_stderr_bytes: int = 64 << 10
-    max_processes: int = 32
+    max_processes: int = 16
     max_file_mb: int = 16
     max_open_files: int = 256
     tmp_mb: int = 64
@@ -632,7 +637,7 @@ def _supervisor_source() -> str:
 
 
 class _UidSlots:
-    """One unprivileged uid per concurrent run when this process is root (a fork bomb then starves only itself)."""
+    """One unprivileged uid per live sandbox when this process is root (the kernel exempts uid 0 from RLIMIT_NPROC)."""
 
     def __init__(self, base: int):
         self.base = base
@@ -655,7 +660,6 @@ class _UidSlots:
 
 
 _UIDS = _UidSlots(SANDBOX_UID_BASE)
-_WARNED_UNSANDBOXED = False
 
 
 # ---------------------------------------------------------------- the sandbox
@@ -745,11 +749,9 @@ class Sandbox:
                        f"python=... (the code reward's `python` option); or {FIX}")
             if not self.allow_unsandboxed:
                 raise SandboxUnavailable(f"cannot run untrusted code in a sandbox: {why}. To fix: {fix}")
-            global _WARNED_UNSANDBOXED
             log.warning("!!! RUNNING UNTRUSTED CODE WITHOUT A SANDBOX (allow_unsandboxed=True): %s. Programs run as "
                         "this user, see this machine's files and network, and may leave processes behind. "
                         "To fix: %s", why, fix)
-            _WARNED_UNSANDBOXED = True
             self.isolated = False
             return self
 

@@ -10,7 +10,7 @@ the completion only; `score` (the verdict in [0, 1]) and `source` are kept for i
 
 >>> print(scripted_judgement("<think>9+5=13</think> The answer is \\\\boxed{13}.", "14", {"math": 0.0, "format": 1.0},
 ...                          {"math": 0.8, "format": 0.2}, scale=10))
-Answer 13, reference 14: 3!=4 1=1 incorrect. Format correct.
+Answer 13, reference 14: 3:4! 1:1= incorrect. Format correct.
 Verdict: Score: 2/10
 """
 
@@ -111,19 +111,19 @@ def scripted_judgement(completion: Any, reference: str | None, scores: dict[str,
 
 
 def digit_comparison(answer: str, reference: str) -> str:
-    """`8!=7 3=3 5=5` for two whole numbers of up to 12 digits, from the right (else empty): a step-by-step
-    check a small judge can learn, each step comparing two digits it has just written side by side.
+    """`8:7! 3:3= 5:5=` for two whole numbers of up to 12 digits, from the right (else empty): a step-by-step
+    check a small judge can learn, each mark written after the two digits it compares.
 
     >>> digit_comparison("538", "537")
-    '8!=7 3=3 5=5'
+    '8:7! 3:3= 5:5='
     >>> digit_comparison("1160", "160")
-    '0=0 6=6 1=1 1!=_'
+    '0:0= 6:6= 1:1= 1:_!'
     """
     if not (answer.isdigit() and reference.isdigit()) or max(len(answer), len(reference)) > 12:
         return ""
     width = max(len(answer), len(reference))
     a, r = answer[::-1].ljust(width, "_"), reference[::-1].ljust(width, "_")
-    return " ".join(f"{x}={y}" if x == y else f"{x}!={y}" for x, y in zip(a, r, strict=True))
+    return " ".join(f"{x}:{y}{'=' if x == y else '!'}" for x, y in zip(a, r, strict=True))
 
 
 def judged_examples(rows: Sequence[dict[str, Any]], verifiers: Sequence[Verifier], *, template: str = "compact",

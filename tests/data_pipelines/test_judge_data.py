@@ -59,9 +59,9 @@ def test_verdict_score_is_the_weighted_mean_of_the_verifiers_that_judged() -> No
 
 
 @pytest.mark.parametrize(("completion", "scores", "reasoning", "verdict"), [
-    (GOOD, {"math": 1.0, "format": 1.0}, "Answer 654, reference 654: 4=4 5=5 6=6 correct. Format correct.",
+    (GOOD, {"math": 1.0, "format": 1.0}, "Answer 654, reference 654: 4:4= 5:5= 6:6= correct. Format correct.",
      "10/10"),
-    (SLIPPED, {"math": 0.0, "format": 1.0}, "Answer 653, reference 654: 3!=4 5=5 6=6 incorrect.", "2/10"),
+    (SLIPPED, {"math": 0.0, "format": 1.0}, "Answer 653, reference 654: 3:4! 5:5= 6:6= incorrect.", "2/10"),
     (UNBOXED, {"math": 1.0, "format": 0.0}, "No boxed answer, reference 654: correct.", "8/10"),
     (UNCLOSED, {"math": 0.0, "format": 0.0}, "No final answer (the reasoning never ends)", "0/10"),
 ])
@@ -75,7 +75,7 @@ def test_the_scripted_judge_explains_its_verdict(completion: str, scores: dict, 
 def test_without_a_reference_the_judge_states_the_finding_alone() -> None:
     text = scripted_judgement(SLIPPED, "654", {"math": 0.0, "format": 1.0}, {"math": 0.8, "format": 0.2},
                               use_reference=False)
-    assert text.startswith("Answer 653: incorrect.") and "654" not in text and "!=" not in text
+    assert text.startswith("Answer 653: incorrect. Format correct.") and "654" not in text  # no digit check
     with pytest.raises(ValueError, match="no verifier"):
         scripted_judgement(GOOD, None, {"math": None}, {"math": 1.0})
 
@@ -86,7 +86,7 @@ def test_examples_use_the_judge_prompt_the_genrm_reward_renders() -> None:
     reward = GenRMReward(backend="openai", model="j", base_url="http://127.0.0.1:9/v1", template="compact")
     ((prompt, _),) = reward.judge_prompts("Compute 619+35.", SLIPPED, reference="654")
     assert examples[1]["prompt"] == prompt  # trained on exactly what it will be shown when scoring
-    assert examples[1]["completion"].startswith(" Answer 653, reference 654: 3!=4")
+    assert examples[1]["completion"].startswith(" Answer 653, reference 654: 3:4!")
     assert examples[1]["prompt"] == render("compact", prompt="Compute 619+35.", completion=SLIPPED,
                                            reference="654", scale="10")
 
@@ -98,7 +98,7 @@ def test_custom_verifiers_and_rows_no_verifier_can_judge(tmp_path: Path) -> None
     path = tmp_path / "j.jsonl"
     assert write_judge_examples(rows, path, verifiers=math_only, scale=5) == 1  # no solution: math cannot judge
     (example,) = [json.loads(line) for line in path.read_text().splitlines()]
-    assert example["completion"] == " Answer 2, reference 2: 2=2 correct.\nVerdict: Score: 5/5"
+    assert example["completion"] == " Answer 2, reference 2: 2:2= correct.\nVerdict: Score: 5/5"
 
 
 def test_the_file_is_deterministic_capped_and_written_atomically(tmp_path: Path) -> None:

@@ -193,7 +193,7 @@ def judge(server: JudgeServer) -> Callable[..., GenRMReward]:
     server.reset()
 
     def make(**kwargs: Any) -> GenRMReward:
-        options = {"backend": "openai", "model": "judge", "base_url": server.url, "timeout_s": 0.5,
+        options = {"backend": "openai", "model": "judge", "base_url": server.url, "timeout_s": 5.0,
                    "max_retries": 2, "options": {"backoff_s": 0.01}, **kwargs}
         return GenRMReward(**options)
 
@@ -214,8 +214,7 @@ def test_scores_of_many_verdict_shapes_from_a_real_server(judge: Callable[..., G
 
 
 def test_malformed_verdicts_give_none_and_keep_the_raw_text(judge: Callable[..., GenRMReward]) -> None:
-    wrapped = get_reward("genrm", backend="openai", model="judge", base_url=judge().spec.base_url, timeout_s=0.5,
-                         max_retries=0)
+    wrapped = get_reward("genrm", backend="openai", model="judge", base_url=judge().spec.base_url, max_retries=0)
     scores = wrapped(["a", "b", "c"], prompts=["case=malformed 1", "case=ok8 2", "case=empty 3"])
     assert scores[0] is None and scores[1] == pytest.approx(0.8) and scores[2] is None
     assert "I think it is fine, really." in wrapped.last_errors[0]  # the judge's own words are kept
@@ -239,7 +238,7 @@ def test_http_errors_are_retried_then_give_none_with_the_error(judge: Callable[.
 
 
 def test_slow_judges_time_out_and_are_retried(judge: Callable[..., GenRMReward], server: JudgeServer) -> None:
-    reward = judge(max_retries=1)
+    reward = judge(max_retries=1, timeout_s=0.5)  # the slow cases take 1.5 s
     scores = reward(["x", "y"], prompts=["case=slow a", "case=slowonce b"])
     assert scores[0] is None and "timed out" in reward.last_errors[0]
     assert scores[1] == pytest.approx(0.3)  # the retry came back in time

@@ -1,0 +1,263 @@
+"""Tokens/s of rollout generation: our `hf` backend against plain transformers `model.generate`, in one run.
+
+Both generate from the same tiny DeepSeek-V3 (posttrain/tiny.py, saved with `save_pretrained` and
+loaded back, as a run does), on the same arithmetic prompts, with the same settings: batch (sequences
+per `generate` call), `max_new_tokens`, temperature, top-p, top-k off, KV cache on. Ours is
+`HFGenerator.from_pretrained(path, spec)` (`posttrain/generation.py`: renders, tokenizes, pads left,
+batches, seeds, generates, decodes, truncates at stop strings); the reference is transformers as its
+docs show it: `tokenizer(prompts, padding=True)` -> `model.generate(...)` -> `batch_decode`, chunked
+to the same batch. The model is untrained, so where it would stop is chance: its end-of-sequence id
+is switched off, and every completion of both runs to `max_new_tokens` (the token count is taken
+from `generate`'s output tensor and checked to be equal). Greedy outputs of both must be identical.
+
+Cases: GRPO-style rollouts (16 prompts × 8 samples at T = 1, 48 new tokens, one batch of 128),
+greedy evaluation (128 prompts in batches of 64), and long completions (4 × 4 samples, 256 new
+tokens). A vLLM row is added when vLLM and a GPU are present; otherwise it says it was skipped.
+
+    python -m benchmarks.generation [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Case:
+    """One generation workload: `prompts` × `n` completions, `batch` sequences per `generate` call."""
+
+    name: str
+    prompts: int
+    n: int
+    temperature: float
+    max_new_tokens: int
+    batch: int
+
+    @property
+    def label(self) -> str:
+        mode = "greedy" if self.temperature == 0 else f"T={self.temperature:g}"
+        return (f"{self.prompts} prompts x {self.n} ({mode}), {self.max_new_tokens} new tokens, "
+                f"batch {self.batch}")
+
+
+FULL_CASES = (
+    Case("GRPO rollouts", prompts=16, n=8, temperature=1.0, max_new_tokens=48, batch=128),
+    Case("greedy eval", prompts=128, n=1, temperature=0.0, max_new_tokens=48, batch=64),
+    Case("long completions", prompts=4, n=4, temperature=1.0, max_new_tokens=256, batch=16),
+)
+QUICK_CASES = (
+    Case("GRPO rollouts", prompts=4, n=4, temperature=1.0, max_new_tokens=16, batch=16),
+    Case("greedy eval", prompts=16, n=1, temperature=0.0, max_new_tokens=16, batch=8),
+    Case("long completions", prompts=2, n=2, temperature=1.0, max_new_tokens=64, batch=4),
+)
+
+
+class TokenCounter:
+    """Wraps a model's `generate` (an instance attribute, removed by `close`) to count the new tokens it makes.
+
+    Counted on the output tensor, the same way for both methods (re-tokenizing decoded text would not
+    round-trip random tokens). With end-of-sequence off there is no padding after a finished sequence,
+    so every new position is a generated token.
+    """
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.inner = model.generate
+        self.tokens = 0
+        model.generate = self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.inner(*args, **kwargs)
+        prompt_len = kwargs["input_ids"].shape[1] if "input_ids" in kwargs else args[0].shape[1]
+        self.tokens += out[:, prompt_len:].numel()
+        return out
+
+    def close(self) -> None:
+        with contextlib.suppress(AttributeError):
+            del self.model.generate
+
+
+def build_model(out: Path, seed: int = 0) -> Path:
+    """The tiny DeepSeek-V3 with the arithmetic tokenizer, saved to `out` (what a tiny run's base_model holds),
+    with end-of-sequence switched off so that every completion has `max_new_tokens` tokens."""
+    from data_pipelines.tasks.arithmetic import corpus
+    from posttrain.tiny import build_tiny_model, train_tokenizer
+
+    tokenizer = train_tokenizer(corpus(), 512)
+    model = build_tiny_model(tokenizer, seed=seed)
+    model.config.eos_token_id = None
+    model.generation_config.eos_token_id = None
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+class PlainGenerate:
+    """The reference: transformers `generate` as documented, chunked to the same batch as ours."""
+
+    def __init__(self, path: Path):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        self.model = AutoModelForCausalLM.from_pretrained(path)
+        self.model.to("cuda" if torch.cuda.is_available() else "cpu")  # where our hf backend puts it
+        self.model.eval()
+
+    def generate(self, prompts: list[str], case: Case, seed: int) -> list[list[str]]:
+        import torch
+
+        tok = self.tokenizer
+        per_call = max(1, case.batch // case.n)
+        greedy = case.temperature == 0
+        sampling: dict[str, Any] = ({"do_sample": False} if greedy else
+                                    {"do_sample": True, "temperature": case.temperature, "top_p": 1.0, "top_k": 0})
+        out: list[list[str]] = []
+        for start in range(0, len(prompts), per_call):
+            chunk = prompts[start:start + per_call]
+            if not greedy:
+                torch.manual_seed(seed + start)
+            enc = tok(chunk, padding=True, return_tensors="pt").to(self.model.device)
+            seqs = self.model.generate(**enc, max_new_tokens=case.max_new_tokens, num_return_sequences=case.n,
+                                       pad_token_id=tok.pad_token_id, **sampling)
+            texts = tok.batch_decode(seqs[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out += [texts[i * case.n:(i + 1) * case.n] for i in range(len(chunk))]
+        return out
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread while measuring: fair on a shared 2-core machine, restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def measure(case: Case, ours: Any, reference: PlainGenerate, prompts: list[str], repeats: int,
+            seed: int) -> dict[str, Any]:
+    """Warm both up, then `repeats` timed calls each in ABBA order; tokens and seconds per method."""
+    from posttrain.generation import SamplingParams
+
+    sampling = SamplingParams(temperature=case.temperature, top_p=1.0, max_new_tokens=case.max_new_tokens, seed=seed)
+    counters = {"ours": TokenCounter(ours.model), "reference": TokenCounter(reference.model)}
+    calls = {"ours": lambda: ours.generate(prompts, case.n, sampling),
+             "reference": lambda: reference.generate(prompts, case, seed)}
+    try:
+        first = {name: call() for name, call in calls.items()}  # warm-up (and the outputs compared below)
+        totals = {name: {"tokens": 0, "seconds": 0.0, "per_call_s": []} for name in calls}
+        order = [("ours", "reference"), ("reference", "ours")]
+        for i in range(repeats):
+            for name in order[i % 2]:
+                before = counters[name].tokens
+                start = time.perf_counter()
+                calls[name]()
+                seconds = time.perf_counter() - start
+                totals[name]["seconds"] += seconds
+                totals[name]["tokens"] += counters[name].tokens - before
+                totals[name]["per_call_s"].append(round(seconds, 4))
+    finally:
+        for counter in counters.values():
+            counter.close()
+    for t in totals.values():
+        t["tokens_per_s"] = t["tokens"] / t["seconds"]
+        t["seconds"] = round(t["seconds"], 4)
+    if case.temperature == 0:
+        totals["greedy_outputs_match"] = first["ours"] == first["reference"]
+    totals["shape_ok"] = all(len(first[k]) == len(prompts) and all(len(r) == case.n for r in first[k])
+                             for k in ("ours", "reference"))
+    totals["tokens_per_call"] = case.prompts * case.n * case.max_new_tokens
+    totals["same_token_count"] = totals["ours"]["tokens"] == totals["reference"]["tokens"]
+    return totals
+
+
+def vllm_row(path: Path, case: Case, prompts: list[str], reference_rate: float, repeats: int,
+             seed: int) -> dict[str, Any]:
+    """Our vLLM backend on the rollout case, when vLLM and a GPU are here; else a row saying why not."""
+    import torch
+
+    name = f"vLLM backend, {case.name}"
+    why = ("vLLM is not installed" if importlib.util.find_spec("vllm") is None
+           else "no GPU" if not torch.cuda.is_available() else None)
+    if why:
+        return {"name": name, "ours": None, "reference": round(reference_rate, 1), "unit": "tokens/s",
+                "note": f"skipped: {why} (pip install 'posttrain[vllm]' on a GPU machine)"}
+    from posttrain.generation import GenerationSpec, SamplingParams, make_generator
+
+    gen = make_generator(GenerationSpec(backend="vllm", model=str(path), dtype="float32"))
+    sampling = SamplingParams(temperature=case.temperature, top_p=1.0, max_new_tokens=case.max_new_tokens, seed=seed)
+    gen.generate(prompts, case.n, sampling)
+    tokens, seconds = 0, 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        outs = gen.generate(prompts, case.n, sampling)
+        seconds += time.perf_counter() - start
+        tokens += sum(len(gen.tokenizer(c, add_special_tokens=False)["input_ids"]) for row in outs for c in row)
+    return {"name": name, "ours": round(tokens / seconds, 1), "reference": round(reference_rate, 1),
+            "unit": "tokens/s", "note": f"{case.label}; tokens re-counted from the text (approximate); "
+                                        "reference: plain HF generate on the device torch uses"}
+
+
+def run(quick: bool = False, repeats: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Measure our hf backend vs plain `model.generate` per case; return the `benchmarks` result dict."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from data_pipelines.tasks.arithmetic import eval_prompts
+    from posttrain.generation import GenerationSpec, HFGenerator
+
+    cases = QUICK_CASES if quick else FULL_CASES
+    repeats = repeats or (2 if quick else 4)
+    rows: list[dict[str, Any]] = []
+    details: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp, one_thread():
+        path = build_model(Path(tmp) / "model", seed)
+        reference = PlainGenerate(path)
+        pool = [r["prompt"] for r in eval_prompts(max(c.prompts for c in cases), seed)]
+        for case in cases:
+            ours = HFGenerator.from_pretrained(str(path), GenerationSpec(backend="hf", model=str(path),
+                                                                         batch_size=case.batch))
+            result = measure(case, ours, reference, pool[:case.prompts], repeats, seed)
+            details[case.name] = {"case": asdict(case), **result}
+            note = (f"{case.label}; {repeats} timed calls each after a warm-up; untrained tiny DeepSeek-V3 "
+                    f"(~1.6M params), torch on 1 thread; reference: tokenizer -> model.generate -> batch_decode")
+            if "greedy_outputs_match" in result:
+                note += f"; greedy outputs identical: {result['greedy_outputs_match']}"
+            rows.append({"name": f"hf backend, {case.name}", "ours": round(result["ours"]["tokens_per_s"], 1),
+                         "reference": round(result["reference"]["tokens_per_s"], 1), "unit": "tokens/s",
+                         "note": note})
+        rollout = cases[0]
+        rows.append(vllm_row(path, rollout, pool[:rollout.prompts], details[rollout.name]["reference"]["tokens_per_s"],
+                             repeats, seed))
+    return {"rows": rows, "params": {"quick": quick, "repeats": repeats, "seed": seed, "torch_threads": 1,
+                                     "cases": [asdict(c) for c in cases]},
+            "details": details}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small cases: a smoke test")
+    parser.add_argument("--repeats", type=int)
+    args = parser.parse_args()
+    result = run(quick=args.quick, repeats=args.repeats)
+    for row in result["rows"]:
+        ratio = (f"{row['ours'] / row['reference']:.2f}x" if row["ours"] and row["reference"] else "—")
+        print(f"{row['name']:32} ours {row['ours']!s:>10}  reference {row['reference']!s:>10}  {ratio:>6}  "
+              f"{row['unit']}\n{'':32} {row['note']}")
+    print(json.dumps(result["details"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

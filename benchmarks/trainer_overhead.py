@@ -58,7 +58,7 @@ class Sizes:
     repeats: int  # runs of each method, ABBA order
 
 
-FULL = Sizes(sft_batch=64, sft_warmup=3, sft_timed=20, grpo_prompts=16, grpo_generations=8, grpo_completion_len=48,
+FULL = Sizes(sft_batch=64, sft_warmup=3, sft_timed=30, grpo_prompts=16, grpo_generations=8, grpo_completion_len=48,
              grpo_warmup=2, grpo_timed=10, logging_steps=5, repeats=2)
 QUICK = Sizes(sft_batch=8, sft_warmup=1, sft_timed=4, grpo_prompts=2, grpo_generations=4, grpo_completion_len=12,
               grpo_warmup=1, grpo_timed=2, logging_steps=2, repeats=1)

@@ -56,10 +56,15 @@ pytestmark = pytest.mark.skipif(_bwrap_works() is not None, reason=str(_bwrap_wo
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[Sandbox]:
+    _PREEXISTING.update(_descendants())  # earlier tests' worker pools (e.g. the math reward's) may live on
     box = Sandbox(LIMITS).check()
     yield box
     box.close()
-    assert _descendants() == [], "a sandbox outlived close()"
+    assert set(_descendants()) - _PREEXISTING == set(), "a sandbox outlived close()"
+
+
+#: Processes under this one that were there before the sandbox tests (not theirs to clean up).
+_PREEXISTING: set[int] = set()
 
 
 def _descendants() -> list[int]:
@@ -92,7 +97,7 @@ def _is_session(pid: int) -> bool:
 
 def _programs() -> list[int]:
     """Processes under this one that are not a sandbox's own: what a program started and left behind."""
-    return [pid for pid in _descendants() if not _is_session(pid)]
+    return [pid for pid in _descendants() if pid not in _PREEXISTING and not _is_session(pid)]
 
 
 def _is_process_alive(pid: int) -> bool:

@@ -355,7 +355,15 @@ def build_trl_config(stage: StageConfig, output_dir: str | Path, **extra: Any) -
             kwargs[new] = kwargs.pop(old)
     if "bf16" not in kwargs and "fp16" not in kwargs:
         kwargs["bf16"] = _has_bf16()  # TRL defaults to bf16=True, which fails on a CPU
+    if "dataloader_pin_memory" not in kwargs and "dataloader_pin_memory" in fields and not _has_cuda():
+        kwargs["dataloader_pin_memory"] = False  # nothing to pin to without CUDA; torch warns every epoch
     return cls(**kwargs)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _has_bf16() -> bool:

@@ -18,6 +18,8 @@ Only `name`, `ours` and `unit` are required in a row. `ratio` defaults to ours /
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, TypedDict
 
 
@@ -38,3 +40,16 @@ class Result(TypedDict, total=False):
     params: dict[str, Any]
     details: dict[str, Any]
     skipped: str
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread while measuring: fair on a shared 2-core machine, restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -32,10 +32,11 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from benchmarks import one_thread
 
 
 @dataclass(frozen=True)
@@ -141,17 +142,6 @@ class PlainGenerate:
         return out
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """torch on one thread while measuring: fair on a shared 2-core machine, restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def measure(case: Case, ours: Any, reference: PlainGenerate, prompts: list[str], repeats: int,

@@ -40,6 +40,8 @@ from typing import Any
 
 import yaml
 
+from benchmarks import one_thread
+
 #: Rewards of the tiny recipe's GRPO stage: (name, weight, kwargs).
 GRPO_REWARDS: tuple[tuple[str, float, dict[str, Any]], ...] = (("math", 1.0, {}), ("format", 0.1, {"strict": True}))
 
@@ -250,17 +252,6 @@ def stage_log_summary(path: Path) -> dict[str, Any]:
     return {"metrics_rows": len(rows), "moe_max_violation": any("moe/max_violation" in r for r in rows)}
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """torch on one thread while measuring (fair on a shared 2-core machine); restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

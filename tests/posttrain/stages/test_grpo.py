@@ -1,9 +1,7 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from posttrain.moe_balance import find_routers
 from posttrain.recipe import parse_recipe
 from posttrain.runner import run_recipe
 from posttrain.stages.grpo import LOSS_PRESETS
+from tests.posttrain.stages.interrupt import last_checkpoint, sigterm_once_written, start_run
 
 PLUGINS = "tests.posttrain.plugins.grpo_rewards"
 RECIPE = """\
@@ -191,24 +190,14 @@ def test_sigterm_then_rerun_resumes_from_the_grpo_checkpoint(
 ) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(recipe(tmp_path / "out", tiny_base, prompts, steps=16, save=1000))
-    proc = subprocess.Popen([python, "-m", "posttrain.cli", "run", str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "out" / "grpo" / "metrics.jsonl"
-    deadline = time.time() + 180
-    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=180)
-    assert proc.returncode == 130, err[-3000:]
-    checkpoints = sorted((tmp_path / "out" / "grpo" / "checkpoints").glob("checkpoint-*"))
-    assert checkpoints, "the graceful stop should have saved a checkpoint"
-    stopped_at = int(checkpoints[-1].name.split("-")[1])
+    sigterm_once_written(start_run(python, path), tmp_path / "out" / "grpo" / "metrics.jsonl", 3)
+    checkpoint, stopped_at = last_checkpoint(tmp_path / "out" / "grpo")
     assert 3 <= stopped_at < 16
 
     rerun = subprocess.run([python, "-m", "posttrain.cli", "run", str(path)], capture_output=True, text=True,
                            timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"resuming from {checkpoints[-1]}" in rerun.stderr
+    assert f"resuming from {checkpoint}" in rerun.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["stages"]["grpo"]["metrics"]["steps"] == 16
     steps = [r["step"] for r in metric_rows(tmp_path / "out") if "loss" in r]

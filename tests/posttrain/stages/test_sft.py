@@ -1,9 +1,7 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from posttrain.models import load_causal_lm
 from posttrain.moe_balance import find_routers
 from posttrain.recipe import parse_recipe
 from posttrain.runner import run_recipe
+from tests.posttrain.stages.interrupt import last_checkpoint, sigterm_once_written
 
 RECIPE = """\
 output_dir: {out}
@@ -109,23 +108,14 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_to_the_same_model(
     killed, ref = tmp_path / "killed", tmp_path / "ref"
     path = tmp_path / "r.yaml"
     path.write_text(recipe(killed, tiny_base, sft_data, steps=40, save=1000))
-    proc = _run_cli(python, path)
-    metrics = killed / "sft" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
-    checkpoints = sorted((killed / "sft" / "checkpoints").glob("checkpoint-*"))
-    assert checkpoints, "the graceful stop should have saved a checkpoint"
-    stopped_at = int(checkpoints[-1].name.split("-")[1])
+    sigterm_once_written(_run_cli(python, path), killed / "sft" / "metrics.jsonl", 3, wait_s=120)
+    checkpoint, stopped_at = last_checkpoint(killed / "sft")
     assert 6 <= stopped_at < 40
 
     proc = _run_cli(python, path)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
-    assert f"resuming from {checkpoints[-1]}" in err
+    assert f"resuming from {checkpoint}" in err
     ref_path = tmp_path / "ref.yaml"
     ref_path.write_text(recipe(ref, tiny_base, sft_data, steps=40, save=1000))
     assert _run_cli(python, ref_path).wait(timeout=600) == 0

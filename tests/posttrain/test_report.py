@@ -225,8 +225,9 @@ def test_full_run_report(tmp_path: Path) -> None:
     assert distill["bars"]["kept"] == 1900 and distill["bars"]["rejected: format"] == 300
     assert list(distill["histogram"]) == ["0/4", "1/4", "2/4", "3/4", "4/4"]  # in pass-rate order
     assert distill["histogram"] == STATS["pass_rate_histogram"]
-    comparison = png_info(run / "plots" / "maxvio_comparison.png")["data"]["series"]
-    assert set(comparison) == {"sft (γ = 0.001)", "grpo (γ = 0.001)"}
+    comparison = png_info(run / "plots" / "maxvio_comparison.png")
+    assert set(comparison["data"]["series"]) == {"sft (γ = 0.001)", "grpo (γ = 0.001)"}
+    assert comparison["title"] == "MaxVio across stages" and "MoE load balancing across stages" in sections(md)
     assert png_info(run / "plots" / "reward_model_accuracy.png")["data"]["series"] == {"accuracy": 10, "margin": 10}
     # Breakdowns in report.json metrics are listed too, one level deep.
     assert "| balance_baseline.label | γ = 0 (no balancing) |" in sec["sft"]
@@ -245,9 +246,10 @@ def test_two_sft_stages_are_compared(tmp_path: Path) -> None:
     md = write_report(run).read_text()
     assert "with the router-bias update off (γ = 0)" in md
     assert "No accuracy-by-stage plot: no eval stage in this recipe" in md
-    series = png_info(run / "plots" / "maxvio_comparison.png")["data"]["series"]
-    assert series == {"sft_gamma0 (γ = 0)": len(SFT_STEPS), "sft (γ = 0.001)": len(SFT_STEPS)}
-    comparison = sections(md)["MoE load balancing across stages"]
+    info = png_info(run / "plots" / "maxvio_comparison.png")
+    assert info["title"] == "MaxVio with and without balancing"
+    assert info["data"]["series"] == {"sft_gamma0 (γ = 0)": len(SFT_STEPS), "sft (γ = 0.001)": len(SFT_STEPS)}
+    comparison = sections(md)["MoE load balancing with and without the bias update"]
     assert f"sft_gamma0 (γ = 0): mean MaxVio over the last third of steps " \
            f"{last_third_mean(_sft_rows(0.0), 'moe/max_violation'):.4g}" in comparison
 

@@ -6,29 +6,7 @@ import json
 from pathlib import Path
 
 from benchmarks.demo import BUDGET_S, run
-
-MINI_RECIPE = """\
-output_dir: {out}
-seed: 0
-model:
-  tiny: {{}}
-tokenizer:
-  train:
-    corpus: data_pipelines.tasks.arithmetic:corpus
-stages:
-  - name: distill
-    kind: distill
-    source:
-      function: data_pipelines.tasks.arithmetic:train_prompts
-      kwargs: {{n: 30}}
-      keep: [solution]
-    teacher:
-      backend: scripted
-      model: data_pipelines.tasks.arithmetic:teacher
-    n: 2
-    rewards:
-      - name: math
-"""
+from tests.mini_recipes import distill_only
 
 
 def _stage(run_dir: Path, name: str, status: str, seconds: float) -> None:
@@ -64,7 +42,7 @@ def test_no_recorded_run_is_skipped_with_a_reason(tmp_path: Path) -> None:
 
 def test_fresh_run_times_the_whole_command(tmp_path: Path) -> None:
     recipe = tmp_path / "mini.yaml"
-    recipe.write_text(MINI_RECIPE.format(out=tmp_path / "unused"))
+    recipe.write_text(distill_only(tmp_path / "unused", prompts=30, samples=2))
     result = run(fresh=True, recipe=str(recipe))
     (row,) = result["rows"]
     stages = result["details"]["stage_seconds"]

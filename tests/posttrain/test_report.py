@@ -14,6 +14,7 @@ from PIL import Image
 
 from posttrain.errors import PosttrainError
 from posttrain.report import write_report
+from tests.mini_recipes import distill_only
 
 SFT_STEPS = list(range(10, 310, 10))
 GRPO_STEPS = list(range(5, 185, 5))
@@ -332,34 +333,10 @@ def test_cli_rebuilds_the_report(tmp_path: Path, python: str) -> None:
     assert "no readable report.json" in proc.stderr and "Traceback" not in proc.stderr
 
 
-REAL_RECIPE = """\
-output_dir: {out}
-seed: 0
-model:
-  tiny: {{}}
-tokenizer:
-  train:
-    corpus: data_pipelines.tasks.arithmetic:corpus
-stages:
-  - name: distill
-    kind: distill
-    source:
-      function: data_pipelines.tasks.arithmetic:train_prompts
-      kwargs: {{n: 40}}
-      keep: [solution]
-    teacher:
-      backend: scripted
-      model: data_pipelines.tasks.arithmetic:teacher
-    n: 4
-    rewards:
-      - name: math
-"""
-
-
 def test_report_of_a_real_run(tmp_path: Path, python: str) -> None:
     """`posttrain run` writes the report from what the real distill stage logged."""
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(REAL_RECIPE.format(out=tmp_path / "run"))
+    recipe.write_text(distill_only(tmp_path / "run", prompts=40, samples=4))
     proc = subprocess.run([python, "-m", "posttrain.cli", "run", str(recipe)], capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,0 +1,31 @@
+"""Recipe texts small enough for a real `posttrain run` inside a test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def distill_only(out: Path, prompts: int, samples: int) -> str:
+    """The tiny model and one distill stage (scripted teacher, math reward): a real run in seconds."""
+    return f"""\
+output_dir: {out}
+seed: 0
+model:
+  tiny: {{}}
+tokenizer:
+  train:
+    corpus: data_pipelines.tasks.arithmetic:corpus
+stages:
+  - name: distill
+    kind: distill
+    source:
+      function: data_pipelines.tasks.arithmetic:train_prompts
+      kwargs: {{n: {prompts}}}
+      keep: [solution]
+    teacher:
+      backend: scripted
+      model: data_pipelines.tasks.arithmetic:teacher
+    n: {samples}
+    rewards:
+      - name: math
+"""

@@ -142,8 +142,6 @@ class PlainGenerate:
         return out
 
 
-
-
 def measure(case: Case, ours: Any, reference: PlainGenerate, prompts: list[str], repeats: int,
             seed: int) -> dict[str, Any]:
     """Warm both up, then `repeats` timed calls each in ABBA order; tokens and seconds per method."""

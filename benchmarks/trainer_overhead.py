@@ -252,8 +252,6 @@ def stage_log_summary(path: Path) -> dict[str, Any]:
     return {"metrics_rows": len(rows), "moe_max_violation": any("moe/max_violation" in r for r in rows)}
 
 
-
-
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Library chatter and per-map progress bars off (as `posttrain run` sets them up), restored afterwards."""

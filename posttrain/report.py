@@ -790,20 +790,22 @@ def _maxvio_comparison_section(b: _Builder, stages: list[Stage]) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.3))
     series: dict[str, int] = {}
+    unbalanced: set[bool] = set()
     for s in curves:
         steps, values = s.log.series("moe/max_violation")
         label = f"{s.name} ({_balance_label(s)})"
+        unbalanced.add(_gamma(s) == 0)
         ax.plot(steps, values, lw=2, ls="--" if _gamma(s) == 0 else "-", label=label)
         series[label] = len(values)
-    gammas = {_gamma(s) == 0 for s in curves}
-    title = "MaxVio with and without balancing" if gammas == {True, False} else "MaxVio across stages"
+    with_and_without = len(unbalanced) == 2
+    title = "MaxVio with and without balancing" if with_and_without else "MaxVio across stages"
     _step_axis(ax, "training step (of each stage)")
     ax.set_ylabel("MaxVio = max load / mean load − 1")
     ax.set_title(title)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
-    b.add("## MoE load balancing " + ("with and without the bias update" if len(gammas) == 2 else "across stages"), "")
+    b.add("## MoE load balancing " + ("with and without the bias update" if with_and_without else "across stages"), "")
     b.add(*(f"- {s.name} ({_balance_label(s)}): mean MaxVio over the last third of steps "
             f"{_num(_last_third_mean(*s.log.series('moe/max_violation')))}" for s in curves), "")
     b.image(_save(fig, b.plots_dir / MAXVIO_COMPARISON_PLOT, title, {"series": series}), title)

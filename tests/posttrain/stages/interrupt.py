@@ -26,6 +26,7 @@ def sigterm_once_written(proc: subprocess.Popen[str], watched: Path, lines: int,
 
 def last_checkpoint(stage_dir: Path) -> tuple[Path, int]:
     """The newest checkpoint a graceful stop left, and its step."""
-    checkpoints = sorted((stage_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    assert checkpoints, "the graceful stop should have saved a checkpoint"
-    return checkpoints[-1], int(checkpoints[-1].name.split("-")[1])
+    steps = {int(p.name.split("-")[1]): p for p in (stage_dir / "checkpoints").glob("checkpoint-*")}
+    assert steps, "the graceful stop should have saved a checkpoint"
+    step = max(steps)
+    return steps[step], step

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from posttrain.models import load_causal_lm
 from posttrain.moe_balance import find_routers
 from posttrain.recipe import parse_recipe
 from posttrain.runner import run_recipe
-from tests.posttrain.stages.interrupt import last_checkpoint, sigterm_once_written
+from tests.posttrain.stages.interrupt import last_checkpoint, sigterm_once_written, start_run
 
 RECIPE = """\
 output_dir: {out}
@@ -96,11 +95,6 @@ def test_lora_sft_saves_a_merged_model(tmp_path: Path, tiny_base: Path, sft_data
     assert (tmp_path / "sft" / "adapter" / "adapter_config.json").exists()
 
 
-def _run_cli(python: str, recipe_path: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([python, "-m", "posttrain.cli", "run", str(recipe_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_to_the_same_model(
     tmp_path: Path, tiny_base: Path, sft_data: Path, python: str
@@ -108,17 +102,17 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_to_the_same_model(
     killed, ref = tmp_path / "killed", tmp_path / "ref"
     path = tmp_path / "r.yaml"
     path.write_text(recipe(killed, tiny_base, sft_data, steps=40, save=1000))
-    sigterm_once_written(_run_cli(python, path), killed / "sft" / "metrics.jsonl", 3, wait_s=120)
+    sigterm_once_written(start_run(python, path), killed / "sft" / "metrics.jsonl", 3, wait_s=120)
     checkpoint, stopped_at = last_checkpoint(killed / "sft")
     assert 6 <= stopped_at < 40
 
-    proc = _run_cli(python, path)
+    proc = start_run(python, path)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert f"resuming from {checkpoint}" in err
     ref_path = tmp_path / "ref.yaml"
     ref_path.write_text(recipe(ref, tiny_base, sft_data, steps=40, save=1000))
-    assert _run_cli(python, ref_path).wait(timeout=600) == 0
+    assert start_run(python, ref_path).wait(timeout=600) == 0
     a = load_causal_lm(str(killed / "sft" / "model")).state_dict()
     b = load_causal_lm(str(ref / "sft" / "model")).state_dict()
     for key in a:

@@ -3,7 +3,7 @@
 Both generate from the same tiny DeepSeek-V3 (posttrain/tiny.py, saved with `save_pretrained` and
 loaded back, as a run does), on the same arithmetic prompts, with the same settings: batch (sequences
 per `generate` call), `max_new_tokens`, temperature, top-p, top-k off, KV cache on. Ours is
-`HFGenerator.from_pretrained(path, spec)` (`posttrain/generation.py`: renders, tokenizes, pads left,
+`HFGenerator.from_pretrained(path, spec)` (`posttrain/core/generation/`: renders, tokenizes, pads left,
 batches, seeds, generates, decodes, truncates at stop strings); the reference is transformers as its
 docs show it: `tokenizer(prompts, padding=True)` -> `model.generate(...)` -> `batch_decode`, chunked
 to the same batch. The model is untrained, so where it would stop is chance: its end-of-sequence id
@@ -145,7 +145,7 @@ class PlainGenerate:
 def measure(case: Case, ours: Any, reference: PlainGenerate, prompts: list[str], repeats: int,
             seed: int) -> dict[str, Any]:
     """Warm both up, then `repeats` timed calls each in ABBA order; tokens and seconds per method."""
-    from posttrain.generation import SamplingParams
+    from posttrain.core.generation import SamplingParams
 
     sampling = SamplingParams(temperature=case.temperature, top_p=1.0, max_new_tokens=case.max_new_tokens, seed=seed)
     counters = {"ours": TokenCounter(ours.model), "reference": TokenCounter(reference.model)}
@@ -192,7 +192,7 @@ def vllm_row(path: Path, case: Case, prompts: list[str], reference_rate: float, 
     if why:
         return {"name": name, "ours": None, "reference": round(reference_rate, 1), "unit": "tokens/s",
                 "note": f"skipped: {why} (pip install 'posttrain[vllm]' on a GPU machine)"}
-    from posttrain.generation import GenerationSpec, SamplingParams, make_generator
+    from posttrain.core.generation import GenerationSpec, SamplingParams, make_generator
 
     gen = make_generator(GenerationSpec(backend="vllm", model=str(path), dtype="float32"))
     sampling = SamplingParams(temperature=case.temperature, top_p=1.0, max_new_tokens=case.max_new_tokens, seed=seed)
@@ -212,7 +212,7 @@ def run(quick: bool = False, repeats: int | None = None, seed: int = 0) -> dict[
     """Measure our hf backend vs plain `model.generate` per case; return the `benchmarks` result dict."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from data_pipelines.tasks.arithmetic import eval_prompts
-    from posttrain.generation import GenerationSpec, HFGenerator
+    from posttrain.core.generation import GenerationSpec, HFGenerator
 
     cases = QUICK_CASES if quick else FULL_CASES
     repeats = repeats or (2 if quick else 6)

@@ -124,10 +124,11 @@ def stage_dict(kind: str, inputs: dict[str, Path], sizes: Sizes, seed: int) -> d
 
 def recipe_for(kind: str, inputs: dict[str, Path], run_dir: Path, sizes: Sizes, seed: int) -> Any:
     from posttrain.recipe import parse_recipe
+    from posttrain.stages import KINDS
 
     raw = {"output_dir": str(run_dir), "seed": seed, "model": {"name_or_path": str(inputs["base"])},
            "stages": [stage_dict(kind, inputs, sizes, seed)]}
-    return parse_recipe(yaml.safe_dump(raw), source=f"<benchmark {kind} recipe>")
+    return parse_recipe(yaml.safe_dump(raw), source=f"<benchmark {kind} recipe>", kinds=KINDS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -136,12 +137,12 @@ def recipe_for(kind: str, inputs: dict[str, Path], run_dir: Path, sizes: Sizes, 
 
 def run_ours(kind: str, inputs: dict[str, Path], run_dir: Path, sizes: Sizes, seed: int) -> None:
     """The stage exactly as the runner calls it in process."""
-    from posttrain.stages import get_stage_kind
+    from posttrain.stages import KINDS
     from posttrain.stages.base import StageContext
 
     recipe = recipe_for(kind, inputs, run_dir, sizes, seed)
     ctx = StageContext(recipe, recipe.stage(kind), run_dir, str(inputs["base"]), logging.getLogger(f"posttrain.{kind}"))
-    get_stage_kind(kind).run(ctx)
+    KINDS.get(kind).run(ctx)
 
 
 def run_raw(kind: str, inputs: dict[str, Path], run_dir: Path, sizes: Sizes, seed: int) -> None:
@@ -150,7 +151,7 @@ def run_raw(kind: str, inputs: dict[str, Path], run_dir: Path, sizes: Sizes, see
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from posttrain.recipe import build_trl_config
-    from posttrain.stages.base import read_jsonl
+    from posttrain.run_folder import read_jsonl
 
     stage = recipe_for(kind, inputs, run_dir, sizes, seed).stage(kind)
     tokenizer = AutoTokenizer.from_pretrained(inputs["base"], padding_side="right" if kind == "sft" else "left")
@@ -246,7 +247,7 @@ def measure(kind: str, inputs: dict[str, Path], root: Path, sizes: Sizes, seed: 
 
 def stage_log_summary(path: Path) -> dict[str, Any]:
     """What our stage logged (evidence that its additions ran): rows of metrics.jsonl and the MoE keys in them."""
-    from posttrain.stages.base import read_jsonl
+    from posttrain.run_folder import read_jsonl
 
     rows = read_jsonl(path) if path.exists() else []
     return {"metrics_rows": len(rows), "moe_max_violation": any("moe/max_violation" in r for r in rows)}

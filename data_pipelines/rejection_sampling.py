@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data_pipelines.filters import SampleFilter
-from posttrain.generation import Generator, SamplingParams, as_messages
+from posttrain.core.generation import Generator, SamplingParams, as_messages
 
 log = logging.getLogger("posttrain.data.rejection")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from posttrain.errors import DataError
+from posttrain.core.errors import DataError
 
 log = logging.getLogger("posttrain.data.sources")
 
@@ -105,7 +105,7 @@ def load_rows(spec: SourceSpec) -> list[dict[str, Any]]:
 
 def _raw_rows(spec: SourceSpec) -> Iterable[Any]:
     if spec.function is not None:
-        from posttrain.plugins import load_object
+        from posttrain.core.plugins import load_object
 
         fn = load_object(spec.function)
         try:

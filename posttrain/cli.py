@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from posttrain.errors import PosttrainError, RecipeError
+from posttrain.core.errors import PosttrainError, RecipeError
 
 _SUBCOMMANDS = ("rewards.cli", "posttrain.rollout_server")
 
@@ -79,19 +79,22 @@ def _add_set(p: argparse.ArgumentParser) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from posttrain.recipe import load_recipe
+    from posttrain.stages import KINDS
 
-    recipe = load_recipe(args.recipe, args.overrides)
-    quick = " and its --quick variant" if recipe.quick and load_recipe(args.recipe, args.overrides, quick=True) else ""
+    recipe = load_recipe(args.recipe, args.overrides, kinds=KINDS)
+    has_quick = recipe.quick and load_recipe(args.recipe, args.overrides, quick=True, kinds=KINDS)
+    quick = " and its --quick variant" if has_quick else ""
     print(f"{args.recipe}{quick}: ok ({len(recipe.stages)} stages: {', '.join(recipe.stage_names())})")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from posttrain.log import setup_logging
+    from posttrain.core.log import setup_logging
     from posttrain.recipe import load_recipe
     from posttrain.runner import run_recipe
+    from posttrain.stages import KINDS
 
-    recipe = load_recipe(args.recipe, args.overrides, output_dir=args.output_dir, quick=args.quick)
+    recipe = load_recipe(args.recipe, args.overrides, output_dir=args.output_dir, quick=args.quick, kinds=KINDS)
     setup_logging(Path(recipe.output_dir), logging.DEBUG if args.verbose else logging.INFO)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None

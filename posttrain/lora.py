@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from posttrain.errors import StageError
+from posttrain.core.errors import StageError
 
 log = logging.getLogger("posttrain.lora")
 

@@ -12,19 +12,18 @@ import functools
 import re
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, TypeAdapter, ValidationError, model_validator
 
-from posttrain.errors import RecipeError
+from posttrain.core.errors import RecipeError
+from posttrain.run_folder import RESERVED_STAGE_NAMES
 
 Loc = tuple[str | int, ...]
 
 #: TRL/transformers options that posttrain sets itself; a recipe may not override them under `trl:`.
 RESERVED_TRL_KEYS = {"output_dir": "the stage's folder DIR/<name>/ is used"}
-#: Folder names under DIR that a stage may not take.
-RESERVED_STAGE_NAMES = {"base_model", "plots"}
 
 
 class _Loader(yaml.SafeLoader):
@@ -127,6 +126,14 @@ class StageConfig(StrictModel):
         return {**self.trl_defaults, **self.trl}
 
 
+class StageKindsLike(Protocol):
+    """What the schema needs to know of the stage kinds (`posttrain.stages.KINDS` in the pipeline)."""
+
+    def names(self) -> list[str]: ...
+
+    def config(self, kind: str) -> type[StageConfig]: ...
+
+
 class Recipe(StrictModel):
     output_dir: str = "runs/default"
     seed: int = 0
@@ -164,6 +171,8 @@ def load_recipe(
     overrides: typing.Sequence[str] = (),
     output_dir: str | None = None,
     quick: bool = False,
+    *,
+    kinds: StageKindsLike,
 ) -> Recipe:
     """Read, override (`quick:` when asked, then `--set`), and validate a recipe; raise `RecipeError` with every
     problem."""
@@ -172,7 +181,7 @@ def load_recipe(
         text = path.read_text()
     except OSError as exc:
         raise RecipeError([f"{path}: cannot read recipe: {exc.strerror or exc}"]) from None
-    return parse_recipe(text, source=str(path), overrides=overrides, output_dir=output_dir, quick=quick)
+    return parse_recipe(text, source=str(path), overrides=overrides, output_dir=output_dir, quick=quick, kinds=kinds)
 
 
 def parse_recipe(
@@ -181,6 +190,8 @@ def parse_recipe(
     overrides: typing.Sequence[str] = (),
     output_dir: str | None = None,
     quick: bool = False,
+    *,
+    kinds: StageKindsLike,
 ) -> Recipe:
     try:
         node = yaml.compose(text, Loader=_Loader)
@@ -209,15 +220,13 @@ def parse_recipe(
         raw["output_dir"] = output_dir
     problems.raise_if_any()
 
-    recipe = _validate(raw, problems)
+    recipe = _validate(raw, problems, kinds)
     problems.raise_if_any()
     assert recipe is not None
     return recipe
 
 
-def _validate(raw: dict[str, Any], problems: _Problems) -> Recipe | None:
-    from posttrain.stages import get_stage_kind, stage_kinds
-
+def _validate(raw: dict[str, Any], problems: _Problems, kinds: StageKindsLike) -> Recipe | None:
     top: _RawRecipe | None = None
     try:
         top = _RawRecipe.model_validate(raw)
@@ -241,14 +250,14 @@ def _validate(raw: dict[str, Any], problems: _Problems) -> Recipe | None:
                 problems.add(loc + ("name",), f"{name!r} is reserved for posttrain's own outputs")
             seen.setdefault(name, i)
         if kind is None:
-            problems.add(loc, f"missing 'kind': expected one of {', '.join(stage_kinds())}")
+            problems.add(loc, f"missing 'kind': expected one of {', '.join(kinds.names())}")
             continue
-        if not isinstance(kind, str) or kind not in stage_kinds():
-            hint = _did_you_mean(str(kind), stage_kinds())
+        if not isinstance(kind, str) or kind not in kinds.names():
+            hint = _did_you_mean(str(kind), kinds.names())
             problems.add(loc + ("kind",), f"unknown stage kind {kind!r}: expected one of "
-                         f"{', '.join(stage_kinds())}{hint}")
+                         f"{', '.join(kinds.names())}{hint}")
             continue
-        config_cls = get_stage_kind(kind).config
+        config_cls = kinds.config(kind)
         try:
             stage = config_cls.model_validate(item)
         except ValidationError as exc:
@@ -287,7 +296,7 @@ def _check_references(stage: StageConfig, loc: Loc, later: list[Any], problems: 
 
 @functools.cache
 def trl_config_class(ref: str) -> type:
-    from posttrain.plugins import load_object
+    from posttrain.core.plugins import load_object
 
     return load_object(ref)
 

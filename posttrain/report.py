@@ -24,16 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from posttrain.errors import PosttrainError
+from posttrain.core.errors import PosttrainError
+from posttrain.run_folder import METRICS_FILE, PLOTS_DIR, REPORT_JSON, REPORT_MD, RESOLVED_RECIPE, STATS_FILE
 
 log = logging.getLogger("posttrain.report")
 
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
-PLOTS_DIR = "plots"
-METRICS_FILE = "metrics.jsonl"
-STATS_FILE = "stats.json"
-RESOLVED_RECIPE = "resolved_recipe.yaml"
 ACCURACY_PLOT = "accuracy_by_stage.png"
 MAXVIO_COMPARISON_PLOT = "maxvio_comparison.png"
 

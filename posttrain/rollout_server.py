@@ -18,7 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from posttrain.errors import MissingDependencyError, RecipeError
+from posttrain.core.errors import MissingDependencyError, RecipeError, StageError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -68,26 +68,21 @@ def cmd_rollout_server(args: argparse.Namespace) -> int:
 
 def _from_recipe(args: argparse.Namespace) -> tuple[str, str, int]:
     from posttrain.recipe import load_recipe
-    from posttrain.stages.base import MODEL_DIR
+    from posttrain.stages import KINDS
+    from posttrain.stages.base import resolve_model
     from posttrain.stages.grpo import Config as GRPOConfig
     from posttrain.tiny import base_model_ref
 
-    recipe = load_recipe(args.recipe, output_dir=args.output_dir)
+    recipe = load_recipe(args.recipe, output_dir=args.output_dir, kinds=KINDS)
     grpo = [s for s in recipe.stages if isinstance(s, GRPOConfig) and (args.stage in (None, s.name))]
     if not grpo:
         names = [s.name for s in recipe.stages if isinstance(s, GRPOConfig)]
         raise RecipeError([f"{args.recipe}: no grpo stage {args.stage or ''} (grpo stages: {names or 'none'})"])
     stage = grpo[0]
     run_dir = Path(recipe.output_dir)
-    if stage.model in (None, "base"):
-        model = base_model_ref(recipe, run_dir)
-    elif stage.model in recipe.stage_names():
-        path = run_dir / stage.model / MODEL_DIR
-        if not (path / "config.json").exists():
-            raise RecipeError([f"{args.recipe}: stage {stage.name!r} starts from stage {stage.model!r}, whose model "
-                               f"{path} does not exist yet: run `posttrain run {args.recipe} --stages "
-                               f"{stage.model}` first"])
-        model = str(path)
-    else:
-        model = stage.model
+    try:
+        model = resolve_model(recipe, run_dir, base_model_ref(recipe, run_dir), stage.model,
+                              f"the rollout server of stage {stage.name!r}")
+    except StageError as exc:
+        raise RecipeError([f"{args.recipe}: {exc}"]) from None
     return model, stage.rollout.server_host, stage.rollout.server_port

@@ -22,17 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from posttrain.errors import PosttrainError, StageError
+from posttrain.core.errors import PosttrainError, StageError
 from posttrain.recipe import Recipe, StageConfig
-from posttrain.stages import get_stage_kind
+from posttrain.run_folder import RESOLVED_RECIPE, RESULT_FILE, ReportEntry, RunReport, StageState, prev_dir
+from posttrain.stages import KINDS
 from posttrain.stages.base import StageContext, StageResult
 
 log = logging.getLogger("posttrain.runner")
-
-STATE_FILE = "stage.json"
-RESULT_FILE = "result.json"
-RESOLVED_RECIPE = "resolved_recipe.yaml"
-REPORT_JSON = "report.json"
 
 
 def run_recipe(recipe: Recipe, only: list[str] | None = None) -> dict[str, Any]:
@@ -48,7 +44,7 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None) -> dict[str, Any]:
                                  f"(stages: {', '.join(recipe.stage_names())})")
     (run_dir / RESOLVED_RECIPE).write_text(recipe.to_yaml())
 
-    report = _load_report(run_dir)
+    report = RunReport.read(run_dir)
     base_model, base_hash = materialize_base(recipe, run_dir)
     hashes: dict[str, str] = {}
     interrupted: BaseException | None = None
@@ -59,25 +55,25 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None) -> dict[str, Any]:
             digest = stage_hash(recipe, stage, base_hash, hashes)
             hashes[stage.name] = digest
             if only and stage.name not in only:
-                state = read_state(run_dir / stage.name)
-                if state and state.get("config_hash") == digest and state.get("status") == "done":
-                    report["stages"][stage.name] = _entry(stage, "skipped", 0.0, state.get("metrics", {}))
+                state = StageState.read(run_dir / stage.name)
+                if state and state.config_hash == digest and state.status == "done":
+                    report.stages[stage.name] = _entry(stage, "skipped", 0.0, state.metrics)
                 continue
             if failed:
                 log.warning("stage %d/%d %s: not run, an earlier stage failed", i, total, stage.name)
                 continue
             log.info("stage %d/%d %s (%s)", i, total, stage.name, stage.kind)
             entry = _run_stage(recipe, stage, run_dir, base_model, digest)
-            report["stages"][stage.name] = entry
+            report.stages[stage.name] = entry
             _write_report(run_dir, recipe, report)
-            failed = entry["status"] == "failed"
+            failed = entry.status == "failed"
     except KeyboardInterrupt as exc:
         interrupted = exc
     finally:
         _write_report(run_dir, recipe, report)
     if interrupted is not None:
         raise interrupted
-    return report
+    return report.to_json()
 
 
 def stage_hash(recipe: Recipe, stage: StageConfig, base_hash: str, earlier: dict[str, str]) -> str:
@@ -89,28 +85,14 @@ def stage_hash(recipe: Recipe, stage: StageConfig, base_hash: str, earlier: dict
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def read_state(stage_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((stage_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_state(stage_dir: Path, **state: Any) -> None:
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    tmp = stage_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(stage_dir / STATE_FILE)
-
-
-def _run_stage(recipe: Recipe, stage: StageConfig, run_dir: Path, base_model: str, digest: str) -> dict:
+def _run_stage(recipe: Recipe, stage: StageConfig, run_dir: Path, base_model: str, digest: str) -> ReportEntry:
     stage_dir = run_dir / stage.name
-    state = read_state(stage_dir)
-    if state and state.get("config_hash") == digest and state.get("status") == "done":
+    state = StageState.read(stage_dir)
+    if state and state.config_hash == digest and state.status == "done":
         log.info("  skipped: finished earlier with the same config (%s)", digest)
-        return _entry(stage, "skipped", 0.0, state.get("metrics", {}))
-    if state and state.get("config_hash") != digest and stage_dir.exists():
-        prev = stage_dir.with_name(stage.name + ".prev")
+        return _entry(stage, "skipped", 0.0, state.metrics)
+    if state and state.config_hash != digest and stage_dir.exists():
+        prev = prev_dir(run_dir, stage.name)
         shutil.rmtree(prev, ignore_errors=True)
         stage_dir.rename(prev)
         log.warning("  config changed since the last run: starting %s afresh (old outputs kept in %s)",
@@ -118,17 +100,17 @@ def _run_stage(recipe: Recipe, stage: StageConfig, run_dir: Path, base_model: st
     elif state:
         log.info("  resuming: an earlier run of this config did not finish")
 
-    _write_state(stage_dir, kind=stage.kind, config_hash=digest, status="running")
+    StageState(stage.kind, digest, "running").write(stage_dir)
     start = time.perf_counter()
     try:
         if stage.launch.num_processes > 1:
             result = _run_launched(stage, run_dir)
         else:
             ctx = StageContext(recipe, stage, run_dir, base_model, logging.getLogger(f"posttrain.{stage.name}"))
-            result = get_stage_kind(stage.kind).run(ctx)
+            result = KINDS.get(stage.kind).run(ctx)
     except KeyboardInterrupt:
         seconds = time.perf_counter() - start
-        _write_state(stage_dir, kind=stage.kind, config_hash=digest, status="interrupted", seconds=seconds)
+        StageState(stage.kind, digest, "interrupted", seconds).write(stage_dir)
         log.warning("  interrupted after %.1fs: run the same command again to resume", seconds)
         raise
     except PosttrainError as exc:
@@ -137,15 +119,14 @@ def _run_stage(recipe: Recipe, stage: StageConfig, run_dir: Path, base_model: st
         log.exception("  stage %s crashed", stage.name)
         return _failed(stage, stage_dir, digest, start, f"{type(exc).__name__}: {exc}")
     seconds = time.perf_counter() - start
-    _write_state(stage_dir, kind=stage.kind, config_hash=digest, status="done", seconds=seconds,
-                 metrics=result.metrics, outputs=result.outputs)
+    StageState(stage.kind, digest, "done", seconds, result.metrics, result.outputs).write(stage_dir)
     log.info("  done in %.1fs%s", seconds, _summary(result.metrics))
     return _entry(stage, "done", seconds, result.metrics)
 
 
-def _failed(stage: StageConfig, stage_dir: Path, digest: str, start: float, error: str) -> dict:
+def _failed(stage: StageConfig, stage_dir: Path, digest: str, start: float, error: str) -> ReportEntry:
     seconds = time.perf_counter() - start
-    _write_state(stage_dir, kind=stage.kind, config_hash=digest, status="failed", seconds=seconds, error=error)
+    StageState(stage.kind, digest, "failed", seconds, error=error).write(stage_dir)
     log.error("  stage %s failed: %s", stage.name, error)
     return _entry(stage, "failed", seconds, {"error": error})
 
@@ -209,8 +190,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(stage: StageConfig, status: str, seconds: float, metrics: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": stage.kind, "status": status, "seconds": round(seconds, 2), "metrics": metrics}
+def _entry(stage: StageConfig, status: Any, seconds: float, metrics: dict[str, Any]) -> ReportEntry:
+    return ReportEntry(stage.kind, status, round(seconds, 2), metrics)
 
 
 def _summary(metrics: dict[str, Any]) -> str:
@@ -218,23 +199,8 @@ def _summary(metrics: dict[str, Any]) -> str:
     return (": " + ", ".join(shown[:6])) if shown else ""
 
 
-def _load_report(run_dir: Path) -> dict[str, Any]:
-    try:
-        report = json.loads((run_dir / REPORT_JSON).read_text())
-        if isinstance(report.get("stages"), dict):
-            return report
-    except (OSError, ValueError):
-        pass
-    return {"stages": {}}
-
-
-def _write_report(run_dir: Path, recipe: Recipe, report: dict[str, Any]) -> None:
-    names = recipe.stage_names()
-    ordered = {n: report["stages"][n] for n in names if n in report["stages"]}
-    report["stages"] = ordered
-    tmp = run_dir / (REPORT_JSON + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(run_dir / REPORT_JSON)
+def _write_report(run_dir: Path, recipe: Recipe, report: RunReport) -> None:
+    report.write(run_dir, recipe.stage_names())
     try:
         from posttrain.report import write_report
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.recipe import ModelSpec, Recipe, TokenizerSpec
+from posttrain.run_folder import BASE_DIR, BASE_STAMP
 
 log = logging.getLogger("posttrain.tiny")
 
-BASE_DIR = "base_model"
 THINK_TOKENS = ("<think>", "</think>")
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜pad｜>"
 USER, ASSISTANT = "<｜User｜>", "<｜Assistant｜>"
@@ -133,7 +133,7 @@ def materialize_base(recipe: Recipe, run_dir: Path) -> tuple[str, str]:
     if not _builds_something(recipe):
         return ref, fingerprint
     out = Path(ref)
-    stamp = out / "posttrain_base.json"
+    stamp = out / BASE_STAMP
     if stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
         return ref, fingerprint
     log.info("building the base model in %s", out)
@@ -141,7 +141,7 @@ def materialize_base(recipe: Recipe, run_dir: Path) -> tuple[str, str]:
     if recipe.model.tiny is not None:
         model = build_tiny_model(tokenizer, recipe.model.tiny, seed=recipe.seed)
     else:
-        from posttrain.models import load_causal_lm
+        from posttrain.core.models import load_causal_lm
 
         model = load_causal_lm(recipe.model.name_or_path or "", recipe.model)
         model.resize_token_embeddings(len(tokenizer))
@@ -157,7 +157,7 @@ def materialize_base(recipe: Recipe, run_dir: Path) -> tuple[str, str]:
 
 def _make_tokenizer(spec: TokenizerSpec, model: ModelSpec) -> Any:
     if spec.train is not None:
-        from posttrain.plugins import load_object
+        from posttrain.core.plugins import load_object
 
         corpus = load_object(spec.train.corpus)(**spec.train.corpus_kwargs)
         return train_tokenizer(corpus, spec.train.vocab_size)
@@ -165,7 +165,7 @@ def _make_tokenizer(spec: TokenizerSpec, model: ModelSpec) -> Any:
 
     name = spec.name_or_path or model.name_or_path
     if name is None:
-        from posttrain.errors import RecipeError
+        from posttrain.core.errors import RecipeError
 
         raise RecipeError(["tokenizer: a tiny model needs 'tokenizer.train' or 'tokenizer.name_or_path'"])
     return AutoTokenizer.from_pretrained(name, trust_remote_code=model.trust_remote_code)

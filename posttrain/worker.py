@@ -16,10 +16,10 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
-    from posttrain.log import setup_logging
+    from posttrain.core.log import setup_logging
     from posttrain.recipe import load_recipe
-    from posttrain.runner import RESOLVED_RECIPE, RESULT_FILE
-    from posttrain.stages import get_stage_kind
+    from posttrain.run_folder import RESOLVED_RECIPE, RESULT_FILE
+    from posttrain.stages import KINDS
     from posttrain.stages.base import StageContext
     from posttrain.tiny import base_model_ref
 
@@ -27,12 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     state = PartialState()
     setup_logging(None, rank=state.process_index)
-    recipe = load_recipe(Path(run_dir) / RESOLVED_RECIPE)
+    recipe = load_recipe(Path(run_dir) / RESOLVED_RECIPE, kinds=KINDS)
     stage = recipe.stage(stage_name)
     ctx = StageContext(recipe, stage, Path(run_dir), base_model_ref(recipe, Path(run_dir)),
                        logging.getLogger(f"posttrain.{stage_name}"),
                        process_index=state.process_index, num_processes=state.num_processes)
-    result = get_stage_kind(stage.kind).run(ctx)
+    result = KINDS.get(stage.kind).run(ctx)
     state.wait_for_everyone()
     if state.is_main_process:
         out = Path(run_dir) / stage_name / RESULT_FILE

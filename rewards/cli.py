@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from posttrain.errors import DataError, PluginError, PosttrainError
+from posttrain.core.errors import DataError, PluginError, PosttrainError
 
 _OUTPUT_KEYS = ("rewards", "reward", "errors")
 

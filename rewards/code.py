@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from posttrain.errors import DataError, PluginError
+from posttrain.core.errors import DataError, PluginError
 from rewards.answer import answer_text, last_code_block
 from rewards.sandbox import Limits, RunResult, Sandbox, normalize_language
 

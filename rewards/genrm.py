@@ -10,7 +10,7 @@ Templates are Jinja files (built-ins in rewards/templates/, or any path): variab
 `completion`, `reference`, `scale`, `principles` (a list), and `completion_a`/`completion_b` in
 pairwise mode. Verdicts are parsed strictly but forgivingly (bold, `8/10`, `out of 10`, trailing
 text; several scores: the last in the verdict section). An unparseable verdict gives `None` and an
-error that keeps the judge's raw text, never a silent 0. Text comes from posttrain.generation, so the
+error that keeps the judge's raw text, never a silent 0. Text comes from posttrain.core.generation, so the
 judge runs in process (`hf`), on vLLM, or behind any OpenAI-compatible endpoint (`openai`).
 
 >>> parse_score("The steps check out.\\n**Score: 8/10**")
@@ -33,7 +33,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from posttrain.errors import PluginError
+from posttrain.core.errors import PluginError
 from rewards.answer import THINK_CLOSE, THINK_OPEN, completion_text
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -242,7 +242,7 @@ class GenRMReward:
         batch_size: int = 16,
         options: dict[str, Any] | None = None,
     ):
-        from posttrain.generation import GenerationSpec, SamplingParams
+        from posttrain.core.generation import GenerationSpec, SamplingParams
 
         if n < 1:
             raise PluginError(f"genrm: n must be at least 1, got {n}")
@@ -400,7 +400,7 @@ class GenRMReward:
     def _generate(self, judge_prompts: list[str]) -> tuple[list[list[str]], list[str | None]]:
         with self._lock:
             if self._generator is None:
-                from posttrain.generation import make_generator
+                from posttrain.core.generation import make_generator
 
                 self._generator = make_generator(self.spec)
         return self._generator.generate_with_errors(judge_prompts, self.n, self.sampling)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from posttrain.errors import PluginError
+from posttrain.core.errors import PluginError
 from rewards.answer import THINK_CLOSE, THINK_OPEN, completion_text, split_think
 
 #: Writing systems and their Unicode ranges. Ideographic and kana characters count one word each.

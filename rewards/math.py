@@ -32,7 +32,7 @@ from fractions import Fraction
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from posttrain.errors import DataError, PluginError
+from posttrain.core.errors import DataError, PluginError
 from rewards.answer import THINK_OPEN, completion_text, last_boxed, split_think
 
 log = logging.getLogger("posttrain.rewards.math")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from posttrain.errors import PluginError
+from posttrain.core.errors import PluginError
 from rewards.answer import completion_text
 
 

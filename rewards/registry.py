@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from posttrain.errors import PluginError
-from posttrain.plugins import load_object
+from posttrain.core.errors import PluginError
+from posttrain.core.plugins import load_object
 
 log = logging.getLogger("posttrain.rewards")
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from posttrain.errors import PluginError
+from posttrain.core.errors import PluginError
 
 #: Written next to a trained reward model by the `reward_model` stage: mean/std of held-out scores.
 STATS_FILE = "reward_stats.json"

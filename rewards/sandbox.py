@@ -59,7 +59,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from posttrain.errors import DataError, MissingDependencyError
+from posttrain.core.errors import DataError, MissingDependencyError
 
 log = logging.getLogger("posttrain.rewards.sandbox")
 

@@ -148,7 +148,7 @@ def teacher(
     error rates scale with the sampling temperature (T = 0 is always right; T = 1 uses them as given).
     An unparseable prompt raises, as a failing teacher would.
     """
-    from posttrain.generation import sample_rng
+    from posttrain.core.generation import sample_rng
 
     temperature = 1.0 if sampling is None else float(sampling.temperature)
     seed = seed if seed is not None else (None if sampling is None else sampling.seed)

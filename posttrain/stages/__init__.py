@@ -1,29 +1,25 @@
-"""Registry of stage kinds. Adding a kind = one module here and one line in `_KINDS`.
+"""The stage kinds: a name -> a module defining `Config` (a `StageConfig`) and `run(ctx) -> StageResult`.
 
-A stage module defines `Config` (a `posttrain.recipe.StageConfig` subclass) and
-`run(ctx: StageContext) -> StageResult`. Heavy imports (torch, trl) stay inside `run` so that
-`posttrain validate` stays fast.
+Adding a kind = one module in this package and one line in `KINDS` below (or an entry point in group
+`posttrain.stages`, or `KINDS.register(...)` from a plugin). Modules are imported on first use, so
+`posttrain validate` never pays for torch or TRL. The recipe schema is handed this registry; it
+does not import the stages.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from posttrain.recipe import StageConfig
     from posttrain.stages.base import StageContext, StageResult
 
-_KINDS: dict[str, str] = {
-    "distill": "posttrain.stages.distill",
-    "sft": "posttrain.stages.sft",
-    "reward_model": "posttrain.stages.reward_model",
-    "grpo": "posttrain.stages.grpo",
-    "eval": "posttrain.stages.eval",
-}
 ENTRY_POINT_GROUP = "posttrain.stages"
 
 
@@ -32,25 +28,48 @@ class StageKind:
     name: str
     config: type[StageConfig]
     run: Callable[[StageContext], StageResult]
+    #: The stage module itself, for optional hooks (e.g. its `report` section).
+    module: ModuleType
+
+    def hook(self, name: str) -> Any:
+        """An optional function the stage module defines (`None` when it has none)."""
+        return getattr(self.module, name, None)
 
 
-def register_stage_kind(kind: str, module: str) -> None:
-    """Register a stage kind implemented in `module` (which defines `Config` and `run`)."""
-    _KINDS[kind] = module
+class StageKinds:
+    """Stage kinds by name, their modules imported when first asked for."""
+
+    def __init__(self, modules: dict[str, str]):
+        self._modules = dict(modules)
+
+    def register(self, kind: str, module: str) -> None:
+        """Add (or replace) a kind implemented in `module`."""
+        self._modules[kind] = module
+
+    def names(self) -> list[str]:
+        kinds = {k for k, m in self._modules.items() if importlib.util.find_spec(m) is not None}
+        kinds |= {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        return sorted(kinds)
+
+    def get(self, kind: str) -> StageKind:
+        if kind in self._modules:
+            module = importlib.import_module(self._modules[kind])
+        else:
+            found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == kind]
+            if not found:
+                raise KeyError(kind)
+            module = importlib.import_module(found[0].value.partition(":")[0])
+        return StageKind(kind, module.Config, module.run, module)
+
+    def config(self, kind: str) -> type[StageConfig]:
+        return self.get(kind).config
 
 
-def stage_kinds() -> list[str]:
-    kinds = {k for k, m in _KINDS.items() if importlib.util.find_spec(m) is not None}
-    kinds |= {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    return sorted(kinds)
-
-
-def get_stage_kind(kind: str) -> StageKind:
-    if kind in _KINDS:
-        module = importlib.import_module(_KINDS[kind])
-    else:
-        (ep,) = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == kind] or [None]
-        if ep is None:
-            raise KeyError(kind)
-        module = importlib.import_module(ep.value.partition(":")[0])
-    return StageKind(kind, module.Config, module.run)
+KINDS = StageKinds({
+    "distill": "posttrain.stages.distill",
+    "sft": "posttrain.stages.sft",
+    "reward_model": "posttrain.stages.reward_model",
+    "grpo": "posttrain.stages.grpo",
+    "eval": "posttrain.stages.eval",
+})
+register_stage_kind = KINDS.register

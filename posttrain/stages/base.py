@@ -2,33 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from posttrain.errors import StageError
+from posttrain.core.errors import StageError
 from posttrain.recipe import Recipe, RewardSpec, StageConfig
-
-#: File names stages write, so that later stages and `posttrain report` can find them.
-MODEL_DIR = "model"
-DATA_FILE = "data.jsonl"
-METRICS_FILE = "metrics.jsonl"
+from posttrain.run_folder import DATA_FILE, METRICS_FILE, MODEL_DIR, append_jsonl, read_jsonl
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file; a broken line is an error naming the file and line."""
-    rows = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except ValueError as exc:
-                raise StageError(f"{path}:{lineno}: not valid JSON ({exc})") from None
-    return rows
+def resolve_model(recipe: Recipe, run_dir: Path, base_model: str, ref: str | None, needed_by: str) -> str:
+    """`None`/`"base"` → the base model; an earlier stage's name → its `model/`; else a path or hub name."""
+    if ref is None or ref == "base":
+        return base_model
+    if ref in recipe.stage_names():
+        path = run_dir / ref / MODEL_DIR
+        if not (path / "config.json").exists():
+            raise StageError(
+                f"{needed_by} needs the model of stage {ref!r}, but {path} has none: "
+                f"run stage {ref!r} first (posttrain run RECIPE --stages {ref})"
+            )
+        return str(path)
+    return ref
 
 
 @dataclass
@@ -70,17 +66,7 @@ class StageContext:
 
     def resolve_model(self, ref: str | None) -> str:
         """`None`/`"base"` → the base model; an earlier stage's name → its `model/`; else a path or hub name."""
-        if ref is None or ref == "base":
-            return self.base_model
-        if ref in self.recipe.stage_names():
-            path = self.run_dir / ref / MODEL_DIR
-            if not (path / "config.json").exists():
-                raise StageError(
-                    f"stage {self.config.name!r} needs the model of stage {ref!r}, but {path} has none: "
-                    f"run stage {ref!r} first (posttrain run RECIPE --stages {ref},{self.config.name})"
-                )
-            return str(path)
-        return ref
+        return resolve_model(self.recipe, self.run_dir, self.base_model, ref, f"stage {self.config.name!r}")
 
     def resolve_data(self, ref: str, filename: str = DATA_FILE) -> Path:
         """An earlier stage's name → its `filename`; else a local file path."""
@@ -132,8 +118,5 @@ class StageContext:
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         """One JSON line per logging step in DIR/<stage>/metrics.jsonl (main process only)."""
-        if not self.is_main_process:
-            return
-        self.stage_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.stage_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.is_main_process:
+            append_jsonl(self.stage_dir / METRICS_FILE, row)

@@ -33,17 +33,21 @@ from data_pipelines.decontamination import DecontaminationSpec
 from data_pipelines.filters import FilterSpec
 from data_pipelines.rejection_sampling import KeepRule, reward_labels
 from data_pipelines.sources import SourceSpec
-from posttrain.errors import StageError
-from posttrain.generation import GenerationSpec, SamplingParams
+from posttrain.core.errors import StageError
+from posttrain.core.generation import GenerationSpec, SamplingParams
 from posttrain.recipe import RewardSpec, StageConfig
-from posttrain.stages.base import DATA_FILE, StageContext, StageResult
+from posttrain.run_folder import (
+    DATA_FILE,
+    ERRORS_FILE,
+    EVAL_FILE,
+    PAIRS_FILE,
+    PROGRESS_FILE,
+    PROMPTS_FILE,
+    STATS_FILE,
+    write_json_atomic,
+)
+from posttrain.stages.base import StageContext, StageResult
 
-PROGRESS_FILE = "progress.json"
-STATS_FILE = "stats.json"
-PAIRS_FILE = "pairs.jsonl"
-PROMPTS_FILE = "prompts.jsonl"
-EVAL_FILE = "eval.jsonl"
-ERRORS_FILE = "errors.jsonl"
 #: Files appended chunk by chunk (truncated to the last finished chunk on resume).
 APPENDED = (DATA_FILE, PAIRS_FILE, ERRORS_FILE)
 
@@ -158,8 +162,8 @@ def run(ctx: StageContext) -> StageResult:
             stats["prompts_done"] = begin + len(chunk)
             stats["seconds"] = round(stats["seconds"] + time.perf_counter() - chunk_start, 3)
             _summarise(stats)
-            _write_json_atomic(out / STATS_FILE, stats)
-            _write_json_atomic(out / PROGRESS_FILE, {"fingerprint": fingerprint, "next_prompt": begin + len(chunk),
+            write_json_atomic(out / STATS_FILE, stats)
+            write_json_atomic(out / PROGRESS_FILE, {"fingerprint": fingerprint, "next_prompt": begin + len(chunk),
                                                       "offsets": offsets, "stats": stats})
             generated_now += result.generated
             rate = generated_now / max(time.perf_counter() - started, 1e-9)
@@ -172,7 +176,7 @@ def run(ctx: StageContext) -> StageResult:
     finally:
         bar.close()
     _summarise(stats)
-    _write_json_atomic(out / STATS_FILE, stats)
+    write_json_atomic(out / STATS_FILE, stats)
     log.info("%d prompts, %d samples generated, %d kept (acceptance %.1f%%, rewards passed %.1f%%, %s samples/s); "
              "rejected: %s", stats["prompts"], stats["generated"], stats["kept"], 100 * stats["acceptance_rate"],
              100 * (stats["pass_rate"] or 0), stats["samples_per_s"],
@@ -234,7 +238,7 @@ def _build_sampler(cfg: Config, ctx: StageContext, eval_rows: list[dict[str, Any
     from data_pipelines.decontamination import Decontaminator
     from data_pipelines.filters import SampleFilter
     from data_pipelines.rejection_sampling import RejectionSampler, Teacher
-    from posttrain.generation import derive_seed, make_generator
+    from posttrain.core.generation import derive_seed, make_generator
 
     teachers = []
     for spec in cfg.teachers:
@@ -266,7 +270,7 @@ def _build_sampler(cfg: Config, ctx: StageContext, eval_rows: list[dict[str, Any
 
 
 def _token_counter(name_or_path: str, stage: str) -> Any:
-    from posttrain.models import load_tokenizer
+    from posttrain.core.models import load_tokenizer
 
     try:
         tok = load_tokenizer(name_or_path)
@@ -354,12 +358,6 @@ def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> int:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
         f.flush()
         return f.tell()
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    tmp.replace(path)
 
 
 def _write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:

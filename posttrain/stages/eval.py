@@ -14,12 +14,11 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from posttrain.errors import DataError
-from posttrain.generation import GenerationSpec, SamplingParams
+from posttrain.core.errors import DataError
+from posttrain.core.generation import GenerationSpec, SamplingParams
 from posttrain.recipe import RewardSpec, StageConfig
-from posttrain.stages.base import StageContext, StageResult, read_jsonl
-
-SAMPLES_FILE = "samples.jsonl"
+from posttrain.run_folder import EVAL_FILE, SAMPLES_FILE, read_jsonl
+from posttrain.stages.base import StageContext, StageResult
 
 
 class Config(StageConfig):
@@ -27,7 +26,7 @@ class Config(StageConfig):
     model: str | None = None
     #: Held-out prompts: an earlier stage (its `data_file`), a jsonl/parquet file, or a hub data set.
     data: str
-    data_file: str = "eval.jsonl"
+    data_file: str = EVAL_FILE
     #: Split of a hub data set (ignored for stage outputs and local files).
     split: str = "train"
     prompt_column: str = "prompt"
@@ -49,7 +48,7 @@ class Config(StageConfig):
 def run(ctx: StageContext) -> StageResult:
     from tqdm.auto import tqdm
 
-    from posttrain.generation import make_generator
+    from posttrain.core.generation import make_generator
     from rewards.registry import combine
 
     cfg = ctx.config

@@ -12,11 +12,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from posttrain.core.errors import MissingDependencyError
 from posttrain.dynamic_sampling import DynamicSamplingConfig
-from posttrain.errors import DataError, MissingDependencyError
-from posttrain.moe_balance import MoEBalanceConfig
-from posttrain.recipe import RewardSpec, StageConfig
+from posttrain.recipe import RewardSpec
+from posttrain.run_folder import METRICS_FILE, PROMPTS_FILE, REWARD, read_jsonl
 from posttrain.stages.base import StageContext, StageResult
+from posttrain.stages.trainer import TrainerConfig, TrainerStage, require_columns
 
 #: Named loss variants -> the GRPOConfig fields that make them (the recipe's `trl:` values win).
 LOSS_PRESETS: dict[str, dict[str, Any]] = {
@@ -46,20 +47,13 @@ class RolloutSpec(BaseModel):
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
 
 
-class Config(StageConfig):
-    #: The policy to train: an earlier stage (e.g. `sft`), a path or a hub name.
-    model: str | None = None
+class Config(TrainerConfig):
     #: Prompts with the columns the rewards need: an earlier stage (its `data_file`), a file, or a hub set.
-    data: str
-    data_file: str = "prompts.jsonl"
-    #: Split of a hub data set (ignored for stage outputs and local files).
-    split: str = "train"
+    data_file: str = PROMPTS_FILE
     prompt_column: str = "prompt"
-    max_samples: int | None = Field(None, ge=1)
     rewards: list[RewardSpec] = Field(min_length=1)
     loss: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"] | None = None
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
-    moe_balance: MoEBalanceConfig = Field(default_factory=MoEBalanceConfig)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
 
     trl_config: ClassVar[str | None] = "trl:GRPOConfig"
@@ -70,65 +64,53 @@ class Config(StageConfig):
         "gradient_checkpointing": False,
         "log_completions": False,
     }
-    ref_fields: ClassVar[tuple[str, ...]] = ("model", "data")
 
     def trl_kwargs(self) -> dict[str, Any]:
         preset = LOSS_PRESETS[self.loss] if self.loss else {}
         return {**self.trl_defaults, **preset, "reward_weights": [r.weight for r in self.rewards], **self.trl}
 
 
+class GRPOStage(TrainerStage):
+    cfg: Config
+    padding_side = "left"
+
+    def trainer_class(self) -> type:
+        from trl import GRPOTrainer
+
+        return GRPOTrainer
+
+    def mixins(self) -> tuple[type, ...]:
+        from posttrain.dynamic_sampling import DynamicSamplingMixin
+
+        return (DynamicSamplingMixin, *super().mixins())
+
+    def prepare_data(self, dataset: Any) -> Any:
+        cfg = self.cfg
+        require_columns(dataset, [cfg.prompt_column], cfg, "GRPO prompts", "set prompt_column")
+        return dataset.rename_column(cfg.prompt_column, "prompt") if cfg.prompt_column != "prompt" else dataset
+
+    def trl_overrides(self) -> dict[str, Any]:
+        return _rollout_args(self.cfg, self.ctx)
+
+    def trainer_kwargs(self, dataset: Any) -> dict[str, Any]:
+        rewards = [fn for fn, _ in self.ctx.build_rewards(self.cfg.rewards)]
+        return {"train_dataset": dataset, "reward_funcs": rewards}
+
+    def after_init(self, trainer: Any, dataset: Any) -> None:
+        trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
+
+    def describe(self, args: Any, dataset: Any) -> str:
+        per_step = args.per_device_train_batch_size * self.ctx.num_processes * args.gradient_accumulation_steps
+        mix = ", ".join(f"{r.label}×{r.weight:g}" for r in self.cfg.rewards)
+        return (f"GRPO on {len(dataset)} prompts: {args.num_generations} completions per prompt, "
+                f"{per_step} completions per step, rewards {mix}")
+
+    def summary(self, trainer: Any, result: Any, dataset: Any) -> dict[str, Any]:
+        return _summary(self.ctx)
+
+
 def run(ctx: StageContext) -> StageResult:
-    from trl import GRPOTrainer
-
-    from posttrain.dynamic_sampling import DynamicSamplingMixin
-    from posttrain.models import load_causal_lm, load_tokenizer
-    from posttrain.moe_balance import MoEBalanceMixin
-    from posttrain.recipe import build_trl_config
-    from posttrain.training import balance_summary, checkpoint_dir, prepare_trainer, save_final, train_resumably
-
-    cfg = ctx.config
-    assert isinstance(cfg, Config)
-    model_path = ctx.resolve_model(cfg.model)
-    tokenizer = load_tokenizer(model_path, padding_side="left")
-    dataset = _prompts(ctx, cfg)
-    rewards = [fn for fn, _ in ctx.build_rewards(cfg.rewards)]
-    args = build_trl_config(cfg, checkpoint_dir(ctx), **_rollout_args(cfg, ctx), **_seed(cfg, ctx))
-    # A saved directory, not an in-memory model: with beta > 0 TRL rebuilds the reference from it.
-    model = load_causal_lm(model_path, ctx.recipe.model if cfg.model in (None, "base") else None)
-
-    class Trainer(DynamicSamplingMixin, MoEBalanceMixin, GRPOTrainer):
-        pass
-
-    trainer = Trainer(model=model, args=args, reward_funcs=rewards, train_dataset=dataset,
-                      processing_class=tokenizer)
-    tracker = trainer.setup_moe_balance(cfg.moe_balance)
-    trainer.setup_dynamic_sampling(cfg.dynamic_sampling, dataset.to_list(), ctx.seed)
-    prepare_trainer(trainer, ctx)
-    ctx.log.info("GRPO on %d prompts: %d completions per prompt, %d completions per step, rewards %s",
-                 len(dataset), args.num_generations, args.per_device_train_batch_size * ctx.num_processes
-                 * args.gradient_accumulation_steps,
-                 ", ".join(f"{r.label}×{r.weight:g}" for r in cfg.rewards))
-    result = train_resumably(trainer, ctx)
-    out = save_final(trainer, tokenizer, ctx)
-    metrics: dict[str, Any] = {"train_loss": round(result.training_loss, 5), "steps": result.global_step,
-                               "model": str(out)}
-    metrics.update(_summary(ctx))
-    metrics.update(balance_summary(ctx))
-    if tracker is not None and ctx.num_processes > 1:
-        metrics["bias_sync_max_diff"] = trainer.moe_callback.bias_sync_max_diff
-    return StageResult(metrics=metrics, outputs={"model": str(out)})
-
-
-def _prompts(ctx: StageContext, cfg: Config) -> Any:
-    dataset = ctx.load_dataset(cfg.data, cfg.data_file, cfg.split)
-    if cfg.prompt_column not in dataset.column_names:
-        raise DataError(f"GRPO prompts for stage {cfg.name!r} have no column {cfg.prompt_column!r}; they have "
-                        f"{dataset.column_names} (set prompt_column)")
-    if cfg.prompt_column != "prompt":
-        dataset = dataset.rename_column(cfg.prompt_column, "prompt")
-    if cfg.max_samples is not None:
-        dataset = dataset.select(range(min(cfg.max_samples, len(dataset))))
-    return dataset
+    return GRPOStage(ctx).run()
 
 
 def _rollout_args(cfg: Config, ctx: StageContext) -> dict[str, Any]:
@@ -151,22 +133,16 @@ def _rollout_args(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         out.update(vllm_server_host=spec.server_host, vllm_server_port=spec.server_port)
     else:
         out.update(vllm_gpu_memory_utilization=spec.gpu_memory_utilization)
-    return {k: v for k, v in out.items() if k not in cfg.trl}
-
-
-def _seed(cfg: StageConfig, ctx: StageContext) -> dict[str, Any]:
-    return {} if "seed" in cfg.trl else {"seed": ctx.seed}
+    return out
 
 
 def _summary(ctx: StageContext) -> dict[str, Any]:
     """First vs last logged reward, and the total of dropped groups, for the report."""
-    from posttrain.stages.base import METRICS_FILE, read_jsonl
-
     path = ctx.stage_dir / METRICS_FILE
-    rows = [r for r in read_jsonl(path) if isinstance(r.get("reward"), float | int)] if path.exists() else []
+    rows = [r for r in read_jsonl(path) if isinstance(r.get(REWARD), float | int)] if path.exists() else []
     if not rows:
         return {}
-    out: dict[str, Any] = {"reward_first": round(rows[0]["reward"], 4), "reward_last": round(rows[-1]["reward"], 4)}
+    out: dict[str, Any] = {"reward_first": round(rows[0][REWARD], 4), "reward_last": round(rows[-1][REWARD], 4)}
     dropped = [d for r in rows if isinstance(d := r.get("dynamic_sampling/groups_dropped"), float | int)]
     if dropped:
         out["groups_dropped_per_step"] = round(sum(dropped) / len(dropped), 3)

@@ -22,12 +22,13 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from posttrain.errors import DataError
-from posttrain.recipe import RewardSpec, StageConfig, StrictModel
+from posttrain.core.errors import DataError
+from posttrain.moe_balance import MoEBalanceConfig
+from posttrain.recipe import RewardSpec, StrictModel
+from posttrain.run_folder import JUDGE_DATA_FILE, MODEL_DIR, PAIRS_FILE
 from posttrain.stages.base import StageContext, StageResult
+from posttrain.stages.trainer import TrainerConfig, TrainerStage, require_columns
 
-PAIRS_FILE = "pairs.jsonl"
-JUDGE_DATA_FILE = "judge_data.jsonl"
 #: Training pairs scored for reward_stats.json when nothing is held out.
 STATS_SAMPLE = 512
 
@@ -51,18 +52,15 @@ class JudgeDataSpec(StrictModel):
     verifiers: list[RewardSpec] = Field(default_factory=_default_verifiers, min_length=1)
 
 
-class Config(StageConfig):
-    #: Model to start from: an earlier stage (e.g. `sft`), a path or a hub name (default: the base model).
-    model: str | None = None
+class Config(TrainerConfig):
     #: Preference pairs: an earlier stage (its `data_file`), a jsonl/parquet file, or a hub data set.
-    data: str
     data_file: str = PAIRS_FILE
-    #: Split of a hub data set (ignored for stage outputs and local files).
-    split: str = "train"
     #: Share of prompts held out to measure pairwise accuracy (pairs of one prompt stay on one side).
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    max_pairs: int | None = Field(None, ge=1)
     judge_data: JudgeDataSpec | None = None
+    #: Off by default here: the reward model's routers keep the biases the policy was trained with.
+    moe_balance: MoEBalanceConfig = Field(
+        default_factory=lambda: MoEBalanceConfig(bias_update_speed=0.0, seq_aux_loss_coef=0.0))
 
     trl_config: ClassVar[str | None] = "trl:RewardConfig"
     trl_defaults: ClassVar[dict[str, Any]] = {
@@ -82,91 +80,113 @@ class Config(StageConfig):
         "center_rewards_coefficient": 0.01,
         "max_length": 1024,
     }
-    ref_fields: ClassVar[tuple[str, ...]] = ("model", "data")
+
+
+class RewardModelStage(TrainerStage):
+    cfg: Config
+    log_keys = ("loss", "accuracy", "margin", "eval_accuracy")
+
+    def trainer_class(self) -> type:
+        from trl import RewardTrainer
+
+        held_out, tokenizer = self.held_out, self.tokenizer
+
+        class Trainer(RewardTrainer):
+            def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
+                         metric_key_prefix: str = "eval") -> dict[str, float]:
+                """Exact held-out figures, scored as the `reward_model` reward scores (TRL averages batch means,
+                which over-weights a short last batch)."""
+                if eval_dataset is not None or not len(held_out):
+                    return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+                model = self.accelerator.unwrap_model(self.model)
+                was_training = model.training
+                model.eval()
+                try:
+                    found = pairwise_metrics(*_score_pairs(model, tokenizer, held_out,
+                                                           self.args.per_device_eval_batch_size))
+                    logs = {f"{metric_key_prefix}_loss": found["eval_loss"],
+                            f"{metric_key_prefix}_accuracy": found["pairwise_accuracy"],
+                            f"{metric_key_prefix}_margin": found["reward_margin"]}
+                    self.log(logs)  # in eval mode, so RewardTrainer adds no training figures to this row
+                    self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, logs)
+                finally:
+                    model.train(was_training)
+                return logs
+
+        return Trainer
+
+    def prepare_data(self, dataset: Any) -> Any:
+        """The training pairs; a share of the prompts is held out (`self.held_out`)."""
+        cfg = self.cfg
+        require_columns(dataset, ["chosen", "rejected"], cfg, "preference data",
+                        "expected prompt, chosen, rejected")
+        keep = [c for c in ("prompt", "chosen", "rejected", "margin", "solution", "rejected_reason")
+                if c in dataset.column_names]
+        train, self.held_out = split_by_prompt(dataset.select_columns(keep), cfg.eval_fraction, self.ctx.seed)
+        if len(train) == 0:
+            raise DataError(f"stage {cfg.name!r}: no training pairs left after holding out {cfg.eval_fraction:.0%} "
+                            "of the prompts; lower eval_fraction or give more pairs")
+        self.judge_examples = (_write_judge_data(self.ctx, cfg.judge_data, train)
+                               if cfg.judge_data is not None else None)
+        return train
+
+    def trl_overrides(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {} if len(self.held_out) else {"eval_strategy": "no"}
+        if self.cfg.model in (None, "base"):
+            spec = self.ctx.recipe.model
+            extra["model_init_kwargs"] = {"dtype": spec.dtype, "revision": spec.revision,
+                                          "trust_remote_code": spec.trust_remote_code}
+        return extra
+
+    def load_model(self, path: str) -> Any:
+        return path  # RewardTrainer puts the one-output head on it (AutoModelForSequenceClassification)
+
+    def trainer_kwargs(self, dataset: Any) -> dict[str, Any]:
+        from posttrain.lora import lora_config
+
+        kwargs: dict[str, Any] = {"train_dataset": dataset,
+                                  "eval_dataset": self.held_out if len(self.held_out) else None}
+        if self.cfg.lora is not None:
+            kwargs["peft_config"] = lora_config(self.cfg.lora)
+        return kwargs
+
+    def describe(self, args: Any, dataset: Any) -> str:
+        length = f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs"
+        return (f"reward model from {self.ctx.resolve_model(self.cfg.model)} on {len(dataset)} pairs "
+                f"({len(self.held_out)} held out), {length}")
+
+    def summary(self, trainer: Any, result: Any, train: Any) -> dict[str, Any]:
+        ctx, held_out, tokenizer = self.ctx, self.held_out, self.tokenizer
+        metrics: dict[str, Any] = {} if self.judge_examples is None else {"judge_examples": self.judge_examples}
+        metrics.update({"pairs": len(train), "eval_pairs": len(held_out)})
+        model = trainer.accelerator.unwrap_model(trainer.model).eval()
+        measured = held_out if len(held_out) else train.select(range(min(STATS_SAMPLE, len(train))))
+        chosen, rejected = _score_pairs(model, tokenizer, measured, self.args.per_device_eval_batch_size)
+        if len(held_out):
+            metrics.update(pairwise_metrics(chosen, rejected, list(held_out["rejected_reason"])
+                                            if "rejected_reason" in held_out.column_names else None))
+            logged = {row.get("step") for row in trainer.state.log_history if "eval_accuracy" in row}
+            if result.global_step not in logged:  # the curve ends at the final model
+                ctx.append_metrics({"step": result.global_step, "eval_loss": metrics["eval_loss"],
+                                    "eval_accuracy": metrics["pairwise_accuracy"],
+                                    "eval_margin": metrics["reward_margin"]})
+            ctx.log.info("held-out pairwise accuracy %.3f on %d pairs (margin %.3f)", metrics["pairwise_accuracy"],
+                         len(held_out), metrics["reward_margin"])
+        self.stats = {"mean": statistics.fmean(chosen + rejected), "std": statistics.pstdev(chosen + rejected) or 1.0,
+                      "pairs": len(measured), "measured_on": "held_out" if len(held_out) else "train"}
+        return metrics
+
+    def run(self) -> StageResult:
+        result = super().run()
+        if self.ctx.is_main_process:
+            from rewards.reward_model import STATS_FILE
+
+            (self.ctx.stage_dir / MODEL_DIR / STATS_FILE).write_text(json.dumps(self.stats, indent=2))
+        return result
 
 
 def run(ctx: StageContext) -> StageResult:
-    from trl import RewardTrainer
-
-    from posttrain.models import load_tokenizer
-    from posttrain.recipe import build_trl_config
-    from posttrain.training import MetricsFileCallback, checkpoint_dir, prepare_trainer, save_final, train_resumably
-
-    cfg = ctx.config
-    assert isinstance(cfg, Config)
-    model_path = ctx.resolve_model(cfg.model)
-    pairs = _pairs(ctx.load_dataset(cfg.data, cfg.data_file, cfg.split), cfg)
-    train, held_out = split_by_prompt(pairs, cfg.eval_fraction, ctx.seed)
-    if len(train) == 0:
-        raise DataError(f"stage {cfg.name!r}: no training pairs left after holding out {cfg.eval_fraction:.0%} "
-                        "of the prompts; lower eval_fraction or give more pairs")
-    metrics: dict[str, Any] = {}
-    if cfg.judge_data is not None:
-        metrics["judge_examples"] = _write_judge_data(ctx, cfg.judge_data, train)
-
-    tokenizer = load_tokenizer(model_path, padding_side="right")
-    extra: dict[str, Any] = {} if "seed" in cfg.trl else {"seed": ctx.seed}
-    if len(held_out) == 0:
-        extra["eval_strategy"] = "no"
-    if cfg.model in (None, "base") and "model_init_kwargs" not in cfg.trl:
-        spec = ctx.recipe.model
-        extra["model_init_kwargs"] = {"dtype": spec.dtype, "revision": spec.revision,
-                                      "trust_remote_code": spec.trust_remote_code}
-    args = build_trl_config(cfg, checkpoint_dir(ctx), **extra)
-    ctx.log.info("reward model from %s on %d pairs (%d held out), %s", model_path, len(train), len(held_out),
-                 f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs")
-
-    class Trainer(RewardTrainer):
-        def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
-                     metric_key_prefix: str = "eval") -> dict[str, float]:
-            """Exact held-out figures, scored as the `reward_model` reward scores (TRL averages batch means,
-            which over-weights a short last batch)."""
-            if eval_dataset is not None or not len(held_out):
-                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-            model = self.accelerator.unwrap_model(self.model)
-            was_training = model.training
-            model.eval()
-            try:
-                found = pairwise_metrics(*_score_pairs(model, tokenizer, held_out, args.per_device_eval_batch_size))
-                logs = {f"{metric_key_prefix}_loss": found["eval_loss"],
-                        f"{metric_key_prefix}_accuracy": found["pairwise_accuracy"],
-                        f"{metric_key_prefix}_margin": found["reward_margin"]}
-                self.log(logs)  # in eval mode, so RewardTrainer adds no training figures to this row
-                self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, logs)
-            finally:
-                model.train(was_training)
-            return logs
-
-    trainer = Trainer(model=model_path, args=args, train_dataset=train,
-                      eval_dataset=held_out if len(held_out) else None, processing_class=tokenizer)
-    prepare_trainer(trainer, ctx)
-    for callback in trainer.callback_handler.callbacks:
-        if isinstance(callback, MetricsFileCallback):
-            callback.keys = ("loss", "accuracy", "margin", "eval_accuracy")
-    result = train_resumably(trainer, ctx)
-    out = save_final(trainer, tokenizer, ctx)
-    metrics.update({"train_loss": round(result.training_loss, 5), "steps": result.global_step,
-                    "pairs": len(train), "eval_pairs": len(held_out), "model": str(out)})
-    model = trainer.accelerator.unwrap_model(trainer.model).eval()
-    measured = held_out if len(held_out) else train.select(range(min(STATS_SAMPLE, len(train))))
-    chosen, rejected = _score_pairs(model, tokenizer, measured, args.per_device_eval_batch_size)
-    if len(held_out):
-        metrics.update(pairwise_metrics(chosen, rejected, list(held_out["rejected_reason"])
-                                        if "rejected_reason" in held_out.column_names else None))
-        logged = {row.get("step") for row in trainer.state.log_history if "eval_accuracy" in row}
-        if result.global_step not in logged:  # the curve ends at the final model
-            ctx.append_metrics({"step": result.global_step, "eval_loss": metrics["eval_loss"],
-                                "eval_accuracy": metrics["pairwise_accuracy"], "eval_margin": metrics["reward_margin"]})
-        ctx.log.info("held-out pairwise accuracy %.3f on %d pairs (margin %.3f)", metrics["pairwise_accuracy"],
-                     len(held_out), metrics["reward_margin"])
-    if ctx.is_main_process:
-        from rewards.reward_model import STATS_FILE
-
-        scores = chosen + rejected
-        stats = {"mean": statistics.fmean(scores), "std": statistics.pstdev(scores) or 1.0, "pairs": len(measured),
-                 "measured_on": "held_out" if len(held_out) else "train"}
-        (out / STATS_FILE).write_text(json.dumps(stats, indent=2))
-    return StageResult(metrics=metrics, outputs={"model": str(out)})
+    return RewardModelStage(ctx).run()
 
 
 def pairwise_metrics(chosen: list[float], rejected: list[float],
@@ -204,20 +224,6 @@ def _score_pairs(model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> t
     scores = score_texts(model, tokenizer, prompts * 2, list(dataset["chosen"]) + list(dataset["rejected"]),
                          batch_size)
     return scores[:n], scores[n:]
-
-
-def _pairs(dataset: Any, cfg: Config) -> Any:
-    """Keep prompt/chosen/rejected (and margin, solution, rejected_reason); a missing column names what is there."""
-    missing = [c for c in ("chosen", "rejected") if c not in dataset.column_names]
-    if missing:
-        raise DataError(f"reward_model stage {cfg.name!r}: preference data {cfg.data!r} has no column(s) {missing}; "
-                        f"it has {dataset.column_names} (expected prompt, chosen, rejected)")
-    keep = [c for c in ("prompt", "chosen", "rejected", "margin", "solution", "rejected_reason")
-            if c in dataset.column_names]
-    dataset = dataset.select_columns(keep)
-    if cfg.max_pairs is not None:
-        dataset = dataset.select(range(min(cfg.max_pairs, len(dataset))))
-    return dataset
 
 
 def split_by_prompt(dataset: Any, eval_fraction: float, seed: int) -> tuple[Any, Any]:

@@ -18,7 +18,7 @@ from data_pipelines.rejection_sampling import (
     select,
 )
 from data_pipelines.tasks.arithmetic import solution_text, train_prompts
-from posttrain.generation import GenerationSpec, SamplingParams, make_generator
+from posttrain.core.generation import GenerationSpec, SamplingParams, make_generator
 from rewards.registry import get_reward
 
 PLUGINS = "tests.data_pipelines.plugins"

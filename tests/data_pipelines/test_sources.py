@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from data_pipelines.sources import SourceSpec, load_rows, read_file
-from posttrain.errors import DataError
+from posttrain.core.errors import DataError
 
 ROWS = [
     {"problem": "Compute 1+2.", "answer": "3", "level": 1, "uid": "a"},

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from posttrain.errors import MissingDependencyError, PluginError
-from posttrain.generation import (
+from posttrain.core.errors import MissingDependencyError, PluginError
+from posttrain.core.generation import (
     GenerationError,
     GenerationSpec,
     HFGenerator,
@@ -147,7 +147,7 @@ def forced(tiny_base: Path) -> Any:
     """
     import torch
 
-    from posttrain.models import load_causal_lm, load_tokenizer
+    from posttrain.core.models import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(str(tiny_base))
     tok = load_tokenizer(str(tiny_base))
@@ -198,7 +198,7 @@ def test_hf_chat_prompts_use_the_chat_template(hf: HFGenerator) -> None:
 
 
 def test_hf_restores_training_mode(tiny_base: Path) -> None:
-    from posttrain.models import load_causal_lm, load_tokenizer
+    from posttrain.core.models import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(str(tiny_base))
     model.train()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from posttrain.models import load_causal_lm, load_tokenizer
+from posttrain.core.models import load_causal_lm, load_tokenizer
 from posttrain.moe_balance import (
     ExpertLoadTracker,
     MoEBalanceConfig,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.errors import PluginError
-from posttrain.plugins import load_object
+from posttrain.core.errors import PluginError
+from posttrain.core.plugins import load_object
 
 POSTTRAIN = Path(sys.executable).with_name("posttrain")
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.errors import RecipeError
+from posttrain.core.errors import RecipeError
 from posttrain.recipe import load_recipe, parse_recipe
+from posttrain.stages import KINDS
 
 GOOD = """\
 output_dir: runs/x
@@ -31,19 +32,19 @@ stages:
 
 def problems_of(text: str, *overrides: str) -> list[str]:
     with pytest.raises(RecipeError) as info:
-        parse_recipe(textwrap.dedent(text), source="r.yaml", overrides=overrides)
+        parse_recipe(textwrap.dedent(text), source="r.yaml", overrides=overrides, kinds=KINDS)
     return info.value.problems
 
 
 def test_good_recipe_is_typed() -> None:
-    recipe = parse_recipe(GOOD, source="r.yaml")
+    recipe = parse_recipe(GOOD, source="r.yaml", kinds=KINDS)
     assert recipe.seed == 3
     assert recipe.model.tiny == {"hidden_size": 64}
     second = recipe.stage("second")
     assert type(second).__name__ == "Config" and second.data == "first"  # type: ignore[attr-defined]
     assert second.trl == {"learning_rate": 1e-4}
     # The resolved recipe round-trips, stage-specific fields included.
-    again = parse_recipe(recipe.to_yaml())
+    again = parse_recipe(recipe.to_yaml(), kinds=KINDS)
     assert again.model_dump() == recipe.model_dump()
 
 
@@ -115,7 +116,7 @@ def test_trl_rejects_inconsistent_options() -> None:
 
 def test_set_addresses_stages_by_name_and_other_keys_by_path() -> None:
     recipe = parse_recipe(GOOD, overrides=["stages.second.trl.learning_rate=3e-5", "seed=1",
-                                           "stages.first.rows=7"])
+                                           "stages.first.rows=7"], kinds=KINDS)
     assert recipe.seed == 1
     assert recipe.stage("second").trl["learning_rate"] == 3e-5
     assert recipe.stage("first").rows == 7  # type: ignore[attr-defined]
@@ -129,15 +130,15 @@ def test_set_errors() -> None:
 
 def test_quick_applies_the_recipes_own_overrides_before_set() -> None:
     text = GOOD + "quick:\n  seed: 5\n  stages.first.rows: 1\n  stages.second.trl.learning_rate: 1.0e-3\n"
-    assert parse_recipe(text).stage("first").rows == 3  # type: ignore[attr-defined]
-    quick = parse_recipe(text, quick=True, overrides=["stages.second.trl.learning_rate=2e-3"])
+    assert parse_recipe(text, kinds=KINDS).stage("first").rows == 3  # type: ignore[attr-defined]
+    quick = parse_recipe(text, quick=True, overrides=["stages.second.trl.learning_rate=2e-3"], kinds=KINDS)
     assert (quick.seed, quick.stage("first").rows) == (5, 1)  # type: ignore[attr-defined]
     assert quick.stage("second").trl["learning_rate"] == 2e-3  # --set wins
     with pytest.raises(RecipeError) as err:
-        parse_recipe(GOOD, quick=True)
+        parse_recipe(GOOD, quick=True, kinds=KINDS)
     assert "has no `quick:` mapping" in err.value.problems[0]
     with pytest.raises(RecipeError) as err:
-        parse_recipe(GOOD + "quick:\n  stages.sfx.rows: 1\n", quick=True)
+        parse_recipe(GOOD + "quick:\n  stages.sfx.rows: 1\n", quick=True, kinds=KINDS)
     assert "quick stages.sfx.rows: no stage named 'sfx'" in err.value.problems[0]
 
 
@@ -170,7 +171,7 @@ def test_cli_validate_ok(tmp_path: Path) -> None:
 
 def test_shipped_recipes_validate() -> None:
     for path in sorted(Path("recipes").glob("*.yaml")):
-        load_recipe(path)
+        load_recipe(path, kinds=KINDS)
 
 
 def _validate(path: Path) -> subprocess.CompletedProcess[str]:

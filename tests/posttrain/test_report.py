@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from posttrain.errors import PosttrainError
+from posttrain.core.errors import PosttrainError
 from posttrain.report import write_report
 from tests.mini_recipes import distill_only
 

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.errors import PosttrainError
+from posttrain.core.errors import PosttrainError
 from posttrain.recipe import parse_recipe
-from posttrain.runner import read_state, run_recipe
+from posttrain.run_folder import StageState
+from posttrain.runner import run_recipe
+from posttrain.stages import KINDS
 
 RECIPE = """\
 output_dir: {out}
@@ -36,7 +38,7 @@ def recipe_text(out: Path, base: Path, rows: int = 5, delay: float = 0.0) -> str
 
 def test_run_writes_outputs_and_report(tmp_path: Path, tiny_base: Path) -> None:
     out = tmp_path / "run"
-    report = run_recipe(parse_recipe(recipe_text(out, tiny_base)))
+    report = run_recipe(parse_recipe(recipe_text(out, tiny_base), kinds=KINDS))
     assert list(report["stages"]) == ["first", "second"]
     first = report["stages"]["first"]
     assert first["kind"] == "counting" and first["status"] == "done" and first["metrics"]["rows"] == 5
@@ -49,13 +51,13 @@ def test_run_writes_outputs_and_report(tmp_path: Path, tiny_base: Path) -> None:
 
 def test_rerun_skips_unchanged_and_reruns_changed(tmp_path: Path, tiny_base: Path) -> None:
     out = tmp_path / "run"
-    run_recipe(parse_recipe(recipe_text(out, tiny_base)))
-    report = run_recipe(parse_recipe(recipe_text(out, tiny_base)))
+    run_recipe(parse_recipe(recipe_text(out, tiny_base), kinds=KINDS))
+    report = run_recipe(parse_recipe(recipe_text(out, tiny_base), kinds=KINDS))
     assert [e["status"] for e in report["stages"].values()] == ["skipped", "skipped"]
     assert report["stages"]["first"]["metrics"]["rows"] == 5  # metrics survive a skip
 
     # Changing the first stage reruns it, and the second too (it depends on the first).
-    report = run_recipe(parse_recipe(recipe_text(out, tiny_base, rows=3)))
+    report = run_recipe(parse_recipe(recipe_text(out, tiny_base, rows=3), kinds=KINDS))
     assert [e["status"] for e in report["stages"].values()] == ["done", "done"]
     assert len((out / "first" / "data.jsonl").read_text().splitlines()) == 3
     # The old outputs were moved aside, not deleted.
@@ -64,20 +66,20 @@ def test_rerun_skips_unchanged_and_reruns_changed(tmp_path: Path, tiny_base: Pat
 
 def test_only_selected_stages_run(tmp_path: Path, tiny_base: Path) -> None:
     out = tmp_path / "run"
-    report = run_recipe(parse_recipe(recipe_text(out, tiny_base)), only=["first"])
+    report = run_recipe(parse_recipe(recipe_text(out, tiny_base), kinds=KINDS), only=["first"])
     assert list(report["stages"]) == ["first"]
     with pytest.raises(PosttrainError, match="no stage named nope"):
-        run_recipe(parse_recipe(recipe_text(out, tiny_base)), only=["nope"])
+        run_recipe(parse_recipe(recipe_text(out, tiny_base), kinds=KINDS), only=["nope"])
 
 
 def test_failed_stage_is_reported_and_stops_the_run(tmp_path: Path, tiny_base: Path) -> None:
     out = tmp_path / "run"
     text = recipe_text(out, tiny_base).replace("data: first", "data: /no/such/file.jsonl")
-    report = run_recipe(parse_recipe(text))
+    report = run_recipe(parse_recipe(text, kinds=KINDS))
     second = report["stages"]["second"]
     assert second["status"] == "failed"
     assert "does not exist" in second["metrics"]["error"]
-    assert read_state(out / "second")["status"] == "failed"  # type: ignore[index]
+    assert StageState.read(out / "second").status == "failed"  # type: ignore[union-attr]
 
 
 def _cli(python: str, recipe: Path) -> subprocess.Popen[str]:
@@ -103,7 +105,7 @@ def test_sigterm_mid_stage_then_resume_gives_same_outputs(tmp_path: Path, tiny_b
     assert "run the same command again to resume" in err
     written = len(data.read_text().splitlines())
     assert 5 <= written < 40
-    assert read_state(out / "first")["status"] == "interrupted"  # type: ignore[index]
+    assert StageState.read(out / "first").status == "interrupted"  # type: ignore[union-attr]
 
     proc = _cli(python, recipe)
     _, err = proc.communicate(timeout=120)

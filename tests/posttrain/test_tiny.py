@@ -6,8 +6,9 @@ from pathlib import Path
 import torch
 
 from data_pipelines.tasks.arithmetic import solution_text
-from posttrain.models import load_causal_lm, load_tokenizer
+from posttrain.core.models import load_causal_lm, load_tokenizer
 from posttrain.recipe import parse_recipe
+from posttrain.stages import KINDS
 from posttrain.tiny import materialize_base
 
 
@@ -48,13 +49,13 @@ model: {{tiny: {{num_hidden_layers: 2}}}}
 tokenizer: {{train: {{corpus: "data_pipelines.tasks.arithmetic:corpus", corpus_kwargs: {{n: 200}}}}}}
 stages: [{{name: s, kind: counting}}]
 """
-    recipe_a = parse_recipe(text.format(out=tmp_path / "a"))
+    recipe_a = parse_recipe(text.format(out=tmp_path / "a"), kinds=KINDS)
     ref, digest = materialize_base(recipe_a, tmp_path / "a")
     stamp = Path(ref) / "posttrain_base.json"
     before = stamp.stat().st_mtime_ns
     assert materialize_base(recipe_a, tmp_path / "a") == (ref, digest)
     assert stamp.stat().st_mtime_ns == before  # reused, not rebuilt
-    ref_b, digest_b = materialize_base(parse_recipe(text.format(out=tmp_path / "b")), tmp_path / "b")
+    ref_b, digest_b = materialize_base(parse_recipe(text.format(out=tmp_path / "b"), kinds=KINDS), tmp_path / "b")
     assert digest_b == digest
     a, b = load_causal_lm(ref), load_causal_lm(ref_b)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from posttrain.recipe import load_recipe
+from posttrain.stages import KINDS
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny-genrm.yaml"
 
 
 def test_the_recipe_wires_the_reward_models_into_grpo() -> None:
-    recipe, quick = load_recipe(RECIPE), load_recipe(RECIPE, quick=True)
+    recipe, quick = load_recipe(RECIPE, kinds=KINDS), load_recipe(RECIPE, quick=True, kinds=KINDS)
     assert recipe.stage_names() == quick.stage_names()
     genrm = recipe.stage("genrm")
     assert genrm.kind == "sft" and genrm.data == "reward_model" and genrm.data_file == "judge_data.jsonl"

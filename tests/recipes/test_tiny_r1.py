@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from posttrain.recipe import load_recipe
+from posttrain.stages import KINDS
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny-r1.yaml"
 
 
 def test_the_quick_variant_only_shrinks_the_run() -> None:
-    full, quick = load_recipe(RECIPE), load_recipe(RECIPE, quick=True)
+    full, quick = load_recipe(RECIPE, kinds=KINDS), load_recipe(RECIPE, quick=True, kinds=KINDS)
     assert full.stage_names() == quick.stage_names()
     assert quick.stage("sft").trl["max_steps"] < full.stage("sft").trl["max_steps"]
     assert quick.output_dir != full.output_dir
@@ -32,7 +33,7 @@ def test_every_stage_of_the_demo_runs_end_to_end(tmp_path: Path, python: str) ->
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((out / "report.json").read_text())
     stages = report["stages"]
-    assert list(stages) == load_recipe(RECIPE).stage_names()
+    assert list(stages) == load_recipe(RECIPE, kinds=KINDS).stage_names()
     assert {e["status"] for e in stages.values()} == {"done"}, {n: e["status"] for n, e in stages.items()}
     for name in ("eval_base", "eval_sft", "eval_grpo"):
         metrics = stages[name]["metrics"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.errors import PluginError
+from posttrain.core.errors import PluginError
 from rewards.cli import RewardArg, parse_reward_arg, parse_rewards
 
 ROOT = Path(__file__).resolve().parents[2]

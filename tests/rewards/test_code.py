@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import rewards.code
-from posttrain.errors import DataError, PluginError
+from posttrain.core.errors import DataError, PluginError
 from rewards.code import CodeReward, extract_code, parse_tests, same_output
 from rewards.registry import get_reward
 from rewards.sandbox import SandboxUnavailable

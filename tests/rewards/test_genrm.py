@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from posttrain.errors import PluginError
+from posttrain.core.errors import PluginError
 from rewards.genrm import GenRMReward, VerdictError, load_principles, parse_preference, parse_score, render
 from rewards.registry import get_reward
 

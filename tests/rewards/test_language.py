@@ -6,7 +6,7 @@ import pickle
 import pytest
 
 import rewards.language
-from posttrain.errors import PluginError
+from posttrain.core.errors import PluginError
 from rewards.language import LanguageReward, words_by_script
 from rewards.registry import get_reward
 

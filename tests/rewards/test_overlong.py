@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import rewards.overlong
-from posttrain.errors import PluginError
+from posttrain.core.errors import PluginError
 from rewards.overlong import OverlongReward, soft_overlong_penalty
 from rewards.registry import get_reward
 

@@ -5,7 +5,7 @@ import pickle
 
 import pytest
 
-from posttrain.errors import PluginError
+from posttrain.core.errors import PluginError
 from rewards.registry import combine, get_reward
 
 

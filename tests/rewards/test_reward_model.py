@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from data_pipelines.tasks.arithmetic import solution_text, train_prompts
-from posttrain.errors import PluginError
+from posttrain.core.errors import PluginError
 from posttrain.recipe import parse_recipe
 from posttrain.runner import run_recipe
+from posttrain.stages import KINDS
 from rewards.registry import get_reward
 from rewards.reward_model import STATS_FILE, RewardModelReward
 
@@ -47,7 +48,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> tuple[Path
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     head = f"output_dir: {root / 'out'}\nseed: 0\nmodel: {{name_or_path: {tiny_base}}}\nstages:\n"
     head += RM_STAGE.format(pairs=pairs)
-    report = run_recipe(parse_recipe(head))
+    report = run_recipe(parse_recipe(head, kinds=KINDS))
     assert report["stages"]["rm"]["status"] == "done", report
     assert report["stages"]["rm"]["metrics"]["pairwise_accuracy"] > 0.8
     return root / "out" / "rm" / "model", head
@@ -140,7 +141,7 @@ def test_grpo_uses_the_reward_model_and_genrm_with_weights_next_to_math(run: tup
     trl: {{max_steps: 2, per_device_train_batch_size: 8, num_generations: 4, max_completion_length: 12,
            learning_rate: 1.0e-3, logging_steps: 1, save_steps: 100}}
 """
-    report = run_recipe(parse_recipe(head + grpo))
+    report = run_recipe(parse_recipe(head + grpo, kinds=KINDS))
     assert report["stages"]["rm"]["status"] == "skipped"  # the trained reward model is reused
     assert report["stages"]["grpo"]["status"] == "done", report["stages"]["grpo"]
     out = Path(report["stages"]["grpo"]["metrics"]["model"]).parent

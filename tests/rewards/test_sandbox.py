@@ -181,7 +181,7 @@ def test_statuses_of_ordinary_programs(sandbox: Sandbox) -> None:
 def test_languages_and_limits_are_validated() -> None:
     assert [normalize_language(x) for x in ("Python3", "c", "C++", "cxx", None)] == ["python", "c", "cpp", "cpp",
                                                                                        "python"]
-    from posttrain.errors import DataError
+    from posttrain.core.errors import DataError
 
     with pytest.raises(DataError, match="unsupported language 'java'"):
         normalize_language("java")

@@ -9,7 +9,7 @@ from data_pipelines.tasks.arithmetic import (
     teacher,
     train_prompts,
 )
-from posttrain.generation import SamplingParams
+from posttrain.core.generation import SamplingParams
 from rewards.answer import answer_text, last_boxed, split_think
 
 

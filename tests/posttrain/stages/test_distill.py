@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from posttrain.errors import RecipeError
+from posttrain.core.errors import RecipeError
 from posttrain.recipe import parse_recipe
-from posttrain.runner import read_state, run_recipe
+from posttrain.run_folder import StageState
+from posttrain.runner import run_recipe
+from posttrain.stages import KINDS
 
 ROOT = Path(__file__).resolve().parents[3]
 PLUGINS = "tests.data_pipelines.plugins"
@@ -64,7 +66,7 @@ def _timeless(stats: dict[str, Any]) -> dict[str, Any]:
 
 def test_distill_writes_the_contracted_outputs(tmp_path: Path, tiny_base: Path) -> None:
     out = tmp_path / "run"
-    report = run_recipe(parse_recipe(recipe_text(out, tiny_base)))
+    report = run_recipe(parse_recipe(recipe_text(out, tiny_base), kinds=KINDS))
     entry = report["stages"]["distill"]
     assert entry["status"] == "done", entry
     d = out / "distill"
@@ -95,8 +97,8 @@ def test_distill_writes_the_contracted_outputs(tmp_path: Path, tiny_base: Path) 
 
 def test_rerun_of_a_finished_stage_is_skipped(tmp_path: Path, tiny_base: Path) -> None:
     out = tmp_path / "run"
-    run_recipe(parse_recipe(recipe_text(out, tiny_base, prompts=6)))
-    report = run_recipe(parse_recipe(recipe_text(out, tiny_base, prompts=6)))
+    run_recipe(parse_recipe(recipe_text(out, tiny_base, prompts=6), kinds=KINDS))
+    report = run_recipe(parse_recipe(recipe_text(out, tiny_base, prompts=6), kinds=KINDS))
     assert report["stages"]["distill"]["status"] == "skipped"
     assert report["stages"]["distill"]["metrics"]["generated"] == 24
 
@@ -108,7 +110,7 @@ def test_train_prompts_in_the_eval_set_are_dropped(tmp_path: Path, tiny_base: Pa
     leaked.write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = recipe_text(tmp_path / "run", tiny_base).replace(
         "function: data_pipelines.tasks.arithmetic:train_prompts\n      kwargs: {n: 30}", f"path: {leaked}")
-    report = run_recipe(parse_recipe(text))
+    report = run_recipe(parse_recipe(text, kinds=KINDS))
     stats = json.loads((tmp_path / "run" / "distill" / "stats.json").read_text())
     assert report["stages"]["distill"]["status"] == "done"
     assert stats["prompts"] == 11 and stats["prompts_skipped"] == {"contaminated": 1} and stats["generated"] == 40
@@ -124,7 +126,7 @@ def test_teacher_error_is_retried_then_recorded(tmp_path: Path, tiny_base: Path)
                        options=f"{{state_dir: '{tmp_path}', slip: 0.0, malformed: 0.0}}")
     text = text.replace("function: data_pipelines.tasks.arithmetic:train_prompts\n      kwargs: {n: 30}",
                         f"path: {source}")
-    report = run_recipe(parse_recipe(text))
+    report = run_recipe(parse_recipe(text, kinds=KINDS))
     assert report["stages"]["distill"]["status"] == "done"
     d = tmp_path / "run" / "distill"
     stats = json.loads((d / "stats.json").read_text())
@@ -151,7 +153,7 @@ def test_reward_plugin_from_a_temporary_module(
         f"      - name: {PLUGINS}:think_format\n      - name: my_distill_rewards:short_enough\n"
         "        kwargs: {max_chars: 66}\n",
     )
-    report = run_recipe(parse_recipe(text))
+    report = run_recipe(parse_recipe(text, kinds=KINDS))
     assert report["stages"]["distill"]["status"] == "done"
     d = tmp_path / "run" / "distill"
     data = _jsonl(d / "data.jsonl")
@@ -165,7 +167,7 @@ def test_hf_teacher_from_the_base_model(tmp_path: Path, tiny_base: Path) -> None
         f"      backend: scripted\n      model: {PLUGINS}:slow_teacher\n", "      backend: hf\n      model: base\n"
     ).replace("options: {delay_s: 0.0}", "batch_size: 8").replace("    n: 4\n", "    n: 2\n    sampling: "
                                                                    "{max_new_tokens: 6, temperature: 1.0}\n")
-    report = run_recipe(parse_recipe(text))
+    report = run_recipe(parse_recipe(text, kinds=KINDS))
     entry = report["stages"]["distill"]
     assert entry["status"] == "done", entry
     stats = json.loads((tmp_path / "run" / "distill" / "stats.json").read_text())
@@ -179,18 +181,18 @@ def test_bad_stage_options_are_recipe_errors(tmp_path: Path, tiny_base: Path) ->
     text = recipe_text(tmp_path, tiny_base).replace("    keep_per_prompt: 2\n",
                                                     "    keep_per_prompt: 2\n    keep: {thresholds: {mth: 1}}\n")
     with pytest.raises(RecipeError, match=r"stages\[0\].*keep.thresholds names \['mth'\]"):
-        parse_recipe(text)
+        parse_recipe(text, kinds=KINDS)
     text = recipe_text(tmp_path, tiny_base).replace("    n: 4\n", "    n: 0\n")
     with pytest.raises(RecipeError, match=r"stages\[0\]\.n"):
-        parse_recipe(text)
+        parse_recipe(text, kinds=KINDS)
     text = recipe_text(tmp_path, tiny_base).replace("backend: scripted", "backend: scriptd")
     with pytest.raises(RecipeError, match=r"stages\[0\]\.teacher.*backend"):
-        parse_recipe(text)
+        parse_recipe(text, kinds=KINDS)
 
 
 def test_resume_drops_rows_of_an_unfinished_chunk(tmp_path: Path, tiny_base: Path) -> None:
     out = tmp_path / "run"
-    run_recipe(parse_recipe(recipe_text(out, tiny_base, prompts=12, chunk=4)))
+    run_recipe(parse_recipe(recipe_text(out, tiny_base, prompts=12, chunk=4), kinds=KINDS))
     d = out / "distill"
     finished = {name: (d / name).read_text() for name in ("data.jsonl", "pairs.jsonl", "stats.json")}
     # As if the run had been cut off after writing part of a chunk it never recorded in progress.json.
@@ -198,7 +200,7 @@ def test_resume_drops_rows_of_an_unfinished_chunk(tmp_path: Path, tiny_base: Pat
         f.write('{"id": "half-written"')
     state = json.loads((d / "stage.json").read_text())
     (d / "stage.json").write_text(json.dumps({**state, "status": "interrupted"}))
-    report = run_recipe(parse_recipe(recipe_text(out, tiny_base, prompts=12, chunk=4)))
+    report = run_recipe(parse_recipe(recipe_text(out, tiny_base, prompts=12, chunk=4), kinds=KINDS))
     assert report["stages"]["distill"]["status"] == "done"
     assert (d / "data.jsonl").read_text() == finished["data.jsonl"]
     assert (d / "pairs.jsonl").read_text() == finished["pairs.jsonl"]
@@ -210,7 +212,8 @@ def test_tiny_recipe_distill_stage(tmp_path: Path) -> None:
     from posttrain.recipe import load_recipe
 
     recipe = load_recipe(ROOT / "recipes" / "tiny-r1.yaml", ["stages.distill.source.kwargs.n=200",
-                                                           "stages.distill.chunk_size=50"], output_dir=str(tmp_path))
+                                                           "stages.distill.chunk_size=50"], output_dir=str(tmp_path),
+                         kinds=KINDS)
     report = run_recipe(recipe, only=["distill"])
     entry = report["stages"]["distill"]
     assert entry["status"] == "done", entry
@@ -240,7 +243,7 @@ def test_sigterm_mid_stage_then_resume_writes_the_same_rows(tmp_path: Path, tiny
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert read_state(killed / "distill")["status"] == "interrupted"  # type: ignore[index]
+    assert StageState.read(killed / "distill").status == "interrupted"  # type: ignore[union-attr]
     progress = json.loads((killed / "distill" / "progress.json").read_text())
     assert 0 < progress["next_prompt"] < 120, "the run should have been stopped mid-stage"
 

@@ -9,6 +9,7 @@ import pytest
 from data_pipelines.tasks.arithmetic import eval_prompts
 from posttrain.recipe import parse_recipe
 from posttrain.runner import run_recipe
+from posttrain.stages import KINDS
 from posttrain.stages.eval import pass_at_k, summarize
 
 RECIPE = """\
@@ -63,10 +64,12 @@ def test_summary_separates_greedy_accuracy_from_sampled_pass_at_1() -> None:
 def test_a_perfect_solver_scores_one_and_a_slipping_one_less_when_sampled(
     tmp_path: Path, tiny_base: Path, held_out: Path
 ) -> None:
-    perfect = run_recipe(parse_recipe(recipe(tmp_path / "a", tiny_base, held_out, SCRIPTED.format(slip=0.0))))
+    text = recipe(tmp_path / "a", tiny_base, held_out, SCRIPTED.format(slip=0.0))
+    perfect = run_recipe(parse_recipe(text, kinds=KINDS))
     metrics = perfect["stages"]["eval"]["metrics"]
     assert (metrics["accuracy"], metrics["pass@1"], metrics["pass@4"], metrics["prompts"]) == (1.0, 1.0, 1.0, 40)
-    slipping = run_recipe(parse_recipe(recipe(tmp_path / "b", tiny_base, held_out, SCRIPTED.format(slip=0.2))))
+    text = recipe(tmp_path / "b", tiny_base, held_out, SCRIPTED.format(slip=0.2))
+    slipping = run_recipe(parse_recipe(text, kinds=KINDS))
     metrics = slipping["stages"]["eval"]["metrics"]
     assert metrics["accuracy"] == 1.0  # the scripted teacher never slips at T = 0
     assert 0.2 < metrics["pass@1"] < 0.9
@@ -87,7 +90,7 @@ def test_an_interrupted_eval_only_generates_the_missing_prompts(
         json.dumps({"id": r["id"], "prompt": r["prompt"], "greedy": "x", "greedy_score": 0.0, "samples": ["x"] * 4,
                     "sample_scores": [0.0] * 4}) + "\n" for r in first))
     (tmp_path / "eval" / "stage.json").write_text(json.dumps({"status": "running", "config_hash": _digest(text)}))
-    metrics = run_recipe(parse_recipe(text))["stages"]["eval"]["metrics"]
+    metrics = run_recipe(parse_recipe(text, kinds=KINDS))["stages"]["eval"]["metrics"]
     assert metrics["accuracy"] == pytest.approx(25 / 40)  # the 15 kept rows were not generated again
     lines = (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()
     assert len(lines) == 40 and len({json.loads(x)["id"] for x in lines}) == 40
@@ -95,7 +98,7 @@ def test_an_interrupted_eval_only_generates_the_missing_prompts(
 
 def test_the_tiny_base_model_with_transformers(tmp_path: Path, tiny_base: Path, held_out: Path) -> None:
     text = recipe(tmp_path, tiny_base, held_out).replace("chunk_size: 10", "chunk_size: 10\n    max_samples: 8")
-    entry = run_recipe(parse_recipe(text))["stages"]["eval"]
+    entry = run_recipe(parse_recipe(text, kinds=KINDS))["stages"]["eval"]
     assert entry["status"] == "done", entry
     assert entry["metrics"]["prompts"] == 8 and entry["metrics"]["model"] == str(tiny_base)
     assert 0.0 <= entry["metrics"]["pass@1"] <= 1.0
@@ -104,7 +107,7 @@ def test_the_tiny_base_model_with_transformers(tmp_path: Path, tiny_base: Path, 
 def test_a_missing_prompt_column_is_a_clear_failure(tmp_path: Path, tiny_base: Path) -> None:
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps({"question": "Compute 1+1.", "solution": "2"}) + "\n")
-    entry = run_recipe(parse_recipe(recipe(tmp_path / "out", tiny_base, data)))["stages"]["eval"]
+    entry = run_recipe(parse_recipe(recipe(tmp_path / "out", tiny_base, data), kinds=KINDS))["stages"]["eval"]
     assert entry["status"] == "failed"
     assert "no column 'prompt'" in entry["metrics"]["error"]
 
@@ -113,5 +116,5 @@ def _digest(text: str) -> str:
     from posttrain.runner import stage_hash
     from posttrain.tiny import base_fingerprint
 
-    recipe = parse_recipe(text)
+    recipe = parse_recipe(text, kinds=KINDS)
     return stage_hash(recipe, recipe.stages[0], base_fingerprint(recipe), {})

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from posttrain.core.models import load_causal_lm
 from posttrain.dynamic_sampling import DynamicSamplingConfig, concat_rollouts, zero_variance_groups
-from posttrain.models import load_causal_lm
 from posttrain.moe_balance import find_routers
 from posttrain.recipe import parse_recipe
 from posttrain.runner import run_recipe
+from posttrain.stages import KINDS
 from posttrain.stages.grpo import LOSS_PRESETS
 from tests.posttrain.stages.interrupt import last_checkpoint, sigterm_once_written, start_run
 
@@ -62,7 +63,7 @@ def test_each_loss_variant_takes_a_step_that_changes_the_weights(
 ) -> None:
     # A random model rarely stops within 12 tokens: keep truncated completions in the loss (DAPO masks them).
     text = recipe(tmp_path, tiny_base, prompts, extra=f"    loss: {loss}\n", trl=", mask_truncated_completions: false")
-    report = run_recipe(parse_recipe(text))
+    report = run_recipe(parse_recipe(text, kinds=KINDS))
     entry = report["stages"]["grpo"]
     assert entry["status"] == "done", entry
     assert entry["metrics"]["steps"] == 1
@@ -72,7 +73,7 @@ def test_each_loss_variant_takes_a_step_that_changes_the_weights(
 
 
 def test_kl_to_the_reference_rebuilds_it_from_the_saved_model(tmp_path: Path, tiny_base: Path, prompts: Path) -> None:
-    report = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, prompts, steps=2, trl=", beta: 0.1")))
+    report = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, prompts, steps=2, trl=", beta: 0.1"), kinds=KINDS))
     assert report["stages"]["grpo"]["status"] == "done", report
     rows = [r for r in metric_rows(tmp_path) if "loss" in r]
     assert rows[-1]["kl"] > 0  # the policy moved away from the reference after the first step
@@ -81,7 +82,7 @@ def test_kl_to_the_reference_rebuilds_it_from_the_saved_model(tmp_path: Path, ti
 
 def test_reward_weights_combine_as_specified(tmp_path: Path, tiny_base: Path, prompts: Path) -> None:
     rewards = f"[{{name: '{PLUGINS}:length', weight: 1.0}}, {{name: '{PLUGINS}:digits', weight: -0.5}}]"
-    report = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, prompts, rewards=rewards, steps=2)))
+    report = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, prompts, rewards=rewards, steps=2), kinds=KINDS))
     assert report["stages"]["grpo"]["status"] == "done", report
     for row in (r for r in metric_rows(tmp_path) if "reward" in r):
         length, digits = row["rewards/length/mean"], row["rewards/digits/mean"]
@@ -91,7 +92,7 @@ def test_reward_weights_combine_as_specified(tmp_path: Path, tiny_base: Path, pr
 
 def test_moe_balancing_runs_during_rl(tmp_path: Path, tiny_base: Path, prompts: Path) -> None:
     text = recipe(tmp_path, tiny_base, prompts, steps=2, extra="    moe_balance: {bias_update_speed: 0.01}\n")
-    assert run_recipe(parse_recipe(text))["stages"]["grpo"]["status"] == "done"
+    assert run_recipe(parse_recipe(text, kinds=KINDS))["stages"]["grpo"]["status"] == "done"
     rows = [r for r in metric_rows(tmp_path) if "loss" in r]
     assert all(r["moe/max_violation"] >= 0 for r in rows) and "moe/max_violation/layer_1" in rows[0]
     model = load_causal_lm(str(tmp_path / "grpo" / "model"))
@@ -122,8 +123,8 @@ def test_concat_rollouts_pads_prompts_on_the_left_and_completions_on_the_right()
 def test_dynamic_sampling_drops_exactly_the_zero_variance_groups(tmp_path: Path, tiny_base: Path) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
+    from posttrain.core.models import load_tokenizer
     from posttrain.dynamic_sampling import DynamicSamplingMixin
-    from posttrain.models import load_tokenizer
     from rewards.registry import get_reward
 
     class Trainer(DynamicSamplingMixin, GRPOTrainer):
@@ -161,7 +162,7 @@ def test_dynamic_sampling_in_a_run_logs_the_dropped_groups(tmp_path: Path, tiny_
                             for i in range(16)))
     text = recipe(tmp_path / "out", tiny_base, data, rewards=f"[{{name: '{PLUGINS}:flat_for_marked'}}]", steps=2,
                   extra="    dynamic_sampling: {enabled: true, max_refills: 2}\n")
-    report = run_recipe(parse_recipe(text))
+    report = run_recipe(parse_recipe(text, kinds=KINDS))
     assert report["stages"]["grpo"]["status"] == "done", report
     rows = [r for r in metric_rows(tmp_path / "out") if "reward" in r]
     assert sum(r["dynamic_sampling/groups_dropped"] for r in rows) > 0
@@ -176,7 +177,7 @@ def test_dynamic_sampling_in_a_run_logs_the_dropped_groups(tmp_path: Path, tiny_
 def test_two_processes_under_accelerate(tmp_path: Path, tiny_base: Path, prompts: Path) -> None:
     text = recipe(tmp_path, tiny_base, prompts, steps=2,
                   extra="    launch: {num_processes: 2}\n    moe_balance: {bias_update_speed: 0.01}\n")
-    report = run_recipe(parse_recipe(text))
+    report = run_recipe(parse_recipe(text, kinds=KINDS))
     entry = report["stages"]["grpo"]
     assert entry["status"] == "done", entry
     assert entry["metrics"]["steps"] == 2

@@ -11,6 +11,7 @@ import pytest
 from data_pipelines.tasks.arithmetic import sampled_solution, solution_text, train_prompts
 from posttrain.recipe import parse_recipe
 from posttrain.runner import run_recipe
+from posttrain.stages import KINDS
 from posttrain.stages.reward_model import pairwise_metrics, split_by_prompt
 from tests.posttrain.stages.interrupt import last_checkpoint, sigterm_once_written, start_run
 
@@ -74,7 +75,7 @@ def test_reward_model_learns_the_preference_and_reports_held_out_accuracy(
     from rewards.registry import get_reward
     from rewards.reward_model import STATS_FILE
 
-    report = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, pairs)))
+    report = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, pairs), kinds=KINDS))
     entry = report["stages"]["rm"]
     assert entry["status"] == "done", entry
     m = entry["metrics"]
@@ -109,14 +110,14 @@ def test_reward_model_learns_the_preference_and_reports_held_out_accuracy(
     assert pairwise_metrics(chosen, rejected)["pairwise_accuracy"] == m["pairwise_accuracy"]
 
     # An unchanged rerun skips the stage.
-    again = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, pairs)))
+    again = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, pairs), kinds=KINDS))
     assert again["stages"]["rm"]["status"] == "skipped"
     assert again["stages"]["rm"]["metrics"]["pairwise_accuracy"] == m["pairwise_accuracy"]
 
 
 def test_judge_data_is_written_from_the_training_pairs_only(tmp_path: Path, tiny_base: Path, pairs: Path) -> None:
     extra = "    judge_data: {max_examples: 50}\n"
-    report = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, pairs, steps=2, extra=extra)))
+    report = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, pairs, steps=2, extra=extra), kinds=KINDS))
     entry = report["stages"]["rm"]
     assert entry["status"] == "done", entry
     examples = rows(tmp_path / "rm" / "judge_data.jsonl")
@@ -136,7 +137,7 @@ def test_judge_data_is_written_from_the_training_pairs_only(tmp_path: Path, tiny
 def test_without_held_out_pairs_the_stats_come_from_training_pairs(tmp_path: Path, tiny_base: Path,
                                                                    pairs: Path) -> None:
     text = recipe(tmp_path, tiny_base, pairs, steps=2).replace("eval_fraction: 0.2", "eval_fraction: 0.0")
-    report = run_recipe(parse_recipe(text))
+    report = run_recipe(parse_recipe(text, kinds=KINDS))
     entry = report["stages"]["rm"]
     assert entry["status"] == "done", entry
     assert entry["metrics"]["eval_pairs"] == 0 and "pairwise_accuracy" not in entry["metrics"]
@@ -147,7 +148,7 @@ def test_without_held_out_pairs_the_stats_come_from_training_pairs(tmp_path: Pat
 def test_pairs_without_the_needed_columns_fail_clearly(tmp_path: Path, tiny_base: Path) -> None:
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps({"prompt": "q", "good": "a", "bad": "b"}) + "\n")
-    report = run_recipe(parse_recipe(recipe(tmp_path / "out", tiny_base, data)))
+    report = run_recipe(parse_recipe(recipe(tmp_path / "out", tiny_base, data), kinds=KINDS))
     entry = report["stages"]["rm"]
     assert entry["status"] == "failed"
     assert "no column(s) ['chosen', 'rejected']" in entry["metrics"]["error"]

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from data_pipelines.tasks.arithmetic import solution_text, train_prompts
+from posttrain.core.models import load_causal_lm
 from posttrain.lora import LoraSpec, apply_lora, targeted_parts
-from posttrain.models import load_causal_lm
 from posttrain.moe_balance import find_routers
 from posttrain.recipe import parse_recipe
 from posttrain.runner import run_recipe
+from posttrain.stages import KINDS
 from tests.posttrain.stages.interrupt import last_checkpoint, sigterm_once_written, start_run
 
 RECIPE = """\
@@ -42,7 +43,7 @@ def recipe(out: Path, base: Path, data: Path, steps: int = 12, save: int = 100, 
 
 
 def test_sft_trains_balances_and_logs(tmp_path: Path, tiny_base: Path, sft_data: Path) -> None:
-    report = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, sft_data)))
+    report = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, sft_data), kinds=KINDS))
     entry = report["stages"]["sft"]
     assert entry["status"] == "done", entry
     rows = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
@@ -62,7 +63,7 @@ def test_sft_trains_balances_and_logs(tmp_path: Path, tiny_base: Path, sft_data:
 def test_missing_column_is_a_clear_failure(tmp_path: Path, tiny_base: Path) -> None:
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps({"question": "q", "completion": "c"}) + "\n")
-    report = run_recipe(parse_recipe(recipe(tmp_path / "out", tiny_base, data)))
+    report = run_recipe(parse_recipe(recipe(tmp_path / "out", tiny_base, data), kinds=KINDS))
     entry = report["stages"]["sft"]
     assert entry["status"] == "failed"
     assert "no column(s) ['prompt']" in entry["metrics"]["error"]
@@ -83,7 +84,7 @@ def test_lora_targets_cover_every_requested_part(tiny_base: Path) -> None:
 
 def test_lora_sft_saves_a_merged_model(tmp_path: Path, tiny_base: Path, sft_data: Path) -> None:
     text = recipe(tmp_path, tiny_base, sft_data, steps=4, extra="    lora: {r: 4, alpha: 8}\n")
-    report = run_recipe(parse_recipe(text.replace("2.0e-3", "1.0e-2")))
+    report = run_recipe(parse_recipe(text.replace("2.0e-3", "1.0e-2"), kinds=KINDS))
     assert report["stages"]["sft"]["status"] == "done", report
     merged = load_causal_lm(str(tmp_path / "sft" / "model"))
     base = load_causal_lm(str(tiny_base))
@@ -122,7 +123,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_to_the_same_model(
 @pytest.mark.slow
 def test_two_processes_under_accelerate_keep_biases_in_sync(tmp_path: Path, tiny_base: Path, sft_data: Path) -> None:
     text = recipe(tmp_path, tiny_base, sft_data, steps=6, extra="    launch: {num_processes: 2}\n")
-    report = run_recipe(parse_recipe(text))
+    report = run_recipe(parse_recipe(text, kinds=KINDS))
     entry = report["stages"]["sft"]
     assert entry["status"] == "done", entry
     assert entry["metrics"]["bias_sync_max_diff"] == 0.0

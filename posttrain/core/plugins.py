@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from posttrain.errors import PluginError
+from posttrain.core.errors import PluginError
 
 log = logging.getLogger("posttrain.plugins")
 

@@ -1,0 +1,159 @@
+"""What every generation backend shares: the spec, sampling parameters, seeding and batch-failure fallback."""
+
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from posttrain.core.errors import PosttrainError
+
+log = logging.getLogger("posttrain.generation")
+
+#: A prompt: plain text, or a chat as a list of `{"role": ..., "content": ...}` messages.
+Prompt = Union[str, list[dict[str, Any]]]  # noqa: UP007 (a runtime alias, readable on 3.10)
+
+
+class GenerationError(PosttrainError):
+    """A prompt could not be completed (after retries): the message names the prompt and the cause."""
+
+
+class SamplingParams(BaseModel):
+    """How to sample. `temperature: 0` is greedy decoding."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(256, ge=1)
+    seed: int | None = None
+    #: Generation stops at (and the completion ends before) the first of these strings.
+    stop: list[str] | None = None
+
+
+class GenerationSpec(BaseModel):
+    """Which engine generates, usable as a recipe sub-section (a teacher, a judge, an evaluator)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["hf", "vllm", "openai", "scripted"]
+    #: hub name or path (hf, vllm), the served model's name (openai), `module:function` (scripted).
+    model: str | None = None
+    #: openai: the endpoint up to `/v1`, e.g. `http://127.0.0.1:8000/v1` or `https://api.deepseek.com/v1`.
+    base_url: str | None = None
+    #: openai: environment variable holding the API key (no key sent when it is unset).
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(60, gt=0)
+    max_retries: int = Field(3, ge=0)
+    concurrency: int = Field(8, ge=1)
+    #: hf: sequences per forward batch (prompts x samples); vllm ignores it.
+    batch_size: int = Field(64, ge=1)
+    dtype: str = "auto"
+    #: Apply the tokenizer's chat template to string prompts (chat lists always get it).
+    chat: bool = False
+    #: Backend-specific extras: vllm engine kwargs, scripted teacher kwargs, hf `device`, openai `backoff_s`.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Generator(Protocol):
+    def generate(
+        self, prompts: Sequence[Prompt], n: int = 1, sampling: SamplingParams | None = None
+    ) -> list[list[str]]:
+        """n completions per prompt, in prompt order. Raises `GenerationError` if any prompt fails."""
+        ...
+
+    def generate_with_errors(
+        self, prompts: Sequence[Prompt], n: int = 1, sampling: SamplingParams | None = None
+    ) -> tuple[list[list[str]], list[str | None]]:
+        """(completions, errors) per prompt: a failed prompt has `[]` and its error message; the rest go on."""
+        ...
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 31-bit seed from any values (same on every machine and Python run, unlike `hash`).
+
+    >>> derive_seed(0, "Compute 1+2.") == derive_seed(0, "Compute 1+2.")
+    True
+    """
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def prompt_key(prompt: Prompt) -> str:
+    """A prompt as one string, for seeding and error messages."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+
+
+def as_messages(prompt: Prompt) -> list[dict[str, Any]]:
+    """A chat for `prompt`: a string becomes one user message."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def truncate_at_stop(text: str, stop: Sequence[str] | None) -> str:
+    """The text before the first stop string (engines differ on whether they include it; we never do)."""
+    if not stop:
+        return text
+    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+def short_prompt(prompt: Prompt, limit: int = 80) -> str:
+    text = prompt_key(prompt)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class BaseGenerator:
+    """Shared behaviour: `generate_with_errors` falls back to one prompt at a time when a batch fails."""
+
+    name = "generator"
+
+    def generate(
+        self, prompts: Sequence[Prompt], n: int = 1, sampling: SamplingParams | None = None
+    ) -> list[list[str]]:
+        raise NotImplementedError
+
+    def generate_with_errors(
+        self, prompts: Sequence[Prompt], n: int = 1, sampling: SamplingParams | None = None
+    ) -> tuple[list[list[str]], list[str | None]]:
+        try:
+            return self.generate(prompts, n, sampling), [None] * len(prompts)
+        except Exception as exc:
+            if len(prompts) <= 1:
+                return [[] for _ in prompts], [_message(exc)] * len(prompts)
+            log.debug("%s: batch of %d failed (%s); retrying one prompt at a time", self.name, len(prompts), exc)
+        outs: list[list[str]] = []
+        errors: list[str | None] = []
+        for prompt in prompts:
+            try:
+                outs.append(self.generate([prompt], n, sampling)[0])
+                errors.append(None)
+            except Exception as exc:
+                outs.append([])
+                errors.append(_message(exc))
+        return outs, errors
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, GenerationError) else f"{type(exc).__name__}: {exc}"
+
+
+def check_shape(out: Any, prompts: Sequence[Prompt], n: int, who: str) -> list[list[str]]:
+    if not isinstance(out, list) or len(out) != len(prompts):
+        got = len(out) if isinstance(out, list) else type(out).__name__
+        raise GenerationError(f"{who} returned {got} results for {len(prompts)} prompts (expected a list per prompt)")
+    for i, row in enumerate(out):
+        if not isinstance(row, list) or len(row) != n or not all(isinstance(c, str) for c in row):
+            raise GenerationError(f"{who}: prompt {i} ({short_prompt(prompts[i])!r}): expected {n} strings, "
+                                  f"got {row!r:.200}")
+    return out
+
+
+def sample_rng(seed: int | None, prompt: Prompt, index: int) -> random.Random:
+    """The RNG a scripted teacher uses for sample `index` of `prompt`: independent of batching."""
+    return random.Random(derive_seed(seed, prompt_key(prompt), index))

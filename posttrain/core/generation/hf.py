@@ -1,0 +1,112 @@
+"""The `hf` backend: a transformers causal LM in process, batched `generate` with left padding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from posttrain.core.generation.base import (
+    BaseGenerator,
+    GenerationError,
+    GenerationSpec,
+    Prompt,
+    SamplingParams,
+    as_messages,
+    derive_seed,
+    truncate_at_stop,
+)
+
+
+class HFGenerator(BaseGenerator):
+    """transformers `generate` in process: left padding, batches of `batch_size` sequences, greedy at T=0."""
+
+    def __init__(self, model: Any, tokenizer: Any, spec: GenerationSpec | None = None):
+        """Wrap an already-loaded model and tokenizer (e.g. the policy being trained)."""
+        self.spec = spec or GenerationSpec(backend="hf")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "hf")
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, spec: GenerationSpec | None = None) -> HFGenerator:
+        import torch
+
+        from posttrain.core.models import load_tokenizer, torch_dtype
+
+        spec = spec or GenerationSpec(backend="hf", model=name_or_path)
+        from transformers import AutoModelForCausalLM
+
+        device = spec.options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        kwargs = {k: v for k, v in spec.options.items() if k not in {"device", "progress"}}
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype(spec.dtype), **kwargs)
+            tokenizer = load_tokenizer(name_or_path, padding_side="left")
+        except OSError as exc:
+            raise GenerationError(f"hf backend: cannot load model {name_or_path!r}: {exc}") from exc
+        model.to(device)
+        return cls(model, tokenizer, spec)
+
+    def _render(self, prompt: Prompt) -> tuple[str, bool]:
+        """Text to tokenize, and whether the tokenizer should add its special tokens (not after a template)."""
+        if isinstance(prompt, str) and not self.spec.chat:
+            return prompt, True
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise GenerationError(f"hf backend: {self.name!r} has no chat template, so chat prompts cannot be "
+                                  "rendered; pass plain-text prompts or set chat: false")
+        text = self.tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
+        return text, False
+
+    def generate(
+        self, prompts: Sequence[Prompt], n: int = 1, sampling: SamplingParams | None = None
+    ) -> list[list[str]]:
+        from tqdm.auto import tqdm
+
+        sampling = sampling or SamplingParams()
+        per_batch = max(1, self.spec.batch_size // n)
+        batches = [list(range(i, min(i + per_batch, len(prompts)))) for i in range(0, len(prompts), per_batch)]
+        out: list[list[str]] = [[] for _ in prompts]
+        was_training = self.model.training
+        self.model.eval()
+        show = self.spec.options.get("progress", len(batches) > 4)
+        try:
+            for idx in tqdm(batches, desc="generate", unit="batch", disable=not show, leave=False):
+                for i, row in zip(idx, self._batch([self._render(prompts[i]) for i in idx], n, sampling), strict=True):
+                    out[i] = row
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _batch(self, rendered: list[tuple[str, bool]], n: int, sampling: SamplingParams) -> list[list[str]]:
+        import torch
+
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        ids = [tok(text, add_special_tokens=special)["input_ids"] for text, special in rendered]
+        enc = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(self.model.device)
+        texts = [text for text, _ in rendered]
+        greedy = sampling.temperature == 0
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": sampling.max_new_tokens,
+            "do_sample": not greedy,
+            "num_return_sequences": 1 if greedy else n,  # greedy samples are all the same: decode once
+            "pad_token_id": tok.pad_token_id,
+            "use_cache": True,  # a model saved by a trainer has it off: without it every token recomputes all
+        }
+        if not greedy:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if sampling.stop:
+            kwargs.update(stop_strings=sampling.stop, tokenizer=tok)
+        if sampling.seed is not None and not greedy:
+            torch.manual_seed(derive_seed(sampling.seed, texts))
+        with torch.inference_mode():
+            seqs = self.model.generate(**enc, **kwargs)
+        new = seqs[:, enc["input_ids"].shape[1]:]
+        decoded = tok.batch_decode(new, skip_special_tokens=True)
+        decoded = [truncate_at_stop(d, sampling.stop) for d in decoded]
+        if greedy:
+            return [[d] * n for d in decoded]
+        return [decoded[i * n:(i + 1) * n] for i in range(len(texts))]

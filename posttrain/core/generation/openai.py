@@ -1,0 +1,152 @@
+"""The `openai` backend: any OpenAI-compatible `/v1/chat/completions` endpoint, with retries and a thread pool."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from posttrain.core.generation.base import (
+    BaseGenerator,
+    GenerationError,
+    GenerationSpec,
+    Prompt,
+    SamplingParams,
+    as_messages,
+    derive_seed,
+    prompt_key,
+    short_prompt,
+    truncate_at_stop,
+)
+
+log = logging.getLogger("posttrain.generation")
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, wait_s: float | None = None):
+        super().__init__(message)
+        self.wait_s = wait_s
+
+
+class OpenAIGenerator(BaseGenerator):
+    """An OpenAI-compatible `/chat/completions` endpoint: one request per sample, `concurrency` in flight.
+
+    Retries 429, 5xx, connection errors and timeouts with exponential backoff (`options.backoff_s`,
+    default 1 s, doubling; a `Retry-After` header is honoured up to 60 s); other 4xx fail at once.
+    A reasoning model's separate `reasoning_content` (DeepSeek, vLLM's reasoning parser) is put back
+    in front of the answer as `<think>...</think>` so the completion has R1's format.
+    """
+
+    def __init__(self, model: str, spec: GenerationSpec):
+        if not spec.base_url:
+            raise GenerationError("openai backend: set base_url, e.g. http://127.0.0.1:8000/v1 or "
+                                  "https://api.deepseek.com/v1")
+        self.spec = spec
+        self.name = model
+        self.url = spec.base_url.rstrip("/") + "/chat/completions"
+        self.api_key = os.environ.get(spec.api_key_env)
+        opts = dict(spec.options)
+        self.backoff_s = float(opts.pop("backoff_s", 1.0))
+        self.merge_reasoning = bool(opts.pop("merge_reasoning", True))
+        #: Other options go into every request body (e.g. `extra_body`-style fields a server accepts).
+        self.extra_body = opts
+
+    def generate(
+        self, prompts: Sequence[Prompt], n: int = 1, sampling: SamplingParams | None = None
+    ) -> list[list[str]]:
+        outs, errors = self.generate_with_errors(prompts, n, sampling)
+        for err in errors:
+            if err is not None:
+                raise GenerationError(err)
+        return outs
+
+    def generate_with_errors(
+        self, prompts: Sequence[Prompt], n: int = 1, sampling: SamplingParams | None = None
+    ) -> tuple[list[list[str]], list[str | None]]:
+        sampling = sampling or SamplingParams()
+        jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
+        results: dict[tuple[int, int], str] = {}
+        failures: dict[int, str] = {}
+        with ThreadPoolExecutor(max_workers=min(self.spec.concurrency, max(1, len(jobs)))) as pool:
+            futures = {job: pool.submit(self._sample, prompts[job[0]], job[1], sampling) for job in jobs}
+            for (i, j), fut in futures.items():
+                try:
+                    results[(i, j)] = fut.result()
+                except GenerationError as exc:
+                    failures.setdefault(i, f"prompt {i} ({short_prompt(prompts[i])!r}): {exc}")
+        outs = [[] if i in failures else [results[(i, j)] for j in range(n)] for i in range(len(prompts))]
+        return outs, [failures.get(i) for i in range(len(prompts))]
+
+    def _sample(self, prompt: Prompt, index: int, sampling: SamplingParams) -> str:
+        body: dict[str, Any] = {
+            "model": self.name,
+            "messages": as_messages(prompt),
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_new_tokens,
+            "n": 1,
+            **self.extra_body,
+        }
+        if sampling.seed is not None:
+            body["seed"] = derive_seed(sampling.seed, prompt_key(prompt), index)
+        if sampling.stop:
+            body["stop"] = sampling.stop
+        attempts = self.spec.max_retries + 1
+        last = ""
+        for attempt in range(attempts):
+            try:
+                return truncate_at_stop(self._post(body), sampling.stop)
+            except _Retryable as exc:
+                last = str(exc)
+                if attempt + 1 < attempts:
+                    wait = exc.wait_s if exc.wait_s is not None else self.backoff_s * 2**attempt
+                    log.debug("openai: %s; retry %d/%d in %.2fs", last, attempt + 1, self.spec.max_retries, wait)
+                    time.sleep(wait)
+        raise GenerationError(f"{self.url}: failed after {attempts} attempt(s): {last}")
+
+    def _post(self, body: dict[str, Any]) -> str:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.spec.timeout_s) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode(errors="replace")[:300]
+            if exc.code == 429 or exc.code >= 500:
+                retry_after = exc.headers.get("Retry-After") if exc.headers else None
+                wait = min(float(retry_after), 60.0) if retry_after and _is_number(retry_after) else None
+                raise _Retryable(f"HTTP {exc.code}: {text}", wait) from None
+            raise GenerationError(f"{self.url}: HTTP {exc.code} (not retried): {text}") from None
+        except TimeoutError as exc:
+            raise _Retryable(f"timed out after {self.spec.timeout_s}s ({exc})") from None
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError):
+                raise _Retryable(f"timed out after {self.spec.timeout_s}s") from None
+            raise _Retryable(f"cannot reach the server: {exc.reason}") from None
+        except (ConnectionError, OSError) as exc:
+            raise _Retryable(f"connection failed: {exc}") from None
+        try:
+            message = json.loads(payload)["choices"][0]["message"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise GenerationError(f"{self.url}: unexpected response {payload[:300]!r}") from None
+        content = message.get("content") or ""
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        if reasoning and self.merge_reasoning and "<think>" not in content:
+            content = f"<think>{reasoning}</think>\n{content.lstrip()}"
+        return content
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False

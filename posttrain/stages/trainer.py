@@ -1,0 +1,298 @@
+"""The trainer-stage base: what `sft`, `reward_model` and `grpo` (and any new TRL stage) share.
+
+A trainer stage is a `TrainerConfig` subclass (its own options on top of the shared model, data,
+LoRA, MoE balancing and `trl:` pass-through) and a `TrainerStage` subclass that says only what is
+its own: the TRL trainer class, how its rows are prepared, extra TRL settings and its summary. The
+skeleton in `TrainerStage.run` resolves the model, loads it, builds the TRL config, trains
+resumably, saves (LoRA merged) and adds the balance summary.
+
+Ctrl-C / SIGTERM during training asks the trainer to save a checkpoint at the end of the current
+step and stop; the stage then raises KeyboardInterrupt, and the next run resumes from that
+checkpoint. A second signal stops at once (the last periodic checkpoint is used).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from posttrain.core.errors import DataError
+from posttrain.lora import LoraSpec
+from posttrain.moe_balance import MoEBalanceConfig
+from posttrain.recipe import StageConfig
+from posttrain.run_folder import (
+    ADAPTER_DIR,
+    CHECKPOINT_DIR,
+    DATA_FILE,
+    LOSS,
+    MAX_VIOLATION,
+    METRICS_FILE,
+    MODEL_DIR,
+    REWARD,
+    STEP,
+    read_jsonl,
+)
+from posttrain.stages.base import StageContext, StageResult
+
+log = logging.getLogger("posttrain.training")
+
+
+class TrainerConfig(StageConfig):
+    """Options every trainer stage has; a stage's own `Config` adds what is its own."""
+
+    #: Model to train: an earlier stage (its `model/`), a path or a hub name (default: the recipe's base model).
+    model: str | None = None
+    #: Training rows: an earlier stage (its `data_file`), a jsonl/parquet file, or a hub data set.
+    data: str
+    data_file: str = DATA_FILE
+    #: Split of a hub data set (ignored for stage outputs and local files).
+    split: str = "train"
+    max_samples: int | None = Field(None, ge=1)
+    lora: LoraSpec | None = None
+    moe_balance: MoEBalanceConfig = Field(default_factory=MoEBalanceConfig)
+
+    ref_fields: ClassVar[tuple[str, ...]] = ("model", "data")
+
+
+class TrainerStage:
+    """One run of a trainer stage. Subclasses set `trainer_class` and override the hooks they need."""
+
+    #: Padding side of the tokenizer the trainer gets (right for training, left for generation).
+    padding_side: ClassVar[str] = "right"
+    #: Keys shown in the one-line log per logging step.
+    log_keys: ClassVar[tuple[str, ...]] = (LOSS, REWARD, MAX_VIOLATION)
+
+    def __init__(self, ctx: StageContext):
+        self.ctx = ctx
+        self.cfg: Any = ctx.config
+
+    # -- what a stage says of itself ---------------------------------------------------------------
+    def trainer_class(self) -> type:
+        """The TRL trainer (imported here, not at module level: `posttrain validate` stays fast)."""
+        raise NotImplementedError
+
+    def mixins(self) -> tuple[type, ...]:
+        """Classes put in front of the TRL trainer (MoE balancing by default)."""
+        from posttrain.moe_balance import MoEBalanceMixin
+
+        return (MoEBalanceMixin,)
+
+    def prepare_data(self, dataset: Any) -> Any:
+        """The rows the trainer needs, named as TRL expects; a missing column is a `DataError`."""
+        return dataset
+
+    def trl_overrides(self) -> dict[str, Any]:
+        """Settings posttrain adds to the stage's `trl:` options (the user's own win where they overlap)."""
+        return {}
+
+    def load_model(self, path: str) -> Any:
+        """The model the trainer gets: loaded with the recipe's options when it is the base, LoRA applied."""
+        from posttrain.core.models import load_causal_lm
+        from posttrain.lora import apply_lora
+
+        model = load_causal_lm(path, self.ctx.recipe.model if self.cfg.model in (None, "base") else None)
+        return apply_lora(model, self.cfg.lora) if self.cfg.lora is not None else model
+
+    def trainer_kwargs(self, dataset: Any) -> dict[str, Any]:
+        """Keyword arguments of the trainer besides model, args and processing_class."""
+        return {"train_dataset": dataset}
+
+    def after_init(self, trainer: Any, dataset: Any) -> None:
+        """Set-up that needs the built trainer."""
+
+    def describe(self, args: Any, dataset: Any) -> str:
+        """The log line that opens training."""
+        return f"{self.cfg.kind} on {len(dataset)} rows from {self.cfg.data}, {_length(args)}"
+
+    def summary(self, trainer: Any, result: Any, dataset: Any) -> dict[str, Any]:
+        """Metrics of this stage for report.json besides loss, steps, model and the balance summary."""
+        return {}
+
+    # -- the skeleton ------------------------------------------------------------------------------
+    def run(self) -> StageResult:
+        from posttrain.core.models import load_tokenizer
+        from posttrain.recipe import build_trl_config
+
+        ctx, cfg = self.ctx, self.cfg
+        model_path = ctx.resolve_model(cfg.model)
+        self.tokenizer = load_tokenizer(model_path, padding_side=self.padding_side)
+        dataset = self.prepare_data(ctx.load_dataset(cfg.data, cfg.data_file, cfg.split))
+        if cfg.max_samples is not None:
+            dataset = dataset.select(range(min(cfg.max_samples, len(dataset))))
+        extra = {**self.trl_overrides(), **({} if "seed" in cfg.trl else {"seed": ctx.seed})}
+        self.args = build_trl_config(cfg, checkpoint_dir(ctx), **{k: v for k, v in extra.items() if k not in cfg.trl})
+        model = self.load_model(model_path)
+        trainer_cls = type("Trainer", (*self.mixins(), self.trainer_class()), {})
+        trainer = trainer_cls(model=model, args=self.args, processing_class=self.tokenizer,
+                              **self.trainer_kwargs(dataset))
+        tracker = trainer.setup_moe_balance(cfg.moe_balance) if hasattr(trainer, "setup_moe_balance") else None
+        self.after_init(trainer, dataset)
+        prepare_trainer(trainer, ctx, self.log_keys)
+        ctx.log.info(self.describe(self.args, dataset))
+        result = train_resumably(trainer, ctx)
+        out = save_final(trainer, self.tokenizer, ctx)
+        metrics: dict[str, Any] = {"train_loss": round(result.training_loss, 5), "steps": result.global_step}
+        metrics.update(self.summary(trainer, result, dataset))
+        metrics["model"] = str(out)
+        metrics.update(balance_summary(ctx))
+        if tracker is not None and ctx.num_processes > 1:
+            metrics["bias_sync_max_diff"] = trainer.moe_callback.bias_sync_max_diff
+        return StageResult(metrics=metrics, outputs={"model": str(out)})
+
+
+def require_columns(dataset: Any, columns: list[str], stage: StageConfig, what: str, hint: str) -> None:
+    """A `DataError` naming the missing columns, the ones there are, and what to set."""
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise DataError(f"{what} for stage {stage.name!r} has no column(s) {missing}; it has "
+                        f"{dataset.column_names} ({hint})")
+
+
+def _length(args: Any) -> str:
+    return f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs"
+
+
+class MetricsFileCallback(TrainerCallback):
+    """One flat JSON line per logging step in DIR/<stage>/metrics.jsonl, plus a readable log line."""
+
+    def __init__(self, ctx: StageContext, keys: tuple[str, ...] = (LOSS, REWARD, MAX_VIOLATION)):
+        self.ctx = ctx
+        self.keys = keys
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        if not logs or not state.is_world_process_zero:
+            return
+        row = {STEP: state.global_step, **{k: _jsonable(v) for k, v in logs.items()}}
+        self.ctx.append_metrics(row)
+        shown = [f"{k}={row[k]:.4g}" for k in self.keys if isinstance(row.get(k), float | int)]
+        if shown:
+            self.ctx.log.info("step %d/%d %s", state.global_step, state.max_steps, " ".join(shown))
+
+
+class GracefulStop(TrainerCallback):
+    """Turns the first Ctrl-C/SIGTERM into 'save a checkpoint at the end of this step, then stop'."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+@contextlib.contextmanager
+def graceful_stop(trainer: Any) -> Iterator[GracefulStop]:
+    stopper = GracefulStop()
+    trainer.add_callback(stopper)
+
+    def handler(signum: int, frame: object) -> None:
+        if stopper.requested:
+            raise KeyboardInterrupt
+        stopper.requested = True
+        log.warning("stop requested: saving a checkpoint at the end of this step (signal again to stop now)")
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in previous:
+            signal.signal(s, handler)
+    except ValueError:  # not the main thread: keep the default behaviour
+        previous = {}
+    try:
+        yield stopper
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if stopper.requested:
+        raise KeyboardInterrupt
+
+
+class _ProgressBar(ProgressCallback):
+    """transformers' progress bar without its dump of every log dict (MetricsFileCallback logs a readable line)."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        pass
+
+
+def prepare_trainer(trainer: Any, ctx: StageContext, keys: tuple[str, ...] = (LOSS, REWARD, MAX_VIOLATION)) -> None:
+    """Readable logging: a progress bar, one log line per logging step, metrics.jsonl."""
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_ProgressBar())
+    trainer.add_callback(MetricsFileCallback(ctx, keys))
+
+
+def train_resumably(trainer: Any, ctx: StageContext) -> Any:
+    """`trainer.train()`, resuming from the stage's last checkpoint if there is one."""
+    ckpt_dir = Path(trainer.args.output_dir)
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None
+    if last:
+        ctx.log.info("resuming from %s", last)
+        restore_model_weights(trainer.model, last)
+    with graceful_stop(trainer):
+        return trainer.train(resume_from_checkpoint=last)
+
+
+def restore_model_weights(model: Any, checkpoint: str) -> None:
+    """Load a checkpoint's weights through `from_pretrained` before Trainer's own resume.
+
+    transformers 5 saves fused MoE experts (DeepSeek-V3's `experts.gate_up_proj`) in the hub's per-expert
+    layout, but `Trainer` resumes by loading that file raw: the fused keys are "missing" and the experts
+    silently keep their *initial* weights. `from_pretrained` converts them back. (peft adapters are
+    loaded by peft, which converts on its own.)
+    """
+    if hasattr(model, "peft_config") or not (Path(checkpoint) / "config.json").exists():
+        return
+    loaded = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    if missing or unexpected:
+        log.warning("checkpoint %s: %d missing, %d unexpected keys", checkpoint, len(missing), len(unexpected))
+
+
+def save_final(trainer: Any, tokenizer: Any, ctx: StageContext) -> Path:
+    """Save the trained model (LoRA merged in) and its tokenizer to DIR/<stage>/model/."""
+    out = ctx.stage_dir / MODEL_DIR
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):
+        model.save_pretrained(ctx.stage_dir / ADAPTER_DIR)
+        model = model.merge_and_unload()
+    model.config.use_cache = True  # trainers switch the KV cache off; generation from this model needs it
+    if trainer.accelerator.is_main_process:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+def checkpoint_dir(ctx: StageContext) -> Path:
+    return ctx.stage_dir / CHECKPOINT_DIR
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def balance_summary(ctx: StageContext) -> dict[str, Any]:
+    """Mean MaxVio over the last third of logged steps (the figure DeepSeek-V3's balancing is judged by)."""
+    path = ctx.stage_dir / METRICS_FILE
+    rows = [r for r in read_jsonl(path) if isinstance(r.get(MAX_VIOLATION), float | int)] if path.exists() else []
+    if not rows:
+        return {}
+    last_step = rows[-1][STEP]
+    tail = [r[MAX_VIOLATION] for r in rows if r[STEP] > last_step * 2 / 3] or [rows[-1][MAX_VIOLATION]]
+    return {"max_violation_last_third": round(sum(tail) / len(tail), 4),
+            "max_violation_first": rows[0][MAX_VIOLATION]}

@@ -33,7 +33,7 @@ from rewards.sandbox import (
     seccomp_filter,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 #: A number no other process on this machine has in its command line: background programs sleep for it.
 MARK = f"{random.randint(10**6, 10**7 - 1)}.25"
 LIMITS = Limits(timeout_s=2.0, memory_mb=256, max_processes=16, tmp_mb=16, max_output_bytes=64 << 10,

@@ -1,0 +1,89 @@
+"""The host's half of the wire protocol with the supervisor (its half is at the top of supervisor.py).
+
+Host → supervisor, on its stdin: jobs, each `supervisor.HEADER_BYTES` of little-endian length and a
+marshal'ed dict (marshal, format `supervisor.MARSHAL_VERSION`: any Python reads it, no json import
+inside, no pickle code to run). Supervisor → host, on its stdout: one line per record, the repr() of
+a dict of literals, read with `ast.literal_eval` (which evaluates nothing): `{"compile": result}`,
+`{"test": i, "result": result}`, and `{"done": True}` once the job is over and the sandbox clean.
+Expected outputs never enter the sandbox: a job holds the programs' inputs only.
+"""
+
+from __future__ import annotations
+
+import ast
+import marshal
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from typing import Any
+
+from rewards.sandbox.bwrap import ENV
+from rewards.sandbox.languages import Language
+from rewards.sandbox.results import Limits, RunResult
+from rewards.sandbox.supervisor import HEADER_BYTES, MARSHAL_VERSION
+
+
+def make_job(language: Language, code: str, inputs: Sequence[str], *, check: bool, limits: Limits) -> dict[str, Any]:
+    """One call for the supervisor: compile `code` once (if the language compiles), run it on each input."""
+    return {"language": language.name, "source": code, "source_name": language.source,
+            "compile": list(language.compile), "run": None if language.run is None else list(language.run),
+            "keep": list(language.keep), "memory_markers": list(language.memory_markers), "tests": list(inputs),
+            "check": check, "limits": asdict(limits), "env": dict(ENV), "total_timeout_s": limits.total_timeout_s}
+
+
+def encode_job(job: dict[str, Any]) -> bytes:
+    """A job as it goes on the wire: its length, then its marshal bytes."""
+    payload = marshal.dumps(job, MARSHAL_VERSION)
+    return len(payload).to_bytes(HEADER_BYTES, "little") + payload
+
+
+def host_timeout(language: Language, n_inputs: int, limits: Limits) -> float:
+    """How long the host waits for a job's answer before it kills the sandbox: every bound the supervisor
+    enforces itself, plus slack. Only a supervisor that is stopped or stuck ever meets it."""
+    per_test = limits.timeout_s + 0.5
+    budget = limits.total_timeout_s if limits.total_timeout_s is not None else per_test * max(1, n_inputs)
+    return 5.0 + budget + (limits.compile_timeout_s if language.compile else 0.0) + 0.5 * n_inputs
+
+
+def decode_record(line: bytes) -> dict[str, Any] | None:
+    """One record from a line of the supervisor, or None for anything that is not the repr() of a dict."""
+    try:
+        record = ast.literal_eval(line.decode("utf-8", "replace"))
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+class RecordReader:
+    """Turns the supervisor's stdout, in chunks as they come, into records; a partial line waits for the rest."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+        self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        return [record for record in map(decode_record, lines) if record is not None]
+
+
+def collect_results(records: list[dict[str, Any]], n: int, end: str, detail: str,
+                    host_timeout_s: float) -> tuple[RunResult | None, list[RunResult]]:
+    """(compile result or None, one result per input) from a job's records.
+
+    `end` is how the job ended ("done" | "timeout" | "died"); inputs without a record get a
+    "timeout" or "killed" result saying so. A failed compile has no test results.
+    """
+    compile_result: RunResult | None = None
+    results: list[RunResult | None] = [None] * n
+    for record in records:
+        if "compile" in record:
+            compile_result = RunResult(**record["compile"])
+        elif "test" in record and 0 <= record["test"] < n:
+            results[record["test"]] = RunResult(**record["result"])
+    if compile_result is not None and compile_result.status != "ok":
+        return compile_result, []
+    if end == "timeout":
+        missing = RunResult("timeout", stderr=f"[sandbox] killed: the run took more than {host_timeout_s:g} s")
+    else:
+        missing = RunResult("killed", stderr="[sandbox] the test did not run: the sandbox ended early"
+                                             + (f": {detail}" if detail else ""))
+    return compile_result, [r if r is not None else replace(missing) for r in results]

@@ -110,8 +110,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from posttrain.report import write_report
+    from posttrain.stages import KINDS
 
-    path = write_report(Path(args.dir))
+    path = write_report(Path(args.dir), kinds=KINDS)
     print(f"report: {path}")
     return 0
 

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from posttrain.run_folder import GROUPS_DROPPED
+
 log = logging.getLogger("posttrain.dynamic_sampling")
 
 #: Rollout tensors aligned with the prompt (left-padded) or with the completion (right-padded).
@@ -137,7 +139,7 @@ class DynamicSamplingMixin:
             tokens = out["completion_mask"].sum()
             out["num_items_in_batch"] = self.accelerator.gather(tokens).sum()  # type: ignore[attr-defined]
         metrics = self._metrics["train"]  # type: ignore[attr-defined]
-        metrics["dynamic_sampling/groups_dropped"].append(float(dropped))
+        metrics[GROUPS_DROPPED].append(float(dropped))
         metrics["dynamic_sampling/refills"].append(float(refills))
         metrics["dynamic_sampling/zero_variance_kept"].append(float(min(filled, len(spare))))
         return out

@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from transformers import TrainerCallback
 
+from posttrain.run_folder import MAX_VIOLATION, load_key, max_violation_key
+
 log = logging.getLogger("posttrain.moe_balance")
 
 
@@ -190,12 +192,12 @@ class MoEBalanceCallback(TrainerCallback):
         if not self._violations:
             return {}
         per_layer = torch.stack(self._violations).mean(0)
-        out: dict[str, Any] = {"moe/max_violation": round(float(per_layer.mean()), 5)}
+        out: dict[str, Any] = {MAX_VIOLATION: round(float(per_layer.mean()), 5)}
         for i, v in enumerate(per_layer.tolist()):
-            out[f"moe/max_violation/layer_{self._layer_index(i)}"] = round(v, 5)
+            out[max_violation_key(self._layer_index(i))] = round(v, 5)
         fractions = self._loads / self._loads.sum(-1, keepdim=True).clamp_min(1)
         for i, row in enumerate(fractions.tolist()):
-            out[f"moe/load/layer_{self._layer_index(i)}"] = [round(x, 5) for x in row]
+            out[load_key(self._layer_index(i))] = [round(x, 5) for x in row]
         out["moe/bias_abs_mean"] = round(float(self.tracker.biases().abs().mean()), 6)
         self._violations.clear()
         self._loads.zero_()

@@ -71,6 +71,8 @@ STEP = "step"
 LOSS = "loss"
 REWARD = "reward"
 MAX_VIOLATION = "moe/max_violation"
+#: GRPO with dynamic sampling: zero-variance groups dropped in the logged steps.
+GROUPS_DROPPED = "dynamic_sampling/groups_dropped"
 _MAX_VIOLATION_LAYER = re.compile(r"^moe/max_violation/layer_(\d+)$")
 _LOAD_LAYER = re.compile(r"^moe/load/layer_(\d+)$")
 _REWARD_MEAN = re.compile(r"^rewards/(.+)/mean$")
@@ -88,6 +90,11 @@ def load_key(layer: int) -> str:
 def reward_mean_key(name: str) -> str:
     """TRL logs each reward function's batch mean under this key."""
     return f"rewards/{name}/mean"
+
+
+def reward_std_key(name: str) -> str:
+    """TRL logs each reward function's batch standard deviation under this key."""
+    return f"rewards/{name}/std"
 
 
 def layer_of_max_violation_key(key: str) -> int | None:

@@ -204,7 +204,7 @@ def _write_report(run_dir: Path, recipe: Recipe, report: RunReport) -> None:
     try:
         from posttrain.report import write_report
 
-        write_report(run_dir)
+        write_report(run_dir, kinds=KINDS)
     except Exception:  # the report is a view; never lose a run over it
         log.exception("could not write report.md / plots")
 

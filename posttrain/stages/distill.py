@@ -16,6 +16,9 @@ Prompts are processed in fixed chunks; after each chunk the rows are appended an
 records the byte length of every output and the running stats. An interrupted run truncates the
 outputs to the last recorded chunk and goes on from there, so no row is lost or written twice, and
 with a deterministic teacher a resumed run writes what an uninterrupted one does.
+
+The report's section on this kind is in distill_report.py; its hooks are imported here, where the
+report looks for them.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from posttrain.run_folder import (
     write_json_atomic,
 )
 from posttrain.stages.base import StageContext, StageResult
+from posttrain.stages.distill_report import report_describe as report_describe
+from posttrain.stages.distill_report import report_figures as report_figures
 
 #: Files appended chunk by chunk (truncated to the last finished chunk on resume).
 APPENDED = (DATA_FILE, PAIRS_FILE, ERRORS_FILE)

@@ -17,6 +17,9 @@ from pydantic import Field
 from posttrain.core.errors import DataError
 from posttrain.core.generation import GenerationSpec, SamplingParams
 from posttrain.recipe import RewardSpec, StageConfig
+from posttrain.report.cross_stage import SCORES
+from posttrain.report.inputs import StageView, is_number
+from posttrain.report.markdown import Document, model_name, pct
 from posttrain.run_folder import EVAL_FILE, SAMPLES_FILE, read_jsonl
 from posttrain.stages.base import StageContext, StageResult
 
@@ -137,3 +140,26 @@ def _rows(ctx: StageContext, cfg: Config) -> list[dict[str, Any]]:
         r.setdefault("id", f"row-{i}")
         r["id"] = str(r["id"])
     return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# The report's section on this kind (posttrain.report finds these hooks on this module; the accuracy-by-stage
+# table across eval stages is the report's own)
+
+
+def report_describe(stage: StageView) -> str:
+    # An eval stage's metrics name the model it scored (other stages' name their output).
+    model = model_name(stage, "a model", fallback=stage.metrics.get("model"))
+    n = next((stage.metrics[k] for k in ("prompts", "num_prompts", "n") if is_number(stage.metrics.get(k))), None)
+    held = f" on {n} held-out prompts" if n is not None else " on held-out prompts"
+    return (f"Scored {model}{held}: greedy accuracy (one answer per prompt) and sampled pass@1 "
+            f"(mean accuracy over k samples per prompt).")
+
+
+def report_figures(doc: Document, stage: StageView) -> None:
+    figures = []
+    for key, label in SCORES.items():
+        if is_number(stage.metrics.get(key)):
+            value = pct(stage.metrics[key])
+            figures.append(f"- **{label}: {value}**" if key == "accuracy" else f"- {label}: {value}")
+    doc.key_figures(figures or ["- no accuracy reported"])

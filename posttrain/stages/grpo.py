@@ -3,6 +3,9 @@
 Adds what users ask TRL for: named loss presets (`loss: dr_grpo`), DAPO dynamic sampling, the
 MoE load-balancing callback during RL, vLLM rollouts when available (colocate, or a server started
 with `posttrain rollout-server` / `trl vllm-serve`) and a logged fallback to transformers generation.
+
+The report's section on this kind is in grpo_report.py; its hooks are imported here, where the
+report looks for them.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from posttrain.core.errors import MissingDependencyError
 from posttrain.dynamic_sampling import DynamicSamplingConfig
 from posttrain.recipe import RewardSpec
-from posttrain.run_folder import METRICS_FILE, PROMPTS_FILE, REWARD, read_jsonl
+from posttrain.run_folder import GROUPS_DROPPED, METRICS_FILE, PROMPTS_FILE, REWARD, read_jsonl
 from posttrain.stages.base import StageContext, StageResult
+from posttrain.stages.grpo_report import report_describe as report_describe
+from posttrain.stages.grpo_report import report_figures as report_figures
 from posttrain.stages.trainer import TrainerConfig, TrainerStage, require_columns
 
 #: Named loss variants -> the GRPOConfig fields that make them (the recipe's `trl:` values win).
@@ -143,7 +148,7 @@ def _summary(ctx: StageContext) -> dict[str, Any]:
     if not rows:
         return {}
     out: dict[str, Any] = {"reward_first": round(rows[0][REWARD], 4), "reward_last": round(rows[-1][REWARD], 4)}
-    dropped = [d for r in rows if isinstance(d := r.get("dynamic_sampling/groups_dropped"), float | int)]
+    dropped = [d for r in rows if isinstance(d := r.get(GROUPS_DROPPED), float | int)]
     if dropped:
         out["groups_dropped_per_step"] = round(sum(dropped) / len(dropped), 3)
     return out

@@ -11,6 +11,8 @@ from posttrain.recipe import parse_recipe
 from posttrain.runner import run_recipe
 from posttrain.stages import KINDS
 from posttrain.stages.eval import pass_at_k, summarize
+from tests.posttrain.conftest import BuiltReport
+from tests.posttrain.report.fake_run import stage_sections
 
 RECIPE = """\
 output_dir: {out}
@@ -118,3 +120,7 @@ def _digest(text: str) -> str:
 
     recipe = parse_recipe(text, kinds=KINDS)
     return stage_hash(recipe, recipe.stages[0], base_fingerprint(recipe), {})
+
+
+def test_report_section(full_report: BuiltReport) -> None:
+    assert "**greedy accuracy: 58.4 %**" in stage_sections(full_report.md)["eval_sft"]

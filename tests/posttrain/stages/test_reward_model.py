@@ -13,6 +13,8 @@ from posttrain.recipe import parse_recipe
 from posttrain.runner import run_recipe
 from posttrain.stages import KINDS
 from posttrain.stages.reward_model import pairwise_metrics, split_by_prompt
+from tests.posttrain.conftest import BuiltReport
+from tests.posttrain.report.fake_run import png_info, stage_sections
 from tests.posttrain.stages.interrupt import last_checkpoint, sigterm_once_written, start_run
 
 RECIPE = """\
@@ -193,3 +195,11 @@ def test_sigterm_then_rerun_resumes_from_the_reward_model_checkpoint(
     assert report["stages"]["rm"]["metrics"]["steps"] == 60
     steps = [r["step"] for r in rows(metrics) if "loss" in r]
     assert steps[-1] == 60 and any(s > stopped_at for s in steps)
+
+
+def test_report_section(full_report: BuiltReport) -> None:
+    sec = stage_sections(full_report.md)
+    assert "**pairwise accuracy (held out): 87.0 %**" in sec["reward_model"]
+    assert "pairwise accuracy on training batches: 0.53 (step 10) → 0.8 (step 100)" in sec["reward_model"]
+    assert png_info(full_report.run / "plots" / "reward_model_accuracy.png")["data"]["series"] == {"accuracy": 10,
+                                                                                                   "margin": 10}

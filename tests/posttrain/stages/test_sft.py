@@ -13,6 +13,8 @@ from posttrain.moe_balance import find_routers
 from posttrain.recipe import parse_recipe
 from posttrain.runner import run_recipe
 from posttrain.stages import KINDS
+from tests.posttrain.conftest import BuiltReport
+from tests.posttrain.report.fake_run import last_third_mean, sft_rows, stage_sections
 from tests.posttrain.stages.interrupt import last_checkpoint, sigterm_once_written, start_run
 
 RECIPE = """\
@@ -130,3 +132,16 @@ def test_two_processes_under_accelerate_keep_biases_in_sync(tmp_path: Path, tiny
     assert entry["metrics"]["steps"] == 6
     model = load_causal_lm(str(tmp_path / "sft" / "model"))
     assert torch.stack([r.e_score_correction_bias for _, r in find_routers(model)]).abs().max() > 0
+
+
+def test_report_section(full_report: BuiltReport) -> None:
+    """SFT: loss first → last, MaxVio with and without balancing, computed here from the logs."""
+    sec = stage_sections(full_report.md)
+    rows = sft_rows(0.001)
+    base_rows = sft_rows(0.0)
+    assert f"{rows[0]['loss']:.4g} (step 10) → {rows[-2]['loss']:.4g} (step 300)" in sec["sft"]
+    assert f"mean over the last third of steps {last_third_mean(rows, 'moe/max_violation'):.4g}" in sec["sft"]
+    assert (f"MaxVio of the comparison run, γ = 0 (no balancing): {base_rows[0]['moe/max_violation']:.4g} (step 10)"
+            in sec["sft"])
+    assert f"mean over the last third {last_third_mean(base_rows, 'moe/max_violation'):.4g}" in sec["sft"]
+    assert "bias update speed γ = 0.001, α = 0.0001" in sec["sft"]

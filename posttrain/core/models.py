@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 
@@ -27,8 +28,10 @@ def load_causal_lm(name_or_path: str, spec: Any = None, **kwargs: Any) -> Any:
     hub = {k: kwargs[k] for k in ("revision", "trust_remote_code", "token", "cache_dir", "local_files_only")
            if kwargs.get(k) is not None}
     if "config" not in kwargs:
-        kwargs["config"] = AutoConfig.from_pretrained(name_or_path, **hub)
-    with quiet_mtp_keys(kwargs["config"]):
+        # An adapter folder has no config of its own: from_pretrained resolves it.
+        with contextlib.suppress(OSError, ValueError):
+            kwargs["config"] = AutoConfig.from_pretrained(name_or_path, **hub)
+    with quiet_mtp_keys(kwargs.get("config")):
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     restore_mtp(model, name_or_path, **hub)
     return model

@@ -16,7 +16,14 @@ import pytest
 import torch
 
 from posttrain.core.generation import GenerationSpec, HFGenerator, SamplingParams, SpeculativeSpec
-from posttrain.core.generation.speculative import MTPDecoder, accept_draft, filter_logits, residual, verify
+from posttrain.core.generation.speculative import (
+    MTPDecoder,
+    accept_draft,
+    filter_logits,
+    residual,
+    sample,
+    verify,
+)
 from posttrain.core.models import load_causal_lm, load_tokenizer
 from posttrain.core.mtp import mtp_layers
 
@@ -48,6 +55,15 @@ def test_accepting_with_min_1_p_over_q_then_resampling_the_residual_gives_p(p: l
     emitted = [qd * a + rejected * r for qd, a, r in zip(q, accept_prob, res, strict=True)]
     assert emitted == pytest.approx(p, abs=1e-4)
     assert sum(res) == pytest.approx(1.0)
+
+
+def test_sample_draws_each_row_from_its_distribution() -> None:
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3], [1.0, 0.0, 0.0, 0.0, 0.0]]).repeat(50_000, 1)
+    draws = sample(probs, torch.Generator().manual_seed(0)).view(-1, 2)
+    assert torch.all(draws[:, 1] == 0)
+    freq = torch.bincount(draws[:, 0], minlength=5).double() / len(draws)
+    assert freq.tolist() == pytest.approx([0.0, 0.2, 0.0, 0.5, 0.3], abs=4 * math.sqrt(0.25 / len(draws)))
+    assert freq[0] == freq[2] == 0  # never a token without mass
 
 
 def test_verify_samples_p_whatever_the_draft() -> None:

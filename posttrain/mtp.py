@@ -119,10 +119,23 @@ class MTPMixin:
             sums[0] += s["loss"] * s["tokens"]
             sums[1] += s["tokens"]
             sums[2] += s["correct"]
-        extra = self.mtp_config.weight * loss
+        extra = self.mtp_config.weight * loss * self._mtp_ga_scale(args, kwargs)
         if isinstance(out, tuple):
             return (out[0] + extra.to(out[0].device), *out[1:])
         return out + extra.to(out.device)
+
+    def _mtp_ga_scale(self, args: tuple, kwargs: dict) -> float:
+        """1 / gradient-accumulation steps where the Trainer will not divide the loss by them itself (the
+        trainer's loss is already normalised over the accumulated batch, e.g. GRPO); else 1. The MTP loss is a
+        mean over this micro-batch, so either way it counts once per optimizer step."""
+        trainer: Any = self
+        scaled = getattr(trainer, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            items = kwargs.get("num_items_in_batch", args[1] if len(args) > 1 else None)
+            scaled = (getattr(trainer, "model_accepts_loss_kwargs", False) and items is not None) or \
+                getattr(trainer, "compute_loss_func", None) is not None
+        steps = getattr(trainer, "current_gradient_accumulation_steps", 1) or 1
+        return 1.0 / steps if scaled else 1.0
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         sums = getattr(self, "_mtp_sums", None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from posttrain.core.errors import MissingDependencyError
 from posttrain.core.generation import SpeculativeSpec
@@ -48,6 +48,14 @@ class RolloutSpec(BaseModel):
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     #: In-process rollouts: speculative decoding drafted by the model's MTP module (`speculative: {mtp: true}`).
     speculative: SpeculativeSpec | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_speculative(self, handler: Any) -> Any:
+        """Leave `speculative` out until it is set: a stage written before it existed keeps its config hash."""
+        data = handler(self)
+        if isinstance(data, dict) and self.speculative is None:
+            data.pop("speculative", None)
+        return data
 
 
 class Config(TrainerConfig):

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_serializer
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
@@ -66,6 +66,14 @@ class TrainerConfig(StageConfig):
     mtp: MTPConfig = Field(default_factory=MTPConfig)
 
     ref_fields: ClassVar[tuple[str, ...]] = ("model", "data")
+
+    @model_serializer(mode="wrap")
+    def _without_default_mtp(self, handler: Any) -> Any:
+        """Leave `mtp` out while it is the default: stages written before it existed keep their config hash."""
+        data = handler(self)
+        if isinstance(data, dict) and self.mtp == MTPConfig():
+            data.pop("mtp", None)
+        return data
 
 
 class TrainerStage:

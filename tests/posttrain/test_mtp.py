@@ -103,3 +103,34 @@ stages:
     start = mtp_state(mtp_base)
     final = mtp_state(tmp_path / "grpo" / "model")
     assert not torch.equal(final["eh_proj.weight"], start["eh_proj.weight"])
+
+
+def test_the_new_keys_leave_existing_stage_hashes_alone() -> None:
+    """Stages written before MTP existed keep their config hash (a rerun skips them); setting a key changes it."""
+    from posttrain.core.generation import GenerationSpec
+    from posttrain.stages.grpo import RolloutSpec
+    from posttrain.stages.sft import Config as SFTConfig
+
+    assert "speculative" not in GenerationSpec(backend="hf").model_dump(mode="json")
+    assert GenerationSpec(backend="hf", speculative={"mtp": True}).model_dump()["speculative"]["mtp"] is True
+    assert "speculative" not in RolloutSpec().model_dump(mode="json")
+    sft = SFTConfig(name="sft", kind="sft", data="distill")
+    assert "mtp" not in sft.model_dump(mode="json")
+    assert SFTConfig(name="sft", kind="sft", data="distill", mtp={"weight": 0.3}).model_dump()["mtp"] == {"weight": 0.3}
+
+
+def test_the_mtp_loss_counts_once_per_optimizer_step_under_gradient_accumulation() -> None:
+    from posttrain.mtp import MTPMixin
+
+    class Trainer(MTPMixin):
+        current_gradient_accumulation_steps = 4
+        model_accepts_loss_kwargs = False
+        compute_loss_func = None
+
+    grpo_like = Trainer()
+    grpo_like.loss_is_scaled_for_ga = True  # the trainer's loss is already over the accumulated batch
+    assert grpo_like._mtp_ga_scale((), {}) == 0.25
+    sft_like = Trainer()  # the Trainer divides the whole loss by the accumulation steps itself
+    assert sft_like._mtp_ga_scale((False, None), {}) == 1.0
+    sft_like.model_accepts_loss_kwargs = True
+    assert sft_like._mtp_ga_scale((), {"num_items_in_batch": 100}) == 0.25

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from posttrain.core.errors import PosttrainError
 
@@ -97,6 +97,14 @@ class GenerationSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     #: hf, vllm: speculative decoding with the model's MTP module (`speculative: {mtp: true}`).
     speculative: SpeculativeSpec | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_speculative(self, handler: Any) -> Any:
+        """Leave `speculative` out until it is set: specs written before it existed hash as they did."""
+        data = handler(self)
+        if isinstance(data, dict) and self.speculative is None:
+            data.pop("speculative", None)
+        return data
 
 
 class Generator(Protocol):

@@ -38,6 +38,8 @@ NOT_BENCHMARKS = {"run"}
 #: Per-benchmark time limits (s). A fresh `make demo` gets its own, longer one.
 DEFAULT_TIMEOUT_S = 480
 DEMO_FRESH_TIMEOUT_S = 1800
+#: `mtp` trains its SFT model the first time (runs/bench-mtp/, reused afterwards).
+MTP_TIMEOUT_S = 1500
 _ROW_KEYS = {"name", "ours", "reference", "unit", "higher_is_better", "ratio", "note"}
 _TIME_UNITS = {"s", "ms", "us", "µs", "min", "h", "s/step", "ms/step", "s/row"}
 
@@ -284,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in selected:
             kwargs = demo_kwargs if name == "demo" else {}
             timeout = max(args.timeout, DEMO_FRESH_TIMEOUT_S) if name == "demo" and args.with_demo else args.timeout
+            if name == "mtp":
+                timeout = max(timeout, MTP_TIMEOUT_S)
             print(f"== {name}{' (quick)' if args.quick else ''}", flush=True)
             res = run_isolated(name, args.package, args.quick, kwargs, timeout)
             report["benchmarks"][name] = res

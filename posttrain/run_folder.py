@@ -73,6 +73,11 @@ REWARD = "reward"
 MAX_VIOLATION = "moe/max_violation"
 #: GRPO with dynamic sampling: zero-variance groups dropped in the logged steps.
 GROUPS_DROPPED = "dynamic_sampling/groups_dropped"
+#: Multi-token prediction: the MTP loss (mean over depths), depth 1's next-token accuracy on the training
+#: targets, and (GRPO with speculative rollouts) the share of drafted tokens the policy accepted.
+MTP_LOSS = "mtp/loss"
+MTP_ACCURACY = "mtp/accuracy"
+MTP_ACCEPTANCE = "mtp/acceptance"
 _MAX_VIOLATION_LAYER = re.compile(r"^moe/max_violation/layer_(\d+)$")
 _LOAD_LAYER = re.compile(r"^moe/load/layer_(\d+)$")
 _REWARD_MEAN = re.compile(r"^rewards/(.+)/mean$")
@@ -85,6 +90,11 @@ def max_violation_key(layer: int) -> str:
 def load_key(layer: int) -> str:
     """Per-layer expert load fractions (a list, one entry per routed expert)."""
     return f"moe/load/layer_{layer}"
+
+
+def mtp_depth_key(key: str, depth: int) -> str:
+    """`mtp/loss/depth_<k>`, `mtp/accuracy/depth_<k>`: per depth, logged when the model has more than one."""
+    return f"{key}/depth_{depth}"
 
 
 def reward_mean_key(name: str) -> str:

@@ -92,7 +92,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Any:
 
 
 def build_tiny_model(tokenizer: Any, overrides: dict[str, Any] | None = None, seed: int = 0) -> Any:
-    """A randomly initialised DeepseekV3ForCausalLM sized for a CPU."""
+    """A randomly initialised DeepseekV3ForCausalLM sized for a CPU (with MTP layers when
+    `num_nextn_predict_layers` >= 1)."""
     import torch
     from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
@@ -105,7 +106,12 @@ def build_tiny_model(tokenizer: Any, overrides: dict[str, Any] | None = None, se
         **cfg,
     )
     torch.manual_seed(seed)
-    return DeepseekV3ForCausalLM(config)
+    model = DeepseekV3ForCausalLM(config)
+    if cfg.get("num_nextn_predict_layers", 0) >= 1:  # DeepSeek-V3's multi-token prediction module
+        from posttrain.core.mtp import attach_mtp
+
+        attach_mtp(model)
+    return model
 
 
 def base_fingerprint(recipe: Recipe) -> str:

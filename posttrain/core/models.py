@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 
@@ -14,14 +15,26 @@ def torch_dtype(name: str) -> Any:
 
 
 def load_causal_lm(name_or_path: str, spec: Any = None, **kwargs: Any) -> Any:
-    """`AutoModelForCausalLM.from_pretrained` with the recipe's dtype/revision/trust_remote_code."""
-    from transformers import AutoModelForCausalLM
+    """`AutoModelForCausalLM.from_pretrained` with the recipe's dtype/revision/trust_remote_code, keeping the
+    multi-token-prediction layers of a DeepSeek-V3 checkpoint (ours or DeepSeek's), which transformers drops."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from posttrain.core.mtp import quiet_mtp_keys, restore_mtp
 
     if spec is not None:
         kwargs.setdefault("dtype", torch_dtype(spec.dtype))
         kwargs.setdefault("revision", spec.revision)
         kwargs.setdefault("trust_remote_code", spec.trust_remote_code)
-    return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    hub = {k: kwargs[k] for k in ("revision", "trust_remote_code", "token", "cache_dir", "local_files_only")
+           if kwargs.get(k) is not None}
+    if "config" not in kwargs:
+        # An adapter folder has no config of its own: from_pretrained resolves it.
+        with contextlib.suppress(OSError, ValueError):
+            kwargs["config"] = AutoConfig.from_pretrained(name_or_path, **hub)
+    with quiet_mtp_keys(kwargs.get("config")):
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    restore_mtp(model, name_or_path, **hub)
+    return model
 
 
 def load_tokenizer(name_or_path: str, padding_side: str = "left", **kwargs: Any) -> Any:

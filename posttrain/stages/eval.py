@@ -103,6 +103,10 @@ def run(ctx: StageContext) -> StageResult:
     results = [done[r["id"]] for r in rows]
     metrics = summarize(results, cfg.threshold, cfg.pass_k)
     metrics.update(model=model, prompts=len(results))
+    drafts = getattr(generator, "draft_stats", None)
+    if drafts is not None and drafts.drafted:  # speculative decoding with the model's MTP module
+        metrics["mtp_acceptance"] = round(drafts.acceptance, 4)
+        ctx.log.info("MTP drafts accepted: %.1f %% of %d", 100 * drafts.acceptance, drafts.drafted)
     return StageResult(metrics=metrics, outputs={"samples": str(out_path)})
 
 

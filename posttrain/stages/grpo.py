@@ -13,9 +13,10 @@ from __future__ import annotations
 import importlib.util
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from posttrain.core.errors import MissingDependencyError
+from posttrain.core.generation import SpeculativeSpec
 from posttrain.dynamic_sampling import DynamicSamplingConfig
 from posttrain.recipe import RewardSpec
 from posttrain.run_folder import GROUPS_DROPPED, METRICS_FILE, PROMPTS_FILE, REWARD, read_jsonl
@@ -50,6 +51,16 @@ class RolloutSpec(BaseModel):
     server_host: str = "127.0.0.1"
     server_port: int = 8000
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    #: In-process rollouts: speculative decoding drafted by the model's MTP module (`speculative: {mtp: true}`).
+    speculative: SpeculativeSpec | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_speculative(self, handler: Any) -> Any:
+        """Leave `speculative` out until it is set: a stage written before it existed keeps its config hash."""
+        data = handler(self)
+        if isinstance(data, dict) and self.speculative is None:
+            data.pop("speculative", None)
+        return data
 
 
 class Config(TrainerConfig):
@@ -86,8 +97,9 @@ class GRPOStage(TrainerStage):
 
     def mixins(self) -> tuple[type, ...]:
         from posttrain.dynamic_sampling import DynamicSamplingMixin
+        from posttrain.mtp import SpeculativeRolloutMixin
 
-        return (DynamicSamplingMixin, *super().mixins())
+        return (DynamicSamplingMixin, SpeculativeRolloutMixin, *super().mixins())
 
     def prepare_data(self, dataset: Any) -> Any:
         cfg = self.cfg
@@ -103,6 +115,7 @@ class GRPOStage(TrainerStage):
 
     def after_init(self, trainer: Any, dataset: Any) -> None:
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
+        trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)
 
     def describe(self, args: Any, dataset: Any) -> str:
         per_step = args.per_device_train_batch_size * self.ctx.num_processes * args.gradient_accumulation_steps

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_serializer
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
@@ -29,6 +29,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from posttrain.core.errors import DataError
 from posttrain.lora import LoraSpec
 from posttrain.moe_balance import MoEBalanceConfig
+from posttrain.mtp import MTPConfig
 from posttrain.recipe import StageConfig
 from posttrain.run_folder import (
     ADAPTER_DIR,
@@ -38,6 +39,7 @@ from posttrain.run_folder import (
     MAX_VIOLATION,
     METRICS_FILE,
     MODEL_DIR,
+    MTP_LOSS,
     REWARD,
     STEP,
     read_jsonl,
@@ -60,8 +62,18 @@ class TrainerConfig(StageConfig):
     max_samples: int | None = Field(None, ge=1)
     lora: LoraSpec | None = None
     moe_balance: MoEBalanceConfig = Field(default_factory=MoEBalanceConfig)
+    #: Multi-token prediction loss weight (models with DeepSeek-V3's MTP module only).
+    mtp: MTPConfig = Field(default_factory=MTPConfig)
 
     ref_fields: ClassVar[tuple[str, ...]] = ("model", "data")
+
+    @model_serializer(mode="wrap")
+    def _without_default_mtp(self, handler: Any) -> Any:
+        """Leave `mtp` out while it is the default: stages written before it existed keep their config hash."""
+        data = handler(self)
+        if isinstance(data, dict) and self.mtp == MTPConfig():
+            data.pop("mtp", None)
+        return data
 
 
 class TrainerStage:
@@ -70,7 +82,7 @@ class TrainerStage:
     #: Padding side of the tokenizer the trainer gets (right for training, left for generation).
     padding_side: ClassVar[str] = "right"
     #: Keys shown in the one-line log per logging step.
-    log_keys: ClassVar[tuple[str, ...]] = (LOSS, REWARD, MAX_VIOLATION)
+    log_keys: ClassVar[tuple[str, ...]] = (LOSS, REWARD, MAX_VIOLATION, MTP_LOSS)
 
     def __init__(self, ctx: StageContext):
         self.ctx = ctx
@@ -82,10 +94,12 @@ class TrainerStage:
         raise NotImplementedError
 
     def mixins(self) -> tuple[type, ...]:
-        """Classes put in front of the TRL trainer (MoE balancing by default)."""
+        """Classes put in front of the TRL trainer (MoE balancing and the MTP loss by default; MoE balancing
+        first, so that it also counts the MTP block's router)."""
         from posttrain.moe_balance import MoEBalanceMixin
+        from posttrain.mtp import MTPMixin
 
-        return (MoEBalanceMixin,)
+        return (MoEBalanceMixin, MTPMixin)
 
     def prepare_data(self, dataset: Any) -> Any:
         """The rows the trainer needs, named as TRL expects; a missing column is a `DataError`."""
@@ -136,6 +150,8 @@ class TrainerStage:
         trainer = trainer_cls(model=model, args=self.args, processing_class=self.tokenizer,
                               **self.trainer_kwargs(dataset))
         tracker = trainer.setup_moe_balance(cfg.moe_balance) if hasattr(trainer, "setup_moe_balance") else None
+        if hasattr(trainer, "setup_mtp"):
+            trainer.setup_mtp(cfg.mtp)
         self.after_init(trainer, dataset)
         prepare_trainer(trainer, ctx, self.log_keys)
         ctx.log.info(self.describe(self.args, dataset))
@@ -253,7 +269,11 @@ def restore_model_weights(model: Any, checkpoint: str) -> None:
     """
     if hasattr(model, "peft_config") or not (Path(checkpoint) / "config.json").exists():
         return
-    loaded = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    from posttrain.core.mtp import quiet_mtp_keys, restore_mtp
+
+    with quiet_mtp_keys(model.config):
+        loaded = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    restore_mtp(loaded, checkpoint)  # the MTP layers, which from_pretrained drops
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     if missing or unexpected:
         log.warning("checkpoint %s: %d missing, %d unexpected keys", checkpoint, len(missing), len(unexpected))

@@ -23,11 +23,13 @@ from __future__ import annotations
 from posttrain.core.errors import PluginError
 from posttrain.core.generation.base import (
     BaseGenerator,
+    DraftStats,
     GenerationError,
     GenerationSpec,
     Generator,
     Prompt,
     SamplingParams,
+    SpeculativeSpec,
     as_messages,
     derive_seed,
     prompt_key,
@@ -41,6 +43,7 @@ from posttrain.core.generation.vllm import VLLMGenerator
 
 __all__ = [
     "BaseGenerator",
+    "DraftStats",
     "GenerationError",
     "GenerationSpec",
     "Generator",
@@ -49,6 +52,7 @@ __all__ = [
     "Prompt",
     "SamplingParams",
     "ScriptedGenerator",
+    "SpeculativeSpec",
     "VLLMGenerator",
     "as_messages",
     "derive_seed",

@@ -8,9 +8,10 @@ import json
 import logging
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from posttrain.core.errors import PosttrainError
 
@@ -37,6 +38,41 @@ class SamplingParams(BaseModel):
     stop: list[str] | None = None
 
 
+class SpeculativeSpec(BaseModel):
+    """Speculative decoding drafted by the model's own multi-token-prediction (MTP) module (DeepSeek-V3).
+
+    Same sampling distribution, fewer main-model passes. `hf`: one drafted token per step, a model without
+    an MTP module decodes plainly; `vllm`: its `mtp` speculative method with `num_tokens` drafts a step.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mtp: bool = True
+    #: Draft tokens per step (vLLM; the `hf` backend drafts one).
+    num_tokens: int = Field(1, ge=1)
+
+
+@dataclass
+class DraftStats:
+    """Counts over generate calls: drafts proposed and accepted, decoding steps, tokens emitted."""
+
+    drafted: int = 0
+    accepted: int = 0
+    steps: int = 0
+    tokens: int = 0
+
+    @property
+    def acceptance(self) -> float | None:
+        """Share of drafted tokens the main model accepted (None before any draft)."""
+        return self.accepted / self.drafted if self.drafted else None
+
+    def add(self, other: DraftStats) -> None:
+        self.drafted += other.drafted
+        self.accepted += other.accepted
+        self.steps += other.steps
+        self.tokens += other.tokens
+
+
 class GenerationSpec(BaseModel):
     """Which engine generates, usable as a recipe sub-section (a teacher, a judge, an evaluator)."""
 
@@ -59,6 +95,16 @@ class GenerationSpec(BaseModel):
     chat: bool = False
     #: Backend-specific extras: vllm engine kwargs, scripted teacher kwargs, hf `device`, openai `backoff_s`.
     options: dict[str, Any] = Field(default_factory=dict)
+    #: hf, vllm: speculative decoding with the model's MTP module (`speculative: {mtp: true}`).
+    speculative: SpeculativeSpec | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_speculative(self, handler: Any) -> Any:
+        """Leave `speculative` out until it is set: specs written before it existed hash as they did."""
+        data = handler(self)
+        if isinstance(data, dict) and self.speculative is None:
+            data.pop("speculative", None)
+        return data
 
 
 class Generator(Protocol):

@@ -1,12 +1,18 @@
-"""The `hf` backend: a transformers causal LM in process, batched `generate` with left padding."""
+"""The `hf` backend: a transformers causal LM in process, batched `generate` with left padding.
+
+With `speculative: {mtp: true}` and a model that has DeepSeek-V3's MTP module, decoding is speculative
+(`speculative.py`): same outputs in distribution (greedy: identical), fewer main-model passes.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from posttrain.core.generation.base import (
     BaseGenerator,
+    DraftStats,
     GenerationError,
     GenerationSpec,
     Prompt,
@@ -15,6 +21,8 @@ from posttrain.core.generation.base import (
     derive_seed,
     truncate_at_stop,
 )
+
+log = logging.getLogger("posttrain.generation")
 
 
 class HFGenerator(BaseGenerator):
@@ -28,20 +36,30 @@ class HFGenerator(BaseGenerator):
         self.name = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "hf")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        #: Drafted/accepted token counts of speculative decoding so far.
+        self.draft_stats = DraftStats()
+        self.speculative = self._speculative()
+
+    def _speculative(self) -> bool:
+        """Whether to draft with the model's MTP module (asked for, and there is one)."""
+        from posttrain.core.mtp import has_mtp
+
+        wanted = self.spec.speculative is not None and self.spec.speculative.mtp
+        if wanted and not has_mtp(self.model):
+            log.warning("hf backend: speculative.mtp is set but %s has no MTP module; decoding plainly", self.name)
+        return wanted and has_mtp(self.model)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, spec: GenerationSpec | None = None) -> HFGenerator:
         import torch
 
-        from posttrain.core.models import load_tokenizer, torch_dtype
+        from posttrain.core.models import load_causal_lm, load_tokenizer, torch_dtype
 
         spec = spec or GenerationSpec(backend="hf", model=name_or_path)
-        from transformers import AutoModelForCausalLM
-
         device = spec.options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
         kwargs = {k: v for k, v in spec.options.items() if k not in {"device", "progress"}}
-        try:
-            model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype(spec.dtype), **kwargs)
+        try:  # load_causal_lm keeps a DeepSeek-V3 checkpoint's MTP module (speculative decoding drafts with it)
+            model = load_causal_lm(name_or_path, dtype=torch_dtype(spec.dtype), **kwargs)
             tokenizer = load_tokenizer(name_or_path, padding_side="left")
         except OSError as exc:
             raise GenerationError(f"hf backend: cannot load model {name_or_path!r}: {exc}") from exc
@@ -102,11 +120,41 @@ class HFGenerator(BaseGenerator):
             kwargs.update(stop_strings=sampling.stop, tokenizer=tok)
         if sampling.seed is not None and not greedy:
             torch.manual_seed(derive_seed(sampling.seed, texts))
-        with torch.inference_mode():
-            seqs = self.model.generate(**enc, **kwargs)
-        new = seqs[:, enc["input_ids"].shape[1]:]
+        if self.speculative:
+            new: Any = self._speculative_batch(enc, 1 if greedy else n, sampling)
+        else:
+            with torch.inference_mode():
+                seqs = self.model.generate(**enc, **kwargs)
+            new = seqs[:, enc["input_ids"].shape[1]:]
         decoded = tok.batch_decode(new, skip_special_tokens=True)
         decoded = [truncate_at_stop(d, sampling.stop) for d in decoded]
         if greedy:
             return [[d] * n for d in decoded]
         return [decoded[i * n:(i + 1) * n] for i in range(len(texts))]
+
+    def _speculative_batch(self, enc: Any, copies: int, sampling: SamplingParams) -> list[list[int]]:
+        """New tokens per sequence, drafted by the MTP module (`copies` sequences per prompt, in prompt order)."""
+        from posttrain.core.generation.speculative import MTPDecoder
+
+        stop = None
+        if sampling.stop:
+            tok, stops = self.tokenizer, sampling.stop
+            window = max(len(s) for s in stops) + 2  # tokens: each decodes to at least one character
+
+            def stop(tokens: list[int]) -> bool:
+                tail = tok.decode(tokens[-window:], skip_special_tokens=True)
+                return any(s in tail for s in stops)
+
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos_ids:
+            eos_ids.append(self.tokenizer.eos_token_id)
+        decoder = MTPDecoder(self.model)
+        out = decoder.generate(enc["input_ids"].repeat_interleave(copies, 0),
+                               enc["attention_mask"].repeat_interleave(copies, 0), sampling.max_new_tokens,
+                               temperature=sampling.temperature, top_p=sampling.top_p, eos_token_ids=eos_ids,
+                               stop=stop)
+        self.draft_stats.add(decoder.stats)
+        log.debug("hf backend: MTP draft acceptance %.3f over %d drafts", decoder.stats.acceptance or 0.0,
+                  decoder.stats.drafted)
+        return out

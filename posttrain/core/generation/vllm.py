@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from posttrain.core.errors import MissingDependencyError
 from posttrain.core.generation.base import (
     BaseGenerator,
+    DraftStats,
     GenerationSpec,
     Prompt,
     SamplingParams,
@@ -31,8 +32,15 @@ class VLLMGenerator(BaseGenerator):
         self.vllm = vllm
         self.spec = spec
         self.name = model
-        self.llm = vllm.LLM(model=model, dtype=spec.dtype, **spec.options)
+        engine = dict(spec.options)
+        if spec.speculative is not None and spec.speculative.mtp:
+            # vLLM's multi-token-prediction drafter ("mtp"; "deepseek_mtp" is its deprecated alias) reads the
+            # MTP layer from the checkpoint, in DeepSeek-V3's layout, the one posttrain saves.
+            engine.setdefault("speculative_config", {"method": "mtp",
+                                                     "num_speculative_tokens": spec.speculative.num_tokens})
+        self.llm = vllm.LLM(model=model, dtype=spec.dtype, **engine)
         self.tokenizer = self.llm.get_tokenizer()
+        self.draft_stats = DraftStats()
 
     def generate(
         self, prompts: Sequence[Prompt], n: int = 1, sampling: SamplingParams | None = None
@@ -53,5 +61,21 @@ class VLLMGenerator(BaseGenerator):
             )
             for p in prompts
         ]
+        before = self._spec_counts()
         results = self.llm.generate(texts, params)
+        after = self._spec_counts()
+        if before is not None and after is not None:
+            self.draft_stats.add(DraftStats(drafted=after[0] - before[0], accepted=after[1] - before[1]))
         return [[truncate_at_stop(o.text, sampling.stop) for o in r.outputs] for r in results]
+
+    def _spec_counts(self) -> tuple[int, int] | None:
+        """(drafted, accepted) tokens so far from vLLM's speculative-decoding counters (None where unavailable)."""
+        if self.spec.speculative is None or not hasattr(self.llm, "get_metrics"):
+            return None
+        try:
+            values = {m.name: getattr(m, "value", None) for m in self.llm.get_metrics()}
+        except Exception:  # metrics are best effort: older engines or disabled stats
+            return None
+        drafted = values.get("vllm:spec_decode_num_draft_tokens")
+        accepted = values.get("vllm:spec_decode_num_accepted_tokens")
+        return (int(drafted), int(accepted)) if drafted is not None and accepted is not None else None

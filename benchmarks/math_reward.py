@@ -261,7 +261,7 @@ def run(quick: bool = False, prompts: int | None = None, group: int = 8, prompts
 
     ours, ours_s = _timed(by_step, reward)
     ours_errors = reward.error_count
-    reward.fn.close()
+    reward.close()
     _cold_caches()
     in_process = get_reward("math", workers=0)
     ours_1, ours_1_s = _timed(by_step, in_process)
@@ -281,8 +281,8 @@ def run(quick: bool = False, prompts: int | None = None, group: int = 8, prompts
         "rows": [
             {"name": "math reward vs plain math-verify loop", "ours": round(rate["ours"], 1),
              "reference": round(rate["plain"], 1), "unit": "rows/s",
-             "note": f"{prompts}x{group} R1-style rows, {step} per call, {reward.fn.workers} workers on {cores} cores "
-                     f"(2 busy processes got {parallelism} cores)"},
+             "note": f"{prompts}x{group} R1-style rows, {step} per call, {reward.verifier.workers} workers on "
+                     f"{cores} cores (2 busy processes got {parallelism} cores)"},
             {"name": "math reward accuracy vs plain math-verify", "ours": round(acc["ours"], 4),
              "reference": round(acc["plain"], 4), "unit": "fraction", "higher_is_better": True,
              "note": f"against the truth by construction; verdicts agree on {agree:.1%} of rows"},
@@ -294,7 +294,7 @@ def run(quick: bool = False, prompts: int | None = None, group: int = 8, prompts
              "note": f"TRL accuracy {acc['trl']:.4f}"},
         ],
         "params": {"prompts": prompts, "group": group, "rows": n, "rows_per_call": step,
-                   "workers": reward.fn.workers, "cores": cores, "seed": seed},
+                   "workers": reward.verifier.workers, "cores": cores, "seed": seed},
         "details": {"seconds": {"ours": round(ours_s, 3), "ours_in_process": round(ours_1_s, 3),
                                 "plain": round(plain_s, 3), "trl": round(trl_s, 3),
                                 "ours_warmup_with_worker_start": round(cold_s, 3)},

@@ -2,32 +2,22 @@
 mixing, exact and near duplicates. DeepSeek-R1 filtered its distilled reasoning data for "mixed
 languages, long paragraphs, and code blocks"; these are the rule-based ones.
 
-Each check returns a reason (a short stats key) or None when the sample passes.
+The format and language checks are the rewards' own (`rewards.format.format_problem`,
+`rewards.language.mixed_share`), so a sample kept here is one the `format` and `language` rewards
+score the same way. Each check returns a reason (a short stats key) or None when the sample passes.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections import Counter, defaultdict
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rewards.answer import THINK_CLOSE, THINK_OPEN, last_boxed
+from rewards import format as format_reward
+from rewards.language import mixed_share
 
-#: Language codes a recipe may give, and the script their words are written in.
-LANGUAGE_SCRIPTS = {
-    "en": "latin", "fr": "latin", "de": "latin", "es": "latin", "it": "latin", "pt": "latin", "nl": "latin",
-    "zh": "cjk", "ja": "cjk", "ko": "hangul", "ru": "cyrillic", "uk": "cyrillic", "ar": "arabic", "he": "hebrew",
-    "hi": "devanagari", "th": "thai", "el": "greek",
-}
-#: Unicode name prefixes grouped into scripts (Japanese kana count with CJK: they mix by nature).
-_SCRIPT_OF_PREFIX = {"LATIN": "latin", "CJK": "cjk", "HIRAGANA": "cjk", "KATAKANA": "cjk", "HANGUL": "hangul",
-                     "CYRILLIC": "cyrillic", "ARABIC": "arabic", "HEBREW": "hebrew", "DEVANAGARI": "devanagari",
-                     "THAI": "thai", "GREEK": "greek"}
-#: Markup that is not language: think tags, LaTeX commands, code blocks.
-_NOT_LANGUAGE = re.compile(r"```.*?```|</?think>|\\[A-Za-z]+", re.DOTALL)
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
@@ -49,16 +39,18 @@ class FilterSpec(BaseModel):
 
     #: R1 format: `<think>...</think>` first, then a non-empty answer.
     format: bool = True
-    #: The answer (after `</think>`) must hold a `\\boxed{}`.
+    #: The answer (after `</think>`) must hold a non-empty `\\boxed{}`.
     require_boxed: bool = False
+    #: The reasoning inside `<think>` must not be empty.
+    require_reasoning: bool = True
     #: Longest completion, in tokens of `tokenizer` (default: the recipe's base model tokenizer).
     max_tokens: int | None = Field(None, ge=1)
     tokenizer: str | None = None
     #: Longest completion in characters.
     max_chars: int | None = Field(None, ge=1)
-    #: Expected language (`en`, `zh`, ...) or script (`latin`, `cjk`, ...); None: the completion's main script.
+    #: Expected language (`en`, `zh`, ...) or script (`latin`, `han`, `cjk`, ...); None: the completion's main script.
     language: str | None = None
-    #: Largest share of letters outside that script; null turns the language filter off.
+    #: Largest share of words outside that script; null turns the language filter off.
     max_mixed: float | None = Field(0.05, ge=0, le=1)
     #: Letters needed before mixing is judged (a short answer says little).
     min_letters: int = Field(20, ge=1)
@@ -66,56 +58,26 @@ class FilterSpec(BaseModel):
     near_duplicates: NearDuplicateSpec | None = Field(default_factory=NearDuplicateSpec)
 
 
-def format_problem(text: str, require_boxed: bool = False) -> str | None:
+def format_problem(text: Any, require_boxed: bool = False, require_reasoning: bool = True,
+                   prompt: Any = None) -> str | None:
     """None if `text` has R1's format (one `<think>` block first, then an answer), else what is wrong.
+
+    The `format` reward's check, with the reasoning required by default: reasoning data needs some.
 
     >>> format_problem("<think>1+1=2</think> The answer is \\\\boxed{2}.", require_boxed=True) is None
     True
     >>> format_problem("The answer is 2.")
     'no <think> block at the start'
     """
-    body = text.lstrip()
-    if not body.startswith(THINK_OPEN):
-        return "no <think> block at the start"
-    if text.count(THINK_OPEN) != 1 or text.count(THINK_CLOSE) != 1:
-        return "expected exactly one <think> and one </think>"
-    reasoning, _, answer = body[len(THINK_OPEN):].partition(THINK_CLOSE)
-    if not reasoning.strip():
-        return "empty reasoning"
-    if not answer.strip():
-        return "no answer after </think>"
-    if require_boxed and last_boxed(answer) is None:
-        return "no \\boxed{} answer"
-    return None
-
-
-def script_counts(text: str) -> Counter[str]:
-    """Letters per script, markup (think tags, LaTeX commands, code blocks) left out."""
-    counts: Counter[str] = Counter()
-    for ch in _NOT_LANGUAGE.sub(" ", text):
-        if not ch.isalpha():
-            continue
-        name = unicodedata.name(ch, "")
-        counts[_SCRIPT_OF_PREFIX.get(name.split(" ", 1)[0], "other")] += 1
-    return counts
-
-
-def mixed_share(text: str, language: str | None = None) -> tuple[float, int]:
-    """(share of letters outside the expected script, letters counted). Greek letters in math do not count."""
-    counts = script_counts(text)
-    target = LANGUAGE_SCRIPTS.get(language, language) if language else None
-    if target != "greek":
-        counts.pop("greek", None)
-    total = sum(counts.values())
-    if total == 0:
-        return 0.0, 0
-    if target is None:
-        target = counts.most_common(1)[0][0]
-    return 1.0 - counts.get(target, 0) / total, total
+    return format_reward.format_problem(text, prompt, require_boxed=require_boxed,
+                                        require_reasoning=require_reasoning)
 
 
 def is_language_mixed(text: str, language: str | None = None, max_mixed: float = 0.05, min_letters: int = 20) -> bool:
-    """True when more than `max_mixed` of the letters are outside the expected (or main) script.
+    """True when more than `max_mixed` of the words are outside the expected (or main) script.
+
+    Words are counted as the `language` reward counts them (`rewards.language.mixed_share`); a text
+    with fewer than `min_letters` letters in its words is too short to judge.
 
     >>> is_language_mixed("Let us add the digits first, then carry the one.")
     False
@@ -198,10 +160,13 @@ class SampleFilter:
         """A new prompt begins: per-prompt near-duplicate checks start empty."""
         self._prompt_index = self._index("prompt")
 
-    def check(self, text: str) -> str | None:
-        """The first failing filter's reason, or None (the sample may be kept)."""
+    def check(self, text: str, prompt: Any = None) -> str | None:
+        """The first failing filter's reason, or None (the sample may be kept).
+
+        `prompt`: a prompt that ends with `<think>` opened the reasoning for the completion.
+        """
         spec = self.spec
-        if spec.format and format_problem(text, spec.require_boxed) is not None:
+        if spec.format and format_problem(text, spec.require_boxed, spec.require_reasoning, prompt) is not None:
             return "format"
         if spec.max_chars is not None and len(text) > spec.max_chars:
             return "max_length"

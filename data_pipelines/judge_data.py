@@ -58,12 +58,19 @@ def pair_rows(pairs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def verify(rows: Sequence[dict[str, Any]], verifiers: Sequence[Verifier]) -> list[dict[str, float | None]]:
-    """Each verifier's score per row (None: it could not judge that row)."""
+def verify(rows: Sequence[dict[str, Any]],
+           verifiers: Sequence[Verifier]) -> tuple[list[dict[str, float | None]], list[dict[str, str]]]:
+    """Each verifier's score per row (None: it could not judge that row), and the errors of those that failed."""
+    from rewards.registry import as_reward
+
     completions = [r["completion"] for r in rows]
     columns = {"prompts": [r.get("prompt", "") for r in rows], "solution": [r.get("solution") for r in rows]}
-    per_verifier = {label: list(fn(completions=completions, **columns)) for label, fn, _ in verifiers}
-    return [{label: scores[i] for label, scores in per_verifier.items()} for i in range(len(rows))]
+    per_verifier = {label: as_reward(fn, label).score_with_errors(completions, **columns)
+                    for label, fn, _ in verifiers}
+    scores = [{label: got[i] for label, (got, _) in per_verifier.items()} for i in range(len(rows))]
+    errors = [{label: failed[i] for label, (_, failed) in per_verifier.items() if failed[i] is not None}
+              for i in range(len(rows))]
+    return scores, errors
 
 
 def verdict_score(scores: dict[str, float | None], weights: dict[str, float], scale: int) -> int | None:
@@ -133,7 +140,13 @@ def judged_examples(rows: Sequence[dict[str, Any]], verifiers: Sequence[Verifier
 
     weights = {label: weight for label, _, weight in verifiers}
     out = []
-    for row, scores in zip(rows, verify(rows, verifiers), strict=True):
+    all_scores, all_errors = verify(rows, verifiers)
+    failed = [errors for errors in all_errors if errors]
+    if failed:
+        log.warning("a verifier failed on %d of %d rows (e.g. %s); it does not vote on their verdicts", len(failed),
+                    len(rows), next(iter(failed[0].values()))[:200])
+    for row, scores, errors in zip(rows, all_scores, all_errors, strict=True):
+        scores = {label: None if label in errors else s for label, s in scores.items()}
         score = verdict_score(scores, weights, scale)
         if score is None:
             continue

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data_pipelines.filters import SampleFilter
 from posttrain.core.generation import Generator, SamplingParams, as_messages
+from rewards.registry import as_reward
 
 log = logging.getLogger("posttrain.data.rejection")
 
@@ -54,6 +55,8 @@ class Sample:
     index: int
     completion: str
     scores: dict[str, float | None] = field(default_factory=dict)
+    #: Rewards that failed on it: {label: message}.
+    errors: dict[str, str] = field(default_factory=dict)
     #: Why it was not kept (a stats key), or None if kept.
     reason: str | None = None
 
@@ -83,15 +86,19 @@ def score(
     prompts: Sequence[Any],
     completions: Sequence[str],
     columns: dict[str, Sequence[Any]],
-) -> list[dict[str, float | None]]:
-    """Scores per completion, `{label: score}`, calling each reward once on the whole batch as TRL does
-    (`fn(completions, prompts=..., **columns)`)."""
-    out: list[dict[str, float | None]] = [{} for _ in completions]
+) -> tuple[list[dict[str, float | None]], list[dict[str, str]]]:
+    """Scores per completion, `{label: score}`, and the errors of the rewards that failed on it, `{label: message}`,
+    calling each reward once on the whole batch as TRL does (`fn(completions, prompts=..., **columns)`)."""
+    scores: list[dict[str, float | None]] = [{} for _ in completions]
+    errors: list[dict[str, str]] = [{} for _ in completions]
     for label, fn, _weight in rewards:
-        scores = fn(list(completions), prompts=list(prompts), **{k: list(v) for k, v in columns.items()})
-        for row, s in zip(out, scores, strict=True):
+        got, failed = as_reward(fn, label).score_with_errors(
+            list(completions), prompts=list(prompts), **{k: list(v) for k, v in columns.items()})
+        for row, row_errors, s, e in zip(scores, errors, got, failed, strict=True):
             row[label] = s
-    return out
+            if e is not None:
+                row_errors[label] = e
+    return scores, errors
 
 
 def judge(scores: dict[str, float | None], rule: KeepRule, weights: dict[str, float]) -> str | None:
@@ -136,6 +143,8 @@ class BatchResult:
     data: list[dict[str, Any]] = field(default_factory=list)
     pairs: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    #: Samples a reward failed on (no score, or a score with an error), by reward label.
+    reward_errors: dict[str, int] = field(default_factory=dict)
     generated: int = 0
     passed: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
@@ -217,6 +226,7 @@ class RejectionSampler:
         self._score(rows, samples)
         for row, group in zip(rows, samples, strict=True):
             if group:
+                self._count_errors(group, result)
                 self._decide(row, group, result)
         return result
 
@@ -226,10 +236,16 @@ class RejectionSampler:
             return
         names = dict.fromkeys(k for row in rows for k in row if k not in ("id", "prompt"))
         columns = {k: [row.get(k) for row, _ in flat] for k in names}
-        scores = score(self.rewards, [row["prompt"] for row, _ in flat], [s.completion for _, s in flat], columns)
-        for (_, s), sc in zip(flat, scores, strict=True):
-            s.scores = sc
+        scores, errors = score(self.rewards, [row["prompt"] for row, _ in flat], [s.completion for _, s in flat],
+                               columns)
+        for (_, s), sc, err in zip(flat, scores, errors, strict=True):
+            s.scores, s.errors = sc, err
             s.reason = judge(sc, self.rule, self.weights)
+
+    def _count_errors(self, group: list[Sample], result: BatchResult) -> None:
+        for s in group:
+            for label in s.errors:
+                result.reward_errors[label] = result.reward_errors.get(label, 0) + 1
 
     def _decide(self, row: dict[str, Any], group: list[Sample], result: BatchResult) -> None:
         passed = sum(s.reason is None for s in group)
@@ -241,7 +257,7 @@ class RejectionSampler:
             if len(kept) >= self.keep_per_prompt:
                 s.reason = "keep_per_prompt"  # enough kept already: not examined further
                 continue
-            reason = self.filter.check(s.completion)
+            reason = self.filter.check(s.completion, row["prompt"])
             if reason is None and self.contaminated is not None and self.contaminated(s.completion):
                 reason = "contaminated"
             if reason is None:
@@ -273,5 +289,7 @@ class RejectionSampler:
 
     def _data_row(self, row: dict[str, Any], s: Sample) -> dict[str, Any]:
         extra = {k: v for k, v in row.items() if k not in ("id", "prompt")}
+        failed = {"errors": s.errors} if s.errors else {}
         return {"id": s.id, "prompt_id": row["id"], "prompt": self._prompt(row["prompt"]),
-                "completion": self._completion(s.completion), "teacher": s.teacher, "scores": s.scores, **extra}
+                "completion": self._completion(s.completion), "teacher": s.teacher, "scores": s.scores, **failed,
+                **extra}

@@ -162,10 +162,6 @@ def _kept_rows(path: Path) -> int:
     return data[:end].count(b"\n")
 
 
-def _finite(score: float | None) -> float | None:
-    return score if score is None or math.isfinite(score) else None
-
-
 def score_batch(rows: list[dict[str, Any]], rewards: list[tuple[RewardArg, Any]]) -> list[dict[str, Any]]:
     """Score rows with every reward as GRPOTrainer calls them; return the rows with rewards/reward/errors."""
     from rewards.registry import combine
@@ -176,12 +172,7 @@ def score_batch(rows: list[dict[str, Any]], rewards: list[tuple[RewardArg, Any]]
     scores: dict[str, list[float | None]] = {}
     errors: dict[str, list[str | None]] = {}
     for arg, fn in rewards:
-        got = fn(completions, **columns)
-        errs = list(fn.last_errors)
-        for i, s in enumerate(got):
-            if s is not None and _finite(s) is None:
-                got[i], errs[i] = None, f"non-finite score {s}"
-        scores[arg.name], errors[arg.name] = got, errs
+        scores[arg.name], errors[arg.name] = fn.score_with_errors(completions, **columns)
     totals = combine(scores, {arg.name: arg.weight for arg, _ in rewards})
     out = []
     for i, row in enumerate(rows):
@@ -241,9 +232,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                 written += _write(out, score_batch(batch, rewards), bar, stats)
     finally:
         for _, fn in rewards:
-            close = getattr(fn.fn, "close", None)
-            if callable(close):
-                close()
+            fn.close()
     _summary(rewards, stats, written, skip, malformed, src, dst)
     return 0
 

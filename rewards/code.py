@@ -10,24 +10,22 @@ DeepSeek-V3 rewards code with compiler and test feedback. A row is one of two ki
 
 Column `language` (python | c | cpp, default python) picks the compiler. The code is the last fenced
 block after `</think>`. No block, a compile error, a timeout, a crash or a hostile program score 0.0
-with the reason in `last_errors`; a wrong answer scores 0.0 without one; a malformed row (no tests,
-unknown language) scores None with an error. Rows run in parallel in a bounded pool of sandboxes,
-each row compiled once and its tests run in one sandbox (kept by each thread for its next rows, see
-`rewards.sandbox`); identical programs on the same
-tests (common among GRPO's completions of one prompt) run once.
+with the reason as the row's error; a wrong answer scores 0.0 without one; a malformed row (no tests,
+unknown language) scores None with an error. Rows run in parallel on `workers` threads (the protocol's
+pool, see `rewards.protocol`), each row compiled once and its tests run in one sandbox (kept by each
+thread for its next rows, see `rewards.sandbox`); identical programs on the same tests (common among
+GRPO's completions of one prompt, whatever prose surrounds the code) run once (`CodeReward.row_key`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 from posttrain.core.errors import DataError, PluginError
 from rewards.answer import answer_text, last_code_block
+from rewards.protocol import Scored, Verifier, default_workers
 from rewards.sandbox import Limits, RunResult, Sandbox, normalize_language
 
 Job = tuple[str, str, str, str]  # kind ("tests" | "check"), language, code, payload (JSON of tests, or test+entry)
@@ -112,14 +110,7 @@ def _tail(text: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-class CodeReward:
+class CodeReward(Verifier):
     """Code tests in a sandbox: fraction of stdin/stdout `tests` passed, or 1.0/0.0 for HumanEval `test`+`entry_point`.
 
     Options: `workers` (rows run at once; default the cores), `timeout_s` and `memory_mb` per test run,
@@ -149,14 +140,21 @@ class CodeReward:
         self.workers = default_workers() if workers is None else max(1, int(workers))
         self.allow_unsandboxed = bool(allow_unsandboxed)
         self.sandbox = Sandbox(limits, allow_unsandboxed=self.allow_unsandboxed, python=python).check()
-        self.last_errors: list[str | None] = []
-        self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
 
-    def __call__(self, completions: Sequence[Any], language: Sequence[Any] | None = None,
-                 tests: Sequence[Any] | None = None, test: Sequence[Any] | None = None,
-                 entry_point: Sequence[Any] | None = None, prompts: Sequence[Any] | None = None,
-                 **kwargs: Any) -> list[float | None]:
+    @property
+    def threads(self) -> int:  # type: ignore[override]
+        """Rows run at once: each waits on its sandbox, so threads are enough."""
+        return self.workers
+
+    def row_key(self, completion: Any, language: Any = None, tests: Any = None, test: Any = None,
+                entry_point: Any = None, **row: Any) -> Hashable | None:
+        """The program and its tests: rows that would run the same thing get the same score."""
+        job = self._job(completion, language, tests, test, entry_point)
+        return ("no code", job) if isinstance(job, str) else job
+
+    def score_rows(self, completions: Sequence[Any], language: Sequence[Any] | None = None,
+                   tests: Sequence[Any] | None = None, test: Sequence[Any] | None = None,
+                   entry_point: Sequence[Any] | None = None, **kwargs: Any) -> list[Scored]:
         n = len(completions)
         for name, column in (("language", language), ("tests", tests), ("test", test), ("entry_point", entry_point)):
             if column is not None and len(column) != n:
@@ -164,26 +162,17 @@ class CodeReward:
         if tests is None and test is None:
             raise DataError("the code reward needs a `tests` column ([{input, output}]) or `test` + `entry_point` "
                             "columns (HumanEval style)")
-        scores: list[float | None] = [0.0] * n
-        errors: list[str | None] = [None] * n
-        jobs: dict[Job, list[int]] = {}
+        out = []
         for i, completion in enumerate(completions):
             try:
                 job = self._job(completion, language[i] if language is not None else None,
                                 tests[i] if tests is not None else None, test[i] if test is not None else None,
                                 entry_point[i] if entry_point is not None else None)
             except DataError as exc:
-                scores[i], errors[i] = None, str(exc)
+                out.append(Scored(None, str(exc)))
                 continue
-            if isinstance(job, str):  # the model's fault: no code
-                errors[i] = job
-                continue
-            jobs.setdefault(job, []).append(i)
-        for job, (score, error) in zip(jobs, self._run(list(jobs)), strict=True):
-            for i in jobs[job]:
-                scores[i], errors[i] = score, error
-        self.last_errors = errors
-        return scores
+            out.append(Scored(0.0, job) if isinstance(job, str) else Scored(*self._run_one(job)))
+        return out
 
     def _job(self, completion: Any, language: Any, tests: Any, test: Any, entry_point: Any) -> Job | str:
         """The work for one row, or a reason string when there is no code to run."""
@@ -208,17 +197,6 @@ class CodeReward:
             return "no fenced code block in the answer"
         return kind, lang, code, payload
 
-    def _run(self, jobs: list[Job]) -> list[tuple[float | None, str | None]]:
-        if not jobs:
-            return []
-        if self.workers == 1 or len(jobs) == 1:
-            return [self._run_one(job) for job in jobs]
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="code-reward")
-            pool = self._pool
-        return list(pool.map(self._run_one, jobs))
-
     def _run_one(self, job: Job) -> tuple[float | None, str | None]:
         kind, lang, code, payload = job
         try:
@@ -233,21 +211,8 @@ class CodeReward:
 
     def close(self) -> None:
         """Stop the pool's threads and end the sandboxes they kept."""
-        with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
-            self.sandbox.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_pool"] = None
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+        super().close()
+        self.sandbox.close()
 
     def __repr__(self) -> str:
         lim = self.sandbox.limits

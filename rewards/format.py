@@ -8,46 +8,62 @@ when the prompt shows it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from rewards.answer import THINK_CLOSE, THINK_OPEN, completion_text, last_boxed
+from rewards.protocol import RowVerifier, Scored
+
+
+def format_problem(completion: Any, prompt: Any = None, *, require_boxed: bool = False,
+                   require_reasoning: bool = False) -> str | None:
+    """None if the completion has R1's layout, else what is wrong (the one format check: reward and SFT filter).
+
+    The layout: `<think>reasoning</think>answer`, one of each tag, a non-empty answer. The opening tag
+    may instead end the prompt (R1's chat template). `require_boxed`: the answer holds a non-empty
+    `\\boxed{}`. `require_reasoning`: the reasoning is not empty (R1's non-thinking mode leaves it empty,
+    which is still the layout; reasoning data needs some).
+
+    >>> format_problem("<think>2+2=4</think> The answer is 4.") is None
+    True
+    >>> format_problem("The answer is 4."), format_problem("<think>x</think> 4", require_boxed=True)
+    ('no <think> block at the start', 'no \\\\boxed{} answer')
+    """
+    text = completion_text(completion).strip()
+    if text.startswith(THINK_OPEN):
+        body = text[len(THINK_OPEN):]
+    elif isinstance(prompt, str) and prompt.rstrip().endswith(THINK_OPEN):
+        body = text
+    else:
+        return "no <think> block at the start"
+    if THINK_OPEN in body or body.count(THINK_CLOSE) != 1:
+        return "expected exactly one <think> and one </think>"
+    reasoning, _, answer = body.partition(THINK_CLOSE)
+    if require_reasoning and not reasoning.strip():
+        return "empty reasoning"
+    if not answer.strip():
+        return "no answer after </think>"
+    if require_boxed and not (last_boxed(answer) or "").strip():
+        return "no \\boxed{} answer"
+    return None
 
 
 def follows_format(completion: Any, prompt: Any = None, strict: bool = False) -> bool:
     """True if the completion is `<think>reasoning</think>answer` with a non-empty answer (and a boxed one if strict).
-
-    The opening tag may instead end the prompt (R1's chat template). Exactly one `</think>`, no tag
-    inside the answer, no second `<think>`.
 
     >>> follows_format("<think>2+2=4</think> The answer is 4.")
     True
     >>> follows_format("The answer is 4.<think>hm</think>"), follows_format("<think>x</think> 4", strict=True)
     (False, False)
     """
-    text = completion_text(completion).strip()
-    if text.count(THINK_CLOSE) != 1:
-        return False
-    head, _, answer = text.partition(THINK_CLOSE)
-    if head.startswith(THINK_OPEN):
-        head = head[len(THINK_OPEN):]
-    elif not (isinstance(prompt, str) and prompt.rstrip().endswith(THINK_OPEN)):
-        return False
-    answer = answer.strip()
-    if THINK_OPEN in head or THINK_OPEN in answer or not answer:
-        return False
-    if strict:
-        boxed = last_boxed(answer)
-        return boxed is not None and bool(boxed.strip())
-    return True
+    return format_problem(completion, prompt, require_boxed=strict) is None
 
 
-class FormatReward:
+class FormatReward(RowVerifier):
     """R1 format: 1.0 for `<think>…</think>` then a non-empty answer (`strict`: holding a \\boxed{}), else 0.0.
 
     Completions are strings or chat lists. With `strict=True` the answer must contain a non-empty
-    `\\boxed{}`. When the prompt (TRL's `prompts`) ends with `<think>`, the completion may start
-    inside the reasoning.
+    `\\boxed{}`; with `require_reasoning=True` the reasoning must not be empty. When the prompt (TRL's
+    `prompts`) ends with `<think>`, the completion may start inside the reasoning.
 
     >>> FormatReward()(["<think>7*6=42</think> It is 42.", "It is 42.", "<think>7*6</think>"])
     [1.0, 0.0, 0.0]
@@ -55,14 +71,16 @@ class FormatReward:
     [0.0, 1.0]
     """
 
-    def __init__(self, strict: bool = False):
-        self.strict = bool(strict)
+    columns = ("prompts",)
 
-    def __call__(self, completions: Sequence[Any], prompts: Sequence[Any] | None = None,
-                 **kwargs: Any) -> list[float | None]:
-        n = len(completions)
-        prompt_list = list(prompts) if prompts is not None and len(prompts) == n else [None] * n
-        return [float(follows_format(c, p, self.strict)) for c, p in zip(completions, prompt_list, strict=True)]
+    def __init__(self, strict: bool = False, require_reasoning: bool = False):
+        self.strict = bool(strict)
+        self.require_reasoning = bool(require_reasoning)
+
+    def score_row(self, completion: Any, prompts: Any = None) -> Scored:
+        problem = format_problem(completion, prompts, require_boxed=self.strict,
+                                 require_reasoning=self.require_reasoning)
+        return Scored(float(problem is None))
 
     def __repr__(self) -> str:
-        return f"FormatReward(strict={self.strict})"
+        return f"FormatReward(strict={self.strict}, require_reasoning={self.require_reasoning})"

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from posttrain.core.errors import PluginError
 from rewards.answer import THINK_CLOSE, THINK_OPEN, completion_text
+from rewards.protocol import Scored, Verifier
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 PRINCIPLES_DIR = Path(__file__).parent / "principles"
@@ -213,8 +214,10 @@ def load_principles(name_or_path: str) -> list[str]:
 # The reward
 
 
-class GenRMReward:
+class GenRMReward(Verifier):
     """Generative CoT reward model: a judge's reasoning and verdict, parsed to [0, 1] (kwargs: backend, model, ...)."""
+
+    transient = (("_generator", None), ("_lock", threading.Lock))
 
     def __init__(
         self,
@@ -285,20 +288,9 @@ class GenRMReward:
         self._cache: OrderedDict[str, tuple[float | None, str | None]] = OrderedDict()
         self._generator: Any = None
         self._lock = threading.Lock()
-        self.last_errors: list[str | None] = []
         #: Counters: judge prompts sent and answered from the cache.
         self.judged = 0
         self.cache_hits = 0
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_generator"] = None  # rebuilt lazily where it is used
-        state["_lock"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"GenRMReward(backend={self.spec.backend!r}, model={self.spec.model!r}, mode={self.mode!r})"
@@ -323,8 +315,8 @@ class GenRMReward:
 
     # ---- scoring
 
-    def __call__(self, completions: Sequence[Any], prompts: Sequence[Any] | None = None,
-                 **kwargs: Any) -> list[float | None]:
+    def score_rows(self, completions: Sequence[Any], prompts: Sequence[Any] | None = None,
+                   **kwargs: Any) -> list[Scored]:
         rows = len(completions)
         prompts = list(prompts) if prompts is not None else [""] * rows
         if len(prompts) != rows:
@@ -337,19 +329,15 @@ class GenRMReward:
         per_row = [self.judge_prompts(prompts[i], completions[i], references[i] if references else None,
                                       baselines[i] if baselines else None) for i in range(rows)]
         results = self._judge({p for row in per_row for p, _ in row})
-        scores: list[float | None] = []
-        errors: list[str | None] = []
+        out = []
         for row in per_row:
             parts = [(results[p], flipped) for p, flipped in row]
             failed = [err for (score, err), _ in parts if score is None]
             if failed:
-                scores.append(None)
-                errors.append(failed[0])
+                out.append(Scored(None, failed[0]))
             else:
-                scores.append(statistics.fmean(1.0 - s if flipped else s for (s, _), flipped in parts))
-                errors.append(None)
-        self.last_errors = errors
-        return scores
+                out.append(Scored(statistics.fmean(1.0 - s if flipped else s for (s, _), flipped in parts)))
+        return out
 
     def _judge(self, judge_prompts: set[str]) -> dict[str, tuple[float | None, str | None]]:
         """(score, error) per distinct judge prompt, from the cache or the judge's n samples averaged.
@@ -358,26 +346,30 @@ class GenRMReward:
         """
         out: dict[str, tuple[float | None, str | None]] = {}
         todo = []
-        for p in sorted(judge_prompts):
-            if self.use_cache and p in self._cache:
-                self._cache.move_to_end(p)
-                out[p] = self._cache[p]
-                self.cache_hits += 1
-            else:
-                todo.append(p)
+        with self._lock:  # the cache and counters are shared by every thread scoring through this object
+            for p in sorted(judge_prompts):
+                if self.use_cache and p in self._cache:
+                    self._cache.move_to_end(p)
+                    out[p] = self._cache[p]
+                    self.cache_hits += 1
+                else:
+                    todo.append(p)
+            self.judged += len(todo)
         if not todo:
             return out
         samples, failures = self._generate(todo)
-        self.judged += len(todo)
+        answered = {}
         for p, texts, failure in zip(todo, samples, failures, strict=True):
             if failure is not None:
                 out[p] = (None, f"genrm: the judge did not answer: {failure}")
                 continue  # transport failures are not cached: the next call asks again
-            out[p] = self._verdict(texts)
-            if self.use_cache:
-                self._cache[p] = out[p]
-                if len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
+            out[p] = answered[p] = self._verdict(texts)
+        if self.use_cache:
+            with self._lock:
+                for p, verdict in answered.items():
+                    self._cache[p] = verdict
+                    if len(self._cache) > self.cache_size:
+                        self._cache.popitem(last=False)
         return out
 
     def _verdict(self, texts: list[str]) -> tuple[float | None, str | None]:

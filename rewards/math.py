@@ -5,8 +5,10 @@ Why this is more than `verify(parse(gold), parse(completion))`:
   timeout into a silent False. Here its own timeouts are off and the bound is ours: worker processes
   that are killed and replaced when a row runs past its deadline (or SIGALRM when scoring in the
   main thread). A row cut off scores 0.0 *with an error*, so it is counted, never a silent 0.
-- GRPO scores G completions per gold answer: the gold is reduced once per distinct value, exact and
-  plain-number matches are decided without sympy, and only the rest is spread over the processes.
+- GRPO scores G completions per gold answer, and they often give the same answer in different words:
+  rows are deduplicated by (gold, answer) (`MathReward.row_key`), exact and plain-number matches
+  are decided without sympy, verdicts already reached are remembered, and only the rest is spread
+  over the processes.
 - The answer is read where it is: after `</think>` (a boxed number inside the reasoning never
   counts), the last `\\boxed{}` wins, else math-verify's final-answer extraction on the answer text.
 """
@@ -26,7 +28,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from multiprocessing.connection import Connection, wait
@@ -34,6 +36,7 @@ from typing import Any
 
 from posttrain.core.errors import DataError, PluginError
 from rewards.answer import THINK_OPEN, completion_text, last_boxed, split_think
+from rewards.protocol import Scored, Verifier, default_workers
 
 log = logging.getLogger("posttrain.rewards.math")
 
@@ -429,28 +432,20 @@ class VerifierPool:
             self.close()
 
 
-def default_workers() -> int:
-    """Cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 # ---------------------------------------------------------------- the reward
 
 _MAX_VERDICTS = 100_000
 
 
-class MathReward:
+class MathReward(Verifier):
     """Math correctness: 1.0 if the final answer (after </think>, last \\boxed{}) equals column `solution`, else 0.0.
 
     `solution` is a bare answer or a full solution whose last `\\boxed{}` holds it. Equivalence is
     math-verify's (fractions, decimals, percent, units, `\\text{}`, intervals, sets, tuples, matrices,
-    symbolic). A row past `timeout_s` scores 0.0 with an error in `last_errors`; a gold that cannot be
-    parsed scores None with an error. `workers` processes verify in parallel (default: the cores);
-    `workers=0` or 1 verifies in this process (bounded by SIGALRM in the main thread; from another
-    thread one helper process bounds it, as a thread cannot be interrupted).
+    symbolic). A row past `timeout_s` scores 0.0 with an error; a gold that cannot be parsed scores
+    None with an error. `workers` processes verify in parallel (default: the cores); `workers=0` or 1
+    verifies in this process (bounded by SIGALRM in the main thread; from another thread one helper
+    process bounds it, as a thread cannot be interrupted).
 
     >>> reward = MathReward(workers=0)
     >>> reward([r"<think>2/4 = \\boxed{0.4}?</think> So \\boxed{\\frac{1}{2}}.", "<think>hmm</think> 0.6"],
@@ -458,37 +453,38 @@ class MathReward:
     [1.0, 0.0]
     """
 
+    transient = (("_pool", None), ("_lock", threading.Lock), ("_verdicts", dict))
+
     def __init__(self, workers: int | None = None, timeout_s: float = 5.0, memory_mb: int | None = 4096):
         if timeout_s <= 0:
             raise PluginError(f"math reward: timeout_s must be > 0, got {timeout_s}")
         self.workers = default_workers() if workers is None else int(workers)
         self.timeout_s = float(timeout_s)
         self.memory_mb = memory_mb
-        self.last_errors: list[str | None] = []
         self._pool: VerifierPool | None = None
         self._lock = threading.Lock()
         #: Verdicts already reached, by (gold, answer, boxed): G completions often give the same answer.
         self._verdicts: dict[Task, float] = {}
 
-    def __call__(self, completions: Sequence[Any], solution: Sequence[Any] | None = None,
-                 prompts: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
+    def row_key(self, completion: Any, solution: Any = None, prompts: Any = None, **row: Any) -> Hashable | None:
+        """Rows with the same gold and the same answer get the same verdict, whatever the reasoning around it."""
+        gold = gold_answer(solution)
+        return (gold, predicted_answer(completion, prompts)) if gold else None
+
+    def score_rows(self, completions: Sequence[Any], solution: Sequence[Any] | None = None,
+                   prompts: Sequence[Any] | None = None, **kwargs: Any) -> list[Scored]:
         n = len(completions)
         if solution is None:
             raise DataError("the math reward needs a `solution` column (the gold answer, or a solution "
                             "whose last \\boxed{} holds it)")
         if len(solution) != n:
             raise DataError(f"math reward: {len(solution)} solutions for {n} completions")
-        golds: dict[Any, str] = {}
-        scores: list[float | None] = [0.0] * n
-        errors: list[str | None] = [None] * n
-        pending: dict[Task, list[int]] = {}
+        out = [Scored(0.0)] * n
+        pending: list[tuple[Task, int]] = []
         for i, (completion, sol) in enumerate(zip(completions, solution, strict=True)):
-            key = sol if isinstance(sol, str) else repr(sol)
-            gold = golds.get(key)
-            if gold is None:
-                gold = golds[key] = gold_answer(sol)
+            gold = gold_answer(sol)
             if not gold:
-                scores[i], errors[i] = None, f"empty gold answer in column `solution`: {sol!r}"
+                out[i] = Scored(None, f"empty gold answer in column `solution`: {sol!r}")
                 continue
             prompt = prompts[i] if prompts is not None and len(prompts) == n else None
             found = predicted_answer(completion, prompt)
@@ -500,19 +496,16 @@ class MathReward:
             if verdict is None and (boxed or len(pred) < 64):
                 verdict = quick_verdict(gold, pred)
             if verdict is not None:
-                scores[i] = verdict
-                continue
-            pending.setdefault(task, []).append(i)
-        tasks = list(pending)
-        for task, (score, error) in zip(tasks, self._verify(tasks), strict=True):
-            for i in pending[task]:
-                scores[i], errors[i] = score, error
+                out[i] = Scored(verdict)
+            else:
+                pending.append((task, i))
+        for (task, i), (score, error) in zip(pending, self._verify([t for t, _ in pending]), strict=True):
+            out[i] = Scored(score, error)
             if error is None and score is not None:
                 if len(self._verdicts) >= _MAX_VERDICTS:
                     self._verdicts.clear()
                 self._verdicts[task] = score
-        self.last_errors = errors
-        return scores
+        return out
 
     def _verify(self, tasks: list[Task]) -> list[tuple[float | None, str | None]]:
         if not tasks:
@@ -529,21 +522,11 @@ class MathReward:
 
     def close(self) -> None:
         """Stop the worker processes now (they also stop when this process ends)."""
+        super().close()
         with self._lock:
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_pool"] = None
-        state["_verdicts"] = {}
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"MathReward(workers={self.workers}, timeout_s={self.timeout_s:g})"

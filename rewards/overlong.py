@@ -16,6 +16,7 @@ from typing import Any
 
 from posttrain.core.errors import PluginError
 from rewards.answer import completion_text
+from rewards.protocol import RowVerifier, Scored
 
 
 def soft_overlong_penalty(length: int, max_length: int, cache_length: int) -> float:
@@ -32,7 +33,7 @@ def soft_overlong_penalty(length: int, max_length: int, cache_length: int) -> fl
     return (free - length) / cache_length
 
 
-class OverlongReward:
+class OverlongReward(RowVerifier):
     """DAPO soft overlong punishment: 0 up to max_length - cache_length, then down to -1 at max_length.
 
     Lengths are tokens when a `tokenizer` (a path or a loaded tokenizer) is given, characters
@@ -42,6 +43,8 @@ class OverlongReward:
     >>> OverlongReward(max_length=10, cache_length=4)(["short", "eight ch", "nine char", "far too long"])
     [0.0, -0.5, -0.75, -1.0]
     """
+
+    columns = ("completion_ids",)
 
     def __init__(self, max_length: int, cache_length: int, tokenizer: Any = None):
         if not (isinstance(max_length, int) and isinstance(cache_length, int) and 0 < cache_length <= max_length):
@@ -74,15 +77,12 @@ class OverlongReward:
             return len(ids)
         return len(self._tok()(completion_text(completion), add_special_tokens=False)["input_ids"])
 
-    def __call__(self, completions: Sequence[Any], completion_ids: Sequence[Sequence[int]] | None = None,
-                 **kwargs: Any) -> list[float | None]:
-        n = len(completions)
-        ids = completion_ids if completion_ids is not None and len(completion_ids) == n else [None] * n
-        return [soft_overlong_penalty(self.length(c, i), self.max_length, self.cache_length)
-                for c, i in zip(completions, ids, strict=True)]
+    def score_row(self, completion: Any, completion_ids: Sequence[int] | None = None) -> Scored:
+        return Scored(soft_overlong_penalty(self.length(completion, completion_ids), self.max_length,
+                                            self.cache_length))
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         if isinstance(self.tokenizer, str):
             state["_loaded"] = None  # reload from the path in the other process
         return state

@@ -2,9 +2,10 @@
 
 Every reward has TRL's signature, `fn(completions, **columns) -> list[float | None]`, so it drops
 straight into `trl.GRPOTrainer(reward_funcs=...)`. `None` means "no score" (not applicable or
-failed), never a silent 0. What `get_reward` returns wraps the function so that one bad row cannot
-take a batch down: if the batch raises, rows are scored one by one, a raising row gets `None`, and
-its error is logged, counted and kept in `last_errors`.
+failed), never a silent 0. What `get_reward` returns is a `Reward`: the one adapter around every
+verifier (see `rewards.protocol`) and every plain reward function. One bad row cannot take a batch
+down: if the batch raises, rows are scored one by one, a raising row gets `None` and an error.
+Errors come back per call (`score_with_errors`), and are logged, counted and reported to TRL.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import math
+import threading
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
 from posttrain.core.errors import PluginError
 from posttrain.core.plugins import load_object
+from rewards.protocol import Scored, as_verifier, checked, score_batch
 
 log = logging.getLogger("posttrain.rewards")
 
@@ -33,85 +35,92 @@ BUILTINS: dict[str, str] = {
     "genrm": "rewards.genrm:GenRMReward",
     "reward_model": "rewards.reward_model:RewardModelReward",
 }
-#: Keyword arguments TRL passes that are not per-row columns.
-_NOT_COLUMNS = {"trainer_state", "log_extra", "log_metric", "environments"}
 _MAX_LOGGED_ERRORS = 5
 
 
 class Reward:
-    """A reward function with per-row error isolation and counters; picklable when its function is."""
+    """The adapter `get_reward` returns: TRL's signature, per-row error isolation, dedupe, pools, accounting.
 
-    def __init__(self, name: str, fn: Callable[..., Sequence[float | None]]):
+    `reward(completions, **columns)` gives the floats TRL wants; `reward.score_with_errors(...)`
+    gives `(scores, errors)` of that call alone, so two threads scoring through one object each get
+    their own errors. Failed rows are counted (`error_count`), the first few logged, and the share of
+    failed rows goes to TRL's `log_metric` as `rewards/<name>/error_rate`. Picklable when what it
+    wraps is (every built-in is).
+    """
+
+    def __init__(self, name: str, fn: Any):
         self.name = name
         self.__name__ = name  # TRL logs rewards/<__name__>/mean
-        self.fn = fn
+        #: What scores the rows: a verifier (`score_rows`), or a plain function wrapped as one.
+        self.verifier = as_verifier(fn)
         self.calls = 0
         self.rows = 0
         self.error_count = 0
-        #: Per row of the last call: None, or the message of the error that made it `None`/0.
-        self.last_errors: list[str | None] = []
+        self._lock = threading.Lock()
 
     def __call__(self, completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
-        n = len(completions)
-        self.calls += 1
-        self.rows += n
+        return self.score_with_errors(completions, **kwargs)[0]
+
+    def score_with_errors(self, completions: Sequence[Any], **kwargs: Any) -> tuple[list[float | None],
+                                                                                     list[str | None]]:
+        """(score, error) lists of this call: an error (a message) for each row that failed, else None."""
+        results = score_batch(self.verifier, completions, kwargs, self._isolated)
+        errors = [r.error for r in results]
+        self._account(errors, kwargs.get("log_metric"))
+        return [r.score for r in results], errors
+
+    def _isolated(self, completions: Sequence[Any], columns: dict[str, Sequence[Any]],
+                  options: dict[str, Any]) -> list[Scored]:
+        """Score rows together; if that raises, each row alone (its columns as one-element lists)."""
         try:
-            scores = _checked(self.fn(completions=completions, **kwargs), n, self.name)
-            errors = list(getattr(self.fn, "last_errors", None) or [None] * n)
+            return checked(self.verifier.score_rows(list(completions), **columns, **options), len(completions),
+                           self.name)
         except Exception as exc:
-            if n == 1:
-                scores, errors = [None], [f"{type(exc).__name__}: {exc}"]
-            else:
-                scores, errors = self._row_by_row(completions, kwargs)
-        self.last_errors = errors if len(errors) == n else [None] * n
-        self._account(kwargs.get("log_metric"))
-        return scores
+            if len(completions) == 1:
+                return [Scored(None, f"{type(exc).__name__}: {exc}")]
+        return [self._isolated([c], {k: [v[i]] for k, v in columns.items()}, options)[0]
+                for i, c in enumerate(completions)]
 
-    def _row_by_row(self, completions: Sequence[Any], kwargs: dict[str, Any]) -> tuple[list[float | None], list]:
-        scores: list[float | None] = []
-        errors: list[str | None] = []
-        n = len(completions)
-        for i in range(n):
-            row_kwargs = {k: (v[i] if k not in _NOT_COLUMNS and isinstance(v, list | tuple) and len(v) == n else v)
-                          for k, v in kwargs.items()}
-            try:
-                (score,) = _checked(self.fn(completions=[completions[i]], **row_kwargs), 1, self.name)
-                row_errors = getattr(self.fn, "last_errors", None) or [None]
-                scores.append(score)
-                errors.append(row_errors[0])
-            except Exception as exc:
-                scores.append(None)
-                errors.append(f"{type(exc).__name__}: {exc}")
-        return scores, errors
+    def _account(self, errors: list[str | None], log_metric: Callable[[str, float], None] | None) -> None:
+        failed = [e for e in errors if e is not None]
+        with self._lock:
+            self.calls += 1
+            self.rows += len(errors)
+            before = self.error_count
+            self.error_count += len(failed)
+        for k, message in enumerate(failed, before + 1):
+            if k > _MAX_LOGGED_ERRORS:
+                if k == _MAX_LOGGED_ERRORS + 1:
+                    log.warning("reward %s: more rows failed; further errors are counted, not logged", self.name)
+                break
+            log.warning("reward %s: row failed: %s", self.name, message[:500])
+        if log_metric is not None and errors:
+            log_metric(f"rewards/{self.name}/error_rate", len(failed) / len(errors))
 
-    def _account(self, log_metric: Callable[[str, float], None] | None) -> None:
-        new = [e for e in self.last_errors if e is not None]
-        for message in new:
-            self.error_count += 1
-            if self.error_count <= _MAX_LOGGED_ERRORS:
-                log.warning("reward %s: row failed: %s", self.name, message[:500])
-            elif self.error_count == _MAX_LOGGED_ERRORS + 1:
-                log.warning("reward %s: more rows failed; further errors are counted, not logged", self.name)
-        if log_metric is not None and self.last_errors:
-            log_metric(f"rewards/{self.name}/error_rate", len(new) / len(self.last_errors))
+    def close(self) -> None:
+        """Stop what the verifier started (worker processes, thread pools, sandboxes)."""
+        close = getattr(self.verifier, "close", None)
+        if callable(close):
+            close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"Reward({self.name!r}, {self.fn!r})"
+        return f"Reward({self.name!r}, {self.verifier!r})"
 
 
-def _checked(scores: Any, n: int, name: str) -> list[float | None]:
-    scores = list(scores)
-    if len(scores) != n:
-        raise ValueError(f"reward {name!r} returned {len(scores)} scores for {n} completions")
-    out: list[float | None] = []
-    for s in scores:
-        if s is None or (isinstance(s, float) and math.isnan(s)):
-            out.append(None)
-        elif isinstance(s, int | float):
-            out.append(float(s))
-        else:
-            raise TypeError(f"reward {name!r} returned {type(s).__name__}, expected a float or None")
-    return out
+def as_reward(fn: Any, name: str | None = None) -> Reward:
+    """`fn` itself when it is a `Reward`, else `fn` (a verifier or a plain reward function) in the adapter."""
+    if isinstance(fn, Reward):
+        return fn
+    return Reward(name or getattr(fn, "__name__", type(fn).__name__), fn)
 
 
 def resolve(name_or_path: str) -> Any:

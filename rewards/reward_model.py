@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from posttrain.core.errors import PluginError
+from rewards.protocol import Scored, Verifier
 
 #: Written next to a trained reward model by the `reward_model` stage: mean/std of held-out scores.
 STATS_FILE = "reward_stats.json"
 Normalize = Literal["none", "sigmoid", "zscore"]
 
 
-class RewardModelReward:
+class RewardModelReward(Verifier):
     """Bradley-Terry reward model score of prompt + completion (kwargs: model, batch_size, normalize)."""
+
+    transient = (("_model", None), ("_tokenizer", None))  # reloaded lazily in the worker
 
     def __init__(
         self,
@@ -50,20 +53,14 @@ class RewardModelReward:
         self.mean, self.std = mean, std
         self.device = device
         self.max_length = max_length
-        self.last_errors: list[str | None] = []
         self._model: Any = None
         self._tokenizer: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_model"] = state["_tokenizer"] = None  # reloaded lazily in the worker
-        return state
 
     def __repr__(self) -> str:
         return f"RewardModelReward(model={self.model_path!r}, normalize={self.normalize!r})"
 
-    def __call__(self, completions: Sequence[Any], prompts: Sequence[Any] | None = None,
-                 **kwargs: Any) -> list[float | None]:
+    def score_rows(self, completions: Sequence[Any], prompts: Sequence[Any] | None = None,
+                   **kwargs: Any) -> list[Scored]:
         n = len(completions)
         if prompts is None:
             prompts = [""] * n
@@ -72,8 +69,7 @@ class RewardModelReward:
         self._load()
         raw = score_texts(self._model, self._tokenizer, list(prompts), list(completions), self.batch_size,
                           self.max_length)
-        self.last_errors = [None] * n
-        return [self._normalized(s) for s in raw]
+        return [Scored(self._normalized(s)) for s in raw]
 
     def _normalized(self, score: float) -> float:
         if self.normalize == "sigmoid":

@@ -4,12 +4,14 @@ For each prompt of the source, every teacher writes `n` answers; the recipe's ru
 score them; the ones that pass the keep rule and the filters are kept (at most `keep_per_prompt`).
 Outputs in DIR/<name>/ (see CONTRACTS.md):
 
-- `data.jsonl`: kept samples, `id`, `prompt_id`, `prompt`, `completion`, `teacher`, `scores` and the
-  source's verifier columns (`solution`, `tests`, ...), in the prompt-completion format SFT reads;
+- `data.jsonl`: kept samples, `id`, `prompt_id`, `prompt`, `completion`, `teacher`, `scores` (and
+  `errors`, {label: message}, where a reward failed on it) and the source's verifier columns
+  (`solution`, `tests`, ...), in the prompt-completion format SFT reads;
 - `pairs.jsonl`: `prompt`, `chosen` (kept), `rejected` (failed the rewards or a quality filter);
 - `prompts.jsonl` / `eval.jsonl`: the train prompts (for GRPO) and held-out eval prompts, with their
   verifier columns; train prompts overlapping the eval set are dropped (decontamination);
-- `stats.json`: prompts, generated, kept, rejected by reason, pass-rate-per-prompt histogram;
+- `stats.json`: prompts, generated, kept, rejected by reason, pass-rate-per-prompt histogram,
+  samples each reward failed on (`reward_errors`);
 - `errors.jsonl`: prompts a teacher failed on after retries (`teacher_error`).
 
 Prompts are processed in fixed chunks; after each chunk the rows are appended and `progress.json`
@@ -292,7 +294,7 @@ def _token_counter(name_or_path: str, stage: str) -> Any:
 def _fresh_stats() -> dict[str, Any]:
     stats = {"prompts": 0, "prompts_skipped": {}, "prompts_done": 0, "eval_prompts": None, "samples_per_prompt": 0,
              "generated": 0, "kept": 0, "rejected": {}, "acceptance_rate": 0.0, "passed_rewards": 0,
-             "pass_rate": None, "prompts_kept": 0, "prompt_yield": None, "teacher_errors": 0,
+             "pass_rate": None, "prompts_kept": 0, "prompt_yield": None, "teacher_errors": 0, "reward_errors": {},
              "pass_rate_histogram": {}, "per_teacher": {}, "seconds": 0.0, "samples_per_s": None}
     _summarise(stats)
     return stats
@@ -335,7 +337,8 @@ def _merge(stats: dict[str, Any], result: Any) -> None:
     stats["passed_rewards"] += result.passed
     stats["teacher_errors"] += len(result.errors)
     stats["prompts_kept"] += result.prompts_kept
-    for counts, target in ((result.rejected, stats["rejected"]), (result.histogram, stats["pass_rate_histogram"])):
+    for counts, target in ((result.rejected, stats["rejected"]), (result.histogram, stats["pass_rate_histogram"]),
+                           (result.reward_errors, stats.setdefault("reward_errors", {}))):
         for k, v in counts.items():
             target[k] = target.get(k, 0) + v
     for label, counts in result.per_teacher.items():

@@ -115,3 +115,57 @@ def test_near_duplicates_within_a_prompt_or_globally() -> None:
     everywhere.start_prompt()
     assert everywhere.check(similar) == "near_duplicate"
     assert _filter(near_duplicates=None, exact_duplicates=False).check(similar) is None
+
+
+# ---------------------------------------------------------------- one implementation: filter and rewards agree
+
+FORMAT_CASES = [
+    GOOD, "  " + GOOD, "<think>x</think> It is 42.", "<think>x</think> It is \\boxed{42}.",
+    "<think></think> \\boxed{42}", "<think> </think> The answer is 4.", "<think>x</think> It is \\boxed{}.",
+    "<think>\\boxed{4}</think> four", "<think>2+2=4</think>\n  ", "The answer is \\boxed{4}.",
+    "5+5=10</think>\nThe answer is \\boxed{440}.", "<think>5+5=10\nThe answer is \\boxed{440}.",
+    "<think>a</think><think>b</think> x", "<think>a</think> b <think>c", "preamble <think>a</think> b",
+]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("require_reasoning", [False, True])
+@pytest.mark.parametrize("prompt", [None, "<|User|>Compute 365+75.<|Assistant|><think>\n"])
+def test_the_format_filter_keeps_exactly_what_the_format_reward_scores_one(strict: bool, require_reasoning: bool,
+                                                                           prompt: str | None) -> None:
+    from rewards.registry import get_reward
+
+    sample_filter = _filter(require_boxed=strict, require_reasoning=require_reasoning, max_mixed=None,
+                            exact_duplicates=False, near_duplicates=None)
+    reward = get_reward("format", strict=strict, require_reasoning=require_reasoning)
+    kept = [float(sample_filter.check(text, prompt) is None) for text in FORMAT_CASES]
+    assert reward(FORMAT_CASES, prompts=[prompt] * len(FORMAT_CASES)) == kept
+    assert 0 < sum(kept) < len(FORMAT_CASES)
+
+
+LANGUAGE_CASES = [
+    "<think>First add the units, then carry the one to the tens.</think> The answer is \\boxed{4}.",
+    "<think>First add the units, 然后把十位加起来, then carry the one.</think> The answer is 4.",
+    "<think>先把个位相加，然后进位到十位，最后得到结果。</think>\\boxed{4}",
+    "<think>先算 $x+y$ 的值, 再用 α 和 β 求和。</think> 答案是 $\\alpha+\\beta$",  # math is not language
+    "Let α and β be the roots; then α+β = -b/a, so the sum is known.",
+    "<think>Сложим единицы, потом десятки.</think> Ответ: 440.",
+    "<think>これは良いです。答えは四百四十。</think> 440",
+    "<think>Use `print(x)` and $\\frac{a}{b}$ here</think> Done, see https://example.com/x",
+    "<think>Add the units first, then the tens, then the hundreds, and write it down 好.</think> It is 440.",
+    "<think>1+1=2</think> 2",
+]
+
+
+@pytest.mark.parametrize("language", ["en", "zh", "ja", "ru"])
+@pytest.mark.parametrize("max_mixed", [0.05, 0.3])
+def test_the_language_filter_and_the_language_reward_count_the_same_words(language: str, max_mixed: float) -> None:
+    from rewards.registry import get_reward
+
+    sample_filter = _filter(language=language, max_mixed=max_mixed, min_letters=1, format=False,
+                            exact_duplicates=False, near_duplicates=None)
+    shares = get_reward("language", language=language, part="all")(LANGUAGE_CASES)
+    for text, share in zip(LANGUAGE_CASES, shares, strict=True):
+        mixed = share is not None and 1.0 - share > max_mixed
+        assert (sample_filter.check(text) == "language_mixing") == mixed, (text, share)
+        assert mixed_share(text, language)[0] == pytest.approx(0.0 if share is None else 1.0 - share)

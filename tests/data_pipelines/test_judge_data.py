@@ -41,7 +41,8 @@ def test_the_reference_is_the_solution_else_the_chosen_boxed_answer() -> None:
 
 def test_verifiers_label_every_completion() -> None:
     rows = pair_rows(PAIRS)
-    scores = verify(rows, default_verifiers())
+    scores, errors = verify(rows, default_verifiers())
+    assert errors == [{}] * len(rows)
     assert scores[0] == {"math": 1.0, "format": 1.0}
     assert scores[1] == {"math": 0.0, "format": 1.0}  # slipped a digit
     assert scores[3]["format"] == 0.0  # unboxed: the strict format wants a box

@@ -73,8 +73,9 @@ def test_reward_labels_are_unique() -> None:
 
 
 def test_score_passes_columns_like_trl() -> None:
-    scores = score(_rewards(), ["Compute 365+75."] * 2, [RIGHT, WRONG], {"solution": ["440", "440"]})
+    scores, errors = score(_rewards(), ["Compute 365+75."] * 2, [RIGHT, WRONG], {"solution": ["440", "440"]})
     assert scores == [{"answer": 1.0, "format": 1.0}, {"answer": 0.0, "format": 1.0}]
+    assert errors == [{}, {}]
 
 
 def test_keep_per_prompt_and_reasons() -> None:

@@ -62,9 +62,9 @@ SUM_TESTS = [{"input": "1 2\n", "output": "3\n"}, {"input": "-5 5", "output": "0
 
 @pytest.mark.parametrize("lang", ["python", "c", "cpp"])
 def test_stdin_stdout_problem_in_each_language(reward: CodeReward, lang: str) -> None:
-    scores = reward([answer(SUM[lang], lang)], language=[lang], tests=[SUM_TESTS])
-    assert scores == [1.0], reward.last_errors
-    assert reward.last_errors == [None]
+    scores, errors = reward.score_with_errors([answer(SUM[lang], lang)], language=[lang], tests=[SUM_TESTS])
+    assert scores == [1.0], errors
+    assert errors == [None]
 
 
 def test_partial_passes_score_the_fraction_passed(reward: CodeReward) -> None:
@@ -72,10 +72,10 @@ def test_partial_passes_score_the_fraction_passed(reward: CodeReward) -> None:
     square_but_3 = "n = int(input())\nprint(n * n if n != 3 else 0)"
     crash_on_4 = "n = int(input())\nassert n != 4, 'four'\nprint(n * n)"
     c_square_even = '#include <stdio.h>\nint main(){int n; scanf("%d",&n); printf("%d\\n", n % 2 ? n : n*n);}'
-    scores = reward([answer(square_but_3), answer(crash_on_4), answer(c_square_even, "c")],
-                    tests=[tests] * 3, language=["python", "py", "c"])
+    scores, errors = reward.score_with_errors([answer(square_but_3), answer(crash_on_4), answer(c_square_even, "c")],
+                                              tests=[tests] * 3, language=["python", "py", "c"])
     assert scores == [0.75, 0.75, 0.75]
-    wrong_answer, crash, c_wrong = reward.last_errors
+    wrong_answer, crash, c_wrong = errors
     assert wrong_answer is None and c_wrong is None  # a wrong output is not an error
     assert crash is not None and crash.startswith("3/4 tests passed; test 3: runtime_error") and "four" in crash
 
@@ -86,9 +86,9 @@ def test_partial_passes_score_the_fraction_passed(reward: CodeReward) -> None:
     ("python", "def f(:\n    return 1"),
 ])
 def test_compile_errors_score_zero_with_the_compiler_message(reward: CodeReward, lang: str, code: str) -> None:
-    scores = reward([answer(code, lang)], language=[lang], tests=[SUM_TESTS])
+    scores, errors = reward.score_with_errors([answer(code, lang)], language=[lang], tests=[SUM_TESTS])
     assert scores == [0.0]
-    (error,) = reward.last_errors
+    (error,) = errors
     assert error is not None and error.startswith("compile_error:")
 
 
@@ -112,10 +112,11 @@ def test_code_is_read_from_the_last_block_of_the_answer(reward: CodeReward) -> N
     two_blocks = answer("print('wrong')") + f"\nActually:\n```python\n{SUM['python']}\n```"
     no_block = "<think>hm</think> a, b = map(int, input().split()); print(a + b)"
     chat = [{"role": "assistant", "content": answer(SUM["python"])}]
-    scores = reward([inside_think, two_blocks, no_block, chat, answer("   ")], tests=[SUM_TESTS] * 5)
+    scores, errors = reward.score_with_errors([inside_think, two_blocks, no_block, chat, answer("   ")],
+                                              tests=[SUM_TESTS] * 5)
     assert scores == [0.0, 1.0, 0.0, 1.0, 0.0]
     no_code = "no fenced code block in the answer"
-    assert reward.last_errors[0] == reward.last_errors[2] == reward.last_errors[4] == no_code
+    assert errors[0] == errors[2] == errors[4] == no_code
     assert extract_code(answer("x = 1", "py")) == "x = 1\n"
 
 
@@ -127,9 +128,9 @@ def test_hostile_and_slow_programs_score_zero_with_a_reason(reward: CodeReward) 
         "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
         "while True:\n    print('x' * 10000)",
     ]
-    scores = reward([answer(p) for p in programs], tests=[SUM_TESTS[:1]] * len(programs))
+    scores, errors = reward.score_with_errors([answer(p) for p in programs], tests=[SUM_TESTS[:1]] * len(programs))
     assert scores == [0.0] * len(programs)
-    reasons = [e.split("test 0: ")[1].split(":")[0] for e in reward.last_errors]
+    reasons = [e.split("test 0: ")[1].split(":")[0] for e in errors]
     assert reasons[0] == "timeout" and reasons[2] == "memory_limit" and reasons[3] == "killed"
     assert reasons[1] in ("timeout", "killed", "runtime_error") and reasons[4] == "killed"
 
@@ -153,9 +154,10 @@ def test_check_style_passes_only_when_check_returns(reward: CodeReward) -> None:
         "def plus(a, b):\n    return a + b": (0.0, "NameError"),
     }
     n = len(programs)
-    scores = reward([answer(p) for p in programs], test=[ADD_TEST] * n, entry_point=["add"] * n)
+    scores, errors = reward.score_with_errors([answer(p) for p in programs], test=[ADD_TEST] * n,
+                                              entry_point=["add"] * n)
     assert scores == [score for score, _ in programs.values()]
-    for (program, (_, why)), error in zip(programs.items(), reward.last_errors, strict=True):
+    for (program, (_, why)), error in zip(programs.items(), errors, strict=True):
         assert (error is None) if why is None else (error is not None and why in error), (program, error)
 
 
@@ -166,9 +168,9 @@ def test_humaneval_sample_canonical_pass_and_broken_fail(reward: CodeReward) -> 
     wrong_name = [answer(p["prompt"].replace(f"def {p['entry_point']}(", "def other(") + p["canonical_solution"])
                   for p in problems]
     columns = {"test": [p["test"] for p in problems] * 3, "entry_point": [p["entry_point"] for p in problems] * 3}
-    scores = reward(good + broken + wrong_name, **columns)
+    scores, errors = reward.score_with_errors(good + broken + wrong_name, **columns)
     n = len(problems)
-    assert scores[:n] == [1.0] * n, [e for e in reward.last_errors[:n] if e]
+    assert scores[:n] == [1.0] * n, [e for e in errors[:n] if e]
     assert scores[n:] == [0.0] * 2 * n
 
 
@@ -217,10 +219,11 @@ def test_cli_records_reasons_and_nulls(tmp_path: Path) -> None:
 
 def test_rows_without_tests_or_bad_options_are_errors() -> None:
     fn = get_reward("code", workers=1)
-    assert fn([answer("print(1)")], tests=[[]], test=[None], entry_point=[None]) == [None]
-    assert "neither" in fn.last_errors[0]
+    scores, errors = fn.score_with_errors([answer("print(1)")], tests=[[]], test=[None], entry_point=[None])
+    assert scores == [None]
+    assert "neither" in errors[0]
     with pytest.raises(DataError, match="needs a `tests` column"):
-        fn.fn([answer("print(1)")])
+        fn.verifier([answer("print(1)")])
     with pytest.raises(PluginError, match="timeout_s"):
         CodeReward(timeout_s=0)
     with pytest.raises(PluginError, match="unsupported language"):
@@ -233,8 +236,10 @@ def test_rows_without_tests_or_bad_options_are_errors() -> None:
 def test_default_language_option_and_check_needs_python() -> None:
     fn = CodeReward(workers=1, language="c")
     assert fn([answer(SUM["c"], "c")], tests=[SUM_TESTS]) == [1.0]
-    assert fn([answer("int add(int a, int b) { return a + b; }", "c")], test=[ADD_TEST], entry_point=["add"]) == [None]
-    assert "Python only" in fn.last_errors[0]
+    scores, errors = fn.score_with_errors([answer("int add(int a, int b) { return a + b; }", "c")], test=[ADD_TEST],
+                                          entry_point=["add"])
+    assert scores == [None]
+    assert "Python only" in errors[0]
 
 
 def test_identical_programs_run_once_and_results_do_not_depend_on_workers() -> None:
@@ -267,7 +272,7 @@ def test_missing_bubblewrap_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPa
     with pytest.raises(SandboxUnavailable, match="make setup"):
         get_reward("code")
     fn = get_reward("code", allow_unsandboxed=True, workers=1)
-    assert fn.fn.sandbox.isolated is False
+    assert fn.verifier.sandbox.isolated is False
     assert fn([answer(SUM["python"])], tests=[SUM_TESTS]) == [1.0]
 
 

@@ -88,8 +88,9 @@ def test_entry_point_and_path_in_process(on_path: Path) -> None:
 
 def test_raising_entry_point_gives_none_and_an_error(on_path: Path) -> None:
     fragile = get_reward("fragile")
-    assert fragile(["fine", "boom", "ok"]) == [1.0, None, 1.0]
-    assert "fragile reward met a boom" in (fragile.last_errors[1] or "")
+    scores, errors = fragile.score_with_errors(["fine", "boom", "ok"])
+    assert scores == [1.0, None, 1.0]
+    assert "fragile reward met a boom" in (errors[1] or "")
     assert fragile.error_count == 1
 
 

@@ -204,9 +204,10 @@ def test_scores_of_many_verdict_shapes_from_a_real_server(judge: Callable[..., G
                                                           server: JudgeServer) -> None:
     reward = judge()
     cases = ["ok8", "bold", "outof", "reasoner"]
-    scores = reward([f"answer {c}" for c in cases], prompts=[f"case={c} Compute 1+1." for c in cases])
+    scores, errors = reward.score_with_errors([f"answer {c}" for c in cases],
+                                              prompts=[f"case={c} Compute 1+1." for c in cases])
     assert scores == pytest.approx([0.8, 0.7, 0.8, 0.9])
-    assert reward.last_errors == [None] * 4
+    assert errors == [None] * 4
     # What the judge was sent: the task, the response, a request for a verdict on the 0-10 scale.
     sent = server.bodies[0]["messages"][-1]["content"]
     assert "[Task]" in sent and "[Response]" in sent and "Score: X/10" in sent
@@ -215,22 +216,24 @@ def test_scores_of_many_verdict_shapes_from_a_real_server(judge: Callable[..., G
 
 def test_malformed_verdicts_give_none_and_keep_the_raw_text(judge: Callable[..., GenRMReward]) -> None:
     wrapped = get_reward("genrm", backend="openai", model="judge", base_url=judge().spec.base_url, max_retries=0)
-    scores = wrapped(["a", "b", "c"], prompts=["case=malformed 1", "case=ok8 2", "case=empty 3"])
+    scores, errors = wrapped.score_with_errors(["a", "b", "c"],
+                                               prompts=["case=malformed 1", "case=ok8 2", "case=empty 3"])
     assert scores[0] is None and scores[1] == pytest.approx(0.8) and scores[2] is None
-    assert "I think it is fine, really." in wrapped.last_errors[0]  # the judge's own words are kept
-    assert "unparseable verdict" in wrapped.last_errors[0]
-    assert "unexpected response" in wrapped.last_errors[2]
-    assert wrapped.last_errors[1] is None
+    assert "I think it is fine, really." in errors[0]  # the judge's own words are kept
+    assert "unparseable verdict" in errors[0]
+    assert "unexpected response" in errors[2]
+    assert errors[1] is None
     assert wrapped.error_count == 2
 
 
 def test_http_errors_are_retried_then_give_none_with_the_error(judge: Callable[..., GenRMReward],
                                                                server: JudgeServer) -> None:
     reward = judge(max_retries=2)
-    scores = reward(["x"] * 4, prompts=["case=http500 a", "case=flaky b", "case=ratelimited c", "case=http400 d"])
-    assert scores[0] is None and "HTTP 500" in reward.last_errors[0] and "3 attempt(s)" in reward.last_errors[0]
+    scores, errors = reward.score_with_errors(["x"] * 4, prompts=["case=http500 a", "case=flaky b",
+                                                                  "case=ratelimited c", "case=http400 d"])
+    assert scores[0] is None and "HTTP 500" in errors[0] and "3 attempt(s)" in errors[0]
     assert scores[1:3] == pytest.approx([0.6, 0.5])  # recovered on a retry
-    assert scores[3] is None and "not retried" in reward.last_errors[3]
+    assert scores[3] is None and "not retried" in errors[3]
     assert server.counts == {"http500": 3, "flaky": 3, "ratelimited": 2, "http400": 1}
     # Failures of the transport are not cached: the next call asks again.
     reward(["x"], prompts=["case=http500 a"])
@@ -239,8 +242,8 @@ def test_http_errors_are_retried_then_give_none_with_the_error(judge: Callable[.
 
 def test_slow_judges_time_out_and_are_retried(judge: Callable[..., GenRMReward], server: JudgeServer) -> None:
     reward = judge(max_retries=1, timeout_s=0.5)  # the slow cases take 1.5 s
-    scores = reward(["x", "y"], prompts=["case=slow a", "case=slowonce b"])
-    assert scores[0] is None and "timed out" in reward.last_errors[0]
+    scores, errors = reward.score_with_errors(["x", "y"], prompts=["case=slow a", "case=slowonce b"])
+    assert scores[0] is None and "timed out" in errors[0]
     assert scores[1] == pytest.approx(0.3)  # the retry came back in time
     assert server.counts["slow"] == 2 and server.counts["slowonce"] == 2
 
@@ -248,10 +251,11 @@ def test_slow_judges_time_out_and_are_retried(judge: Callable[..., GenRMReward],
 def test_n_samples_are_averaged_and_unparseable_samples_left_out(judge: Callable[..., GenRMReward],
                                                                  server: JudgeServer) -> None:
     reward = judge(n=4, temperature=0.7, seed=1)
-    scores = reward(["x", "y", "z"], prompts=["case=vary a", "case=halfbad b", "case=malformed c"])
+    scores, errors = reward.score_with_errors(["x", "y", "z"], prompts=["case=vary a", "case=halfbad b",
+                                                                        "case=malformed c"])
     assert scores[0] == pytest.approx(0.7)  # two 6/10 and two 8/10
     assert scores[1] == pytest.approx(1.0)  # the two that parse
-    assert scores[2] is None and "4/4 samples" in reward.last_errors[2]
+    assert scores[2] is None and "4/4 samples" in errors[2]
     assert server.counts == {"vary": 4, "halfbad": 4, "malformed": 4}
     temperatures = {b["temperature"] for b in server.bodies}
     seeds = {b["seed"] for b in server.bodies if "case=vary" in b["messages"][-1]["content"]}
@@ -396,8 +400,8 @@ def test_the_reward_pickles_into_workers(judge: Callable[..., GenRMReward]) -> N
 
 def test_hf_backend_on_an_untrained_tiny_model_gives_none_with_its_text(tiny_base: Path) -> None:
     reward = get_reward("genrm", backend="hf", model=str(tiny_base), template="compact", max_new_tokens=6)
-    scores = reward(["<think>1+1=2</think> The answer is \\boxed{2}."] * 2 + ["other"],
-                    prompts=["Compute 1+1."] * 3, solution=["2"] * 3)
+    scores, errors = reward.score_with_errors(["<think>1+1=2</think> The answer is \\boxed{2}."] * 2 + ["other"],
+                                              prompts=["Compute 1+1."] * 3, solution=["2"] * 3)
     assert scores == [None, None, None]  # random weights write no verdict...
-    assert all("unparseable verdict" in e and "the judge wrote:" in e for e in reward.last_errors)
-    assert reward.fn.judged == 2  # ...and the two identical rows were judged once
+    assert all("unparseable verdict" in e and "the judge wrote:" in e for e in errors)
+    assert reward.verifier.judged == 2  # ...and the two identical rows were judged once

@@ -41,12 +41,12 @@ def test_reasoning_part_as_in_deepseek_r1() -> None:
 
 def test_nothing_to_judge_is_none_and_unknown_language_is_an_error() -> None:
     reward = get_reward("language")
-    scores = reward(["<think>x</think> 42", "<think>x</think> forty two", "<think>x</think> forty two"],
-                    language=["en", "xx", None])
+    completions = ["<think>x</think> 42", "<think>x</think> forty two", "<think>x</think> forty two"]
+    scores, errors = reward.score_with_errors(completions, language=["en", "xx", None])
     assert scores == [None, None, None]
-    assert reward.last_errors[0] is None  # no words: not applicable, not a failure
-    assert "unknown language 'xx'" in (reward.last_errors[1] or "")
-    assert "no target language" in (reward.last_errors[2] or "")
+    assert errors[0] is None  # no words: not applicable, not a failure
+    assert "unknown language 'xx'" in (errors[1] or "")
+    assert "no target language" in (errors[2] or "")
     assert reward.error_count == 2
 
 

@@ -66,11 +66,11 @@ def pooled() -> Iterator[MathReward]:
 def test_equivalences_in_process_and_in_workers(workers: int, pooled: MathReward) -> None:
     reward = pooled if workers else MathReward(workers=0)
     golds = [g for g, _, _ in EQUIVALENCES]
-    scores = reward([boxed(a) for _, a, _ in EQUIVALENCES], solution=golds)
+    scores, errors = reward.score_with_errors([boxed(a) for _, a, _ in EQUIVALENCES], solution=golds)
     expected = [e for _, _, e in EQUIVALENCES]
     wrong = [(g, a, s) for (g, a, _), s, e in zip(EQUIVALENCES, scores, expected, strict=True) if s != e]
     assert not wrong, f"(gold, answer, score) scored wrongly: {wrong}"
-    assert reward.last_errors == [None] * len(EQUIVALENCES)
+    assert errors == [None] * len(EQUIVALENCES)
 
 
 def test_answer_inside_think_never_counts() -> None:
@@ -119,12 +119,14 @@ def test_gold_that_is_a_full_solution_uses_its_last_box() -> None:
 
 def test_unparseable_or_missing_gold_is_no_score_with_an_error() -> None:
     reward = get_reward("math", workers=0)
-    assert reward([boxed("1"), boxed("1")], solution=[r"\text{}", ""]) == [None, None]
-    assert "cannot be parsed" in (reward.last_errors[0] or "")
-    assert "empty gold" in (reward.last_errors[1] or "")
+    scores, errors = reward.score_with_errors([boxed("1"), boxed("1")], solution=[r"\text{}", ""])
+    assert scores == [None, None]
+    assert "cannot be parsed" in (errors[0] or "")
+    assert "empty gold" in (errors[1] or "")
     assert reward.error_count == 2
-    assert reward([boxed("1")]) == [None]  # no `solution` column at all
-    assert "needs a `solution` column" in (reward.last_errors[0] or "")
+    scores, errors = reward.score_with_errors([boxed("1")])  # no `solution` column at all
+    assert scores == [None]
+    assert "needs a `solution` column" in (errors[0] or "")
 
 
 def test_quick_verdicts_agree_with_math_verify() -> None:
@@ -177,14 +179,14 @@ def test_called_from_a_worker_thread(workers: int, pooled: MathReward) -> None:
 def test_pathological_expression_is_cut_off_and_counted(workers: int) -> None:
     reward = get_reward("math", workers=workers, timeout_s=1.0)
     start = time.monotonic()
-    scores = reward([boxed(PATHOLOGICAL), boxed("2"), boxed("3")], solution=["2", "2", "2"])
+    scores, errors = reward.score_with_errors([boxed(PATHOLOGICAL), boxed("2"), boxed("3")], solution=["2", "2", "2"])
     elapsed = time.monotonic() - start
     assert scores == [0.0, 1.0, 0.0]
-    assert "timed out" in (reward.last_errors[0] or "")
-    assert reward.last_errors[1:] == [None, None]
+    assert "timed out" in (errors[0] or "")
+    assert errors[1:] == [None, None]
     assert reward.error_count == 1
     assert elapsed < 60
-    reward.fn.close()
+    reward.close()
 
 
 def test_worker_stuck_past_its_hard_deadline_is_killed_and_replaced() -> None:
@@ -212,7 +214,7 @@ def test_reward_pickles_after_use(pooled: MathReward) -> None:
 
 def test_registered_as_math_with_a_runnable_docstring() -> None:
     fn = get_reward("math", workers=0)
-    assert isinstance(fn.fn, MathReward) and fn.__name__ == "math"
+    assert isinstance(fn.verifier, MathReward) and fn.__name__ == "math"
     result = doctest.testmod(rewards.math)
     assert result.attempted >= 4 and result.failed == 0
 

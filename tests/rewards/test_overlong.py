@@ -63,8 +63,9 @@ def test_bad_options_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(PluginError, match="bad options"):
         get_reward("overlong")
     reward = get_reward("overlong", max_length=10, cache_length=4, tokenizer=str(tmp_path / "missing"))
-    assert reward(["abc"]) == [None]
-    assert "cannot load tokenizer" in (reward.last_errors[0] or "")
+    scores, errors = reward.score_with_errors(["abc"])
+    assert scores == [None]
+    assert "cannot load tokenizer" in (errors[0] or "")
 
 
 def test_docstring_examples_run() -> None:

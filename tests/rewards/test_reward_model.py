@@ -57,9 +57,9 @@ def run(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> tuple[Path
 def test_scores_a_trained_checkpoint_by_path_and_prefers_what_it_learned(run: tuple[Path, str]) -> None:
     model, _ = run
     reward = get_reward("reward_model", model=str(model))
-    scores = reward([GOOD, BROKEN], prompts=["Compute 52+37."] * 2)
+    scores, errors = reward.score_with_errors([GOOD, BROKEN], prompts=["Compute 52+37."] * 2)
     assert scores[0] > scores[1]
-    assert reward.last_errors == [None, None]
+    assert errors == [None, None]
 
 
 def test_batching_and_order_do_not_change_the_scores(run: tuple[Path, str]) -> None:
@@ -109,7 +109,8 @@ def test_bad_checkpoints_and_options_are_clear_errors(run: tuple[Path, str], tin
         RewardModelReward(str(model), normalize="zscore", mean=0.0, std=0.0)(["x"])
     # Through the registry a failure is per row, with the error kept.
     wrapped = get_reward("reward_model", model=str(tmp_path))
-    assert wrapped(["x"]) == [None] and "no config.json" in wrapped.last_errors[0]
+    scores, errors = wrapped.score_with_errors(["x"])
+    assert scores == [None] and "no config.json" in errors[0]
 
 
 def test_the_reward_pickles_without_its_model(run: tuple[Path, str]) -> None:

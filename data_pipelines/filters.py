@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from rewards import format as format_reward
+from rewards.answer import THINK_CLOSE, THINK_OPEN, completion_text, last_boxed
 from rewards.language import mixed_share
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -71,6 +72,25 @@ def format_problem(text: Any, require_boxed: bool = False, require_reasoning: bo
     """
     return format_reward.format_problem(text, prompt, require_boxed=require_boxed,
                                         require_reasoning=require_reasoning)
+
+
+def answer_problem(text: Any, require_boxed: bool = False, prompt: Any = None) -> str | None:
+    """The format check of a non-reasoning answer (DeepSeek-V3's non-reasoning SFT data): no `<think>` block is
+    needed; one that is there must still be well formed (its reasoning may be empty).
+
+    >>> answer_problem("Paris is the capital of France.") is None
+    True
+    >>> answer_problem("<think></think> Paris.") is None, answer_problem("   ")
+    (True, 'empty answer')
+    """
+    body = completion_text(text).strip()
+    if THINK_OPEN in body or THINK_CLOSE in body:
+        return format_problem(text, require_boxed, require_reasoning=False, prompt=prompt)
+    if not body:
+        return "empty answer"
+    if require_boxed and not (last_boxed(body) or "").strip():
+        return "no \\boxed{} answer"
+    return None
 
 
 def is_language_mixed(text: str, language: str | None = None, max_mixed: float = 0.05, min_letters: int = 20) -> bool:
@@ -160,14 +180,18 @@ class SampleFilter:
         """A new prompt begins: per-prompt near-duplicate checks start empty."""
         self._prompt_index = self._index("prompt")
 
-    def check(self, text: str, prompt: Any = None) -> str | None:
+    def check(self, text: str, prompt: Any = None, reasoning: bool = True) -> str | None:
         """The first failing filter's reason, or None (the sample may be kept).
 
-        `prompt`: a prompt that ends with `<think>` opened the reasoning for the completion.
+        `prompt`: a prompt that ends with `<think>` opened the reasoning for the completion. `reasoning=False`: a
+        non-reasoning answer, which passes the format check without a `<think>` block.
         """
         spec = self.spec
-        if spec.format and format_problem(text, spec.require_boxed, spec.require_reasoning, prompt) is not None:
-            return "format"
+        if spec.format:
+            problem = (format_problem(text, spec.require_boxed, spec.require_reasoning, prompt) if reasoning
+                       else answer_problem(text, spec.require_boxed, prompt))
+            if problem is not None:
+                return "format"
         if spec.max_chars is not None and len(text) > spec.max_chars:
             return "max_length"
         if spec.max_tokens is not None:

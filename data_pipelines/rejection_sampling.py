@@ -6,6 +6,13 @@ rule to one sample's scores; `select` orders a prompt's samples (shortest first 
 the filters and the `keep_per_prompt` cap see them in the order they should be preferred.
 `RejectionSampler` runs the whole loop on a batch of prompts: generate, score, judge, filter, cap,
 and returns the rows to write plus the counts for the stats.
+
+DeepSeek-V3's recipe on top of that: several teachers (domain experts), each taking the prompts it is
+for (`Teacher.accepts`); a teacher `system_prompt` (V3 asks its R1-based expert for reflection and
+verification) that the teacher sees but the SFT row does not; non-reasoning samples (a non-reasoning
+teacher, or a row marked `reasoning: false`) that pass without a `<think>` block and skip the rewards
+that check the reasoning layout; and, with `keep_per_teacher`, the cap applied per teacher, so that a
+prompt keeps both its original response and its R1-style one.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ class KeepRule(BaseModel):
     #: Per-reward thresholds by label (the reward's name), overriding `threshold`.
     thresholds: dict[str, float] = Field(default_factory=dict)
     min_score: float | None = None
+    #: Rewards that check the reasoning layout (`<think>`...): not applied to non-reasoning samples.
+    reasoning_rewards: list[str] = Field(default_factory=lambda: ["format"])
 
     @model_validator(mode="after")
     def _min_score_given(self) -> KeepRule:
@@ -59,6 +68,8 @@ class Sample:
     errors: dict[str, str] = field(default_factory=dict)
     #: Why it was not kept (a stats key), or None if kept.
     reason: str | None = None
+    #: A reasoning sample (R1-style, `<think>` first); False for non-reasoning data (no reasoning required).
+    reasoning: bool = True
 
     @property
     def id(self) -> str:
@@ -134,6 +145,26 @@ class Teacher:
     generator: Generator
     n: int
     sampling: SamplingParams
+    #: A system message the teacher is given before each prompt (not written to the SFT rows).
+    system_prompt: str | None = None
+    #: Which prompt rows this teacher takes (None: all of them).
+    accepts: Callable[[dict[str, Any]], bool] | None = None
+    #: Whether it writes reasoning (R1-style) answers; False: non-reasoning answers, no `<think>` needed.
+    reasoning: bool = True
+
+    def takes(self, row: dict[str, Any]) -> bool:
+        return self.accepts is None or bool(self.accepts(row))
+
+    def prompt(self, prompt: Any) -> Any:
+        """What the teacher is asked: the prompt, after the system prompt when it has one."""
+        if self.system_prompt is None:
+            return prompt
+        return [{"role": "system", "content": self.system_prompt}, *as_messages(prompt)]
+
+
+def is_reasoning_row(row: dict[str, Any]) -> bool:
+    """False for a prompt row marked non-reasoning (`reasoning: false`)."""
+    return row.get("reasoning", True) is not False
 
 
 @dataclass
@@ -151,7 +182,10 @@ class BatchResult:
     histogram: dict[str, int] = field(default_factory=dict)
     #: Prompts with at least one kept sample.
     prompts_kept: int = 0
-    per_teacher: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Prompts no teacher takes (its domain matched none).
+    unassigned: int = 0
+    #: Per teacher: prompts, generated, passed (the rewards), kept, errors, rejected ({reason: count}).
+    per_teacher: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def reject(self, reason: str, count: int = 1) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + count
@@ -173,6 +207,7 @@ class RejectionSampler:
         chat_format: bool = False,
         length: Callable[[str], int] = len,
         contaminated: Callable[[str], bool] | None = None,
+        keep_per_teacher: bool = False,
     ):
         self.teachers = list(teachers)
         self.rewards = list(rewards)
@@ -187,6 +222,8 @@ class RejectionSampler:
         self.length = length
         #: Checks a completion against the eval set (decontamination of completions), when configured.
         self.contaminated = contaminated
+        #: `keep_per_prompt` applies to each teacher's samples (V3 keeps both sample types of a prompt).
+        self.keep_per_teacher = keep_per_teacher
 
     @property
     def samples_per_prompt(self) -> int:
@@ -209,20 +246,30 @@ class RejectionSampler:
     def process(self, rows: Sequence[dict[str, Any]]) -> BatchResult:
         """Rows are `{"id", "prompt", **verifier columns}`; returns what to write and count."""
         result = BatchResult()
-        prompts = [r["prompt"] for r in rows]
         samples: list[list[Sample]] = [[] for _ in rows]
+        assigned = [False] * len(rows)
         for teacher in self.teachers:
-            outs, errors = self._generate(teacher, prompts)
-            stats = result.per_teacher.setdefault(teacher.label, {"generated": 0, "kept": 0, "errors": 0})
-            for i, (row, out, err) in enumerate(zip(rows, outs, errors, strict=True)):
+            stats = result.per_teacher.setdefault(teacher.label, {"prompts": 0, "generated": 0, "passed": 0,
+                                                                  "kept": 0, "errors": 0, "rejected": {}})
+            mine = [i for i, row in enumerate(rows) if teacher.takes(row)]
+            if not mine:
+                continue
+            stats["prompts"] += len(mine)
+            outs, errors = self._generate(teacher, [teacher.prompt(rows[i]["prompt"]) for i in mine])
+            for i, out, err in zip(mine, outs, errors, strict=True):
+                row = rows[i]
+                assigned[i] = True
                 result.generated += teacher.n
                 stats["generated"] += teacher.n
                 if err is not None:
                     stats["errors"] += 1
                     result.reject("teacher_error", teacher.n)
+                    stats["rejected"]["teacher_error"] = stats["rejected"].get("teacher_error", 0) + teacher.n
                     result.errors.append({"prompt_id": row["id"], "teacher": teacher.label, "error": err})
                     continue
-                samples[i] += [Sample(row["id"], teacher.label, j, c) for j, c in enumerate(out)]
+                reasoning = teacher.reasoning and is_reasoning_row(row)
+                samples[i] += [Sample(row["id"], teacher.label, j, c, reasoning=reasoning) for j, c in enumerate(out)]
+        result.unassigned = assigned.count(False)
         self._score(rows, samples)
         for row, group in zip(rows, samples, strict=True):
             if group:
@@ -238,7 +285,11 @@ class RejectionSampler:
         columns = {k: [row.get(k) for row, _ in flat] for k in names}
         scores, errors = score(self.rewards, [row["prompt"] for row, _ in flat], [s.completion for _, s in flat],
                                columns)
+        skipped = set(self.rule.reasoning_rewards)
         for (_, s), sc, err in zip(flat, scores, errors, strict=True):
+            if not s.reasoning:  # the layout rewards do not apply to non-reasoning answers
+                sc = {k: v for k, v in sc.items() if k not in skipped}
+                err = {k: v for k, v in err.items() if k not in skipped}
             s.scores, s.errors = sc, err
             s.reason = judge(sc, self.rule, self.weights)
 
@@ -251,13 +302,17 @@ class RejectionSampler:
         passed = sum(s.reason is None for s in group)
         result.passed += passed
         pass_rate_histogram(result.histogram, passed, len(group))
+        for s in group:
+            if s.reason is None:
+                result.per_teacher[s.teacher]["passed"] += 1
         self.filter.start_prompt()
         kept: list[Sample] = []
         for s in select(group, self.prefer_shorter, self.length):
-            if len(kept) >= self.keep_per_prompt:
+            same = [k for k in kept if k.teacher == s.teacher] if self.keep_per_teacher else kept
+            if len(same) >= self.keep_per_prompt:
                 s.reason = "keep_per_prompt"  # enough kept already: not examined further
                 continue
-            reason = self.filter.check(s.completion, row["prompt"])
+            reason = self.filter.check(s.completion, row["prompt"], reasoning=s.reasoning)
             if reason is None and self.contaminated is not None and self.contaminated(s.completion):
                 reason = "contaminated"
             if reason is None:
@@ -267,6 +322,8 @@ class RejectionSampler:
         for s in group:
             if s.reason is not None:
                 result.reject(s.reason)
+                rejected = result.per_teacher[s.teacher]["rejected"]
+                rejected[s.reason] = rejected.get(s.reason, 0) + 1
         if kept:
             result.prompts_kept += 1
         for s in kept:
@@ -290,6 +347,7 @@ class RejectionSampler:
     def _data_row(self, row: dict[str, Any], s: Sample) -> dict[str, Any]:
         extra = {k: v for k, v in row.items() if k not in ("id", "prompt")}
         failed = {"errors": s.errors} if s.errors else {}
+        plain = {"reasoning": False} if not s.reasoning else {}
         return {"id": s.id, "prompt_id": row["id"], "prompt": self._prompt(row["prompt"]),
                 "completion": self._completion(s.completion), "teacher": s.teacher, "scores": s.scores, **failed,
-                **extra}
+                **extra, **plain}

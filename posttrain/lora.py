@@ -114,6 +114,10 @@ def _without_v4_target_conversion(model: Any) -> Iterator[None]:
             del config.model_type
 
 
+#: For trainers that apply `lora_config` themselves (TRL's `peft_config`): keep our targets as they are.
+keep_lora_targets = _without_v4_target_conversion
+
+
 def _parts_present(model: Any) -> dict[str, bool]:
     names = [n for n, _ in model.named_modules()]
     present = {p: any(re.fullmatch(pat, n) for n in names) for p, pat in _MODULE_PATTERNS.items()}

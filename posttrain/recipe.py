@@ -125,6 +125,11 @@ class StageConfig(StrictModel):
     def trl_kwargs(self) -> dict[str, Any]:
         return {**self.trl_defaults, **self.trl}
 
+    def data_refs(self) -> list[str]:
+        """The data the stage reads by name (earlier stages, local files, hub sets): a local file's content is
+        part of the stage's config hash, so editing it reruns the stage."""
+        return []
+
 
 class StageKindsLike(Protocol):
     """What the schema needs to know of the stage kinds (`posttrain.stages.KINDS` in the pipeline)."""
@@ -284,10 +289,14 @@ def _validate(raw: dict[str, Any], problems: _Problems, kinds: StageKindsLike) -
 def _check_references(stage: StageConfig, loc: Loc, later: list[Any], problems: _Problems) -> None:
     """A stage may only use the output of stages before it (`model: sft` after `sft`, never before)."""
     for key in type(stage).ref_fields:
-        ref = getattr(stage, key, None)
-        if isinstance(ref, str) and ref in later:
-            problems.add(loc + (key,), f"refers to stage {ref!r}, which does not run before this one: "
-                         "move that stage earlier or fix the name")
+        value = getattr(stage, key, None)
+        refs = value if isinstance(value, list) else [value]  # a weighted mix: [{source: ...}, ...]
+        for i, item in enumerate(refs):
+            ref = getattr(item, "source", item)
+            if isinstance(ref, str) and ref in later:
+                where = loc + (key,) if isinstance(value, str) else loc + (key, i, "source")
+                problems.add(where, f"refers to stage {ref!r}, which does not run before this one: "
+                             "move that stage earlier or fix the name")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.core.errors import PosttrainError, StageError
+from posttrain.data_mix import file_fingerprint
 from posttrain.recipe import Recipe, StageConfig
 from posttrain.run_folder import RESOLVED_RECIPE, RESULT_FILE, ReportEntry, RunReport, StageState, prev_dir
 from posttrain.stages import KINDS
@@ -82,6 +83,10 @@ def stage_hash(recipe: Recipe, stage: StageConfig, base_hash: str, earlier: dict
     config = stage.model_dump(mode="json")
     deps = {name: digest for name, digest in earlier.items() if name in set(_strings(config))}
     payload = {"stage": config, "seed": recipe.seed, "base": base_hash, "deps": deps}
+    files = {ref: file_fingerprint(ref) for ref in stage.data_refs()
+             if ref not in recipe.stage_names() and Path(ref).is_file()}
+    if files:  # local data files by content (absent otherwise, so earlier hashes stay valid)
+        payload["files"] = files
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -13,6 +13,12 @@ text; several scores: the last in the verdict section). An unparseable verdict g
 error that keeps the judge's raw text, never a silent 0. Text comes from posttrain.core.generation, so the
 judge runs in process (`hf`), on vLLM, or behind any OpenAI-compatible endpoint (`openai`).
 
+Self-rewarding (`backend: policy`): the judge is the policy being trained, as in DeepSeek-V3's constitutional
+self-feedback (the model votes on its own answers, e.g. against `principles`). The trainer hands the reward
+its live model and tokenizer (`bind_policy`; a `grpo` stage does it for every reward that has the method),
+so the judge shares the policy's weights at every step: no copy, generation in eval mode without gradients,
+the trainer's random-number stream left as it was. Verdicts are not cached (the judge changes every step).
+
 >>> parse_score("The steps check out.\\n**Score: 8/10**")
 0.8
 >>> parse_score("Score: 3")
@@ -221,7 +227,7 @@ class GenRMReward(Verifier):
 
     def __init__(
         self,
-        backend: Literal["hf", "vllm", "openai", "scripted"] = "openai",
+        backend: Literal["hf", "vllm", "openai", "scripted", "policy"] = "openai",
         model: str | None = None,
         base_url: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
@@ -264,8 +270,10 @@ class GenRMReward(Verifier):
         self.reference_column = reference_column
         self.baseline_column = baseline_column
         self.swap = swap
+        self.backend = backend
         spec_kwargs: dict[str, Any] = {
-            "backend": backend, "model": model, "base_url": base_url, "api_key_env": api_key_env,
+            "backend": "hf" if backend == "policy" else backend, "model": model, "base_url": base_url,
+            "api_key_env": api_key_env,
             "timeout_s": timeout_s, "max_retries": max_retries, "concurrency": concurrency,
             "batch_size": batch_size, "options": dict(options or {}),
         }
@@ -278,12 +286,14 @@ class GenRMReward(Verifier):
                 max_new_tokens=max_new_tokens, seed=seed)
         except ValueError as exc:
             raise PluginError(f"genrm: bad options: {exc}") from None
-        if not model:
+        if backend == "policy" and model:
+            raise PluginError("genrm: backend 'policy' judges with the policy being trained; it takes no `model`")
+        if not model and backend != "policy":
             raise PluginError(f"genrm: backend {backend!r} needs `model` (a path or hub name for hf/vllm, the served "
                               "model's name for openai, a module:function for scripted)")
         if backend == "openai" and not base_url:
             raise PluginError("genrm: backend openai needs base_url, e.g. http://127.0.0.1:8000/v1")
-        self.use_cache = cache
+        self.use_cache = cache and backend != "policy"
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[float | None, str | None]] = OrderedDict()
         self._generator: Any = None
@@ -293,7 +303,18 @@ class GenRMReward(Verifier):
         self.cache_hits = 0
 
     def __repr__(self) -> str:
-        return f"GenRMReward(backend={self.spec.backend!r}, model={self.spec.model!r}, mode={self.mode!r})"
+        return f"GenRMReward(backend={self.backend!r}, model={self.spec.model!r}, mode={self.mode!r})"
+
+    def bind_policy(self, model: Any, tokenizer: Any) -> bool:
+        """Judge with this live model (`backend: policy`): the trainer's own object, so every verdict uses the
+        weights of the current step. Other backends ignore it (returns whether it was bound)."""
+        if self.backend != "policy":
+            return False
+        from posttrain.core.generation import HFGenerator
+
+        with self._lock:
+            self._generator = HFGenerator(model, tokenizer, self.spec)
+        return True
 
     # ---- building judge prompts
 
@@ -391,11 +412,20 @@ class GenRMReward(Verifier):
 
     def _generate(self, judge_prompts: list[str]) -> tuple[list[list[str]], list[str | None]]:
         with self._lock:
+            if self._generator is None and self.backend == "policy":
+                raise PluginError("genrm: backend 'policy' judges with the policy being trained, and none is bound: "
+                                  "use it as a reward of a grpo stage (or call bind_policy(model, tokenizer))")
             if self._generator is None:
                 from posttrain.core.generation import make_generator
 
                 self._generator = make_generator(self.spec)
-        return self._generator.generate_with_errors(judge_prompts, self.n, self.sampling)
+        if self.backend != "policy":
+            return self._generator.generate_with_errors(judge_prompts, self.n, self.sampling)
+        import torch
+
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):  # seeded judge sampling must not reseed the trainer's stream
+            return self._generator.generate_with_errors(judge_prompts, self.n, self.sampling)
 
 
 def _column(kwargs: dict[str, Any], name: str, rows: int) -> list[Any] | None:

@@ -70,6 +70,7 @@ KINDS = StageKinds({
     "sft": "posttrain.stages.sft",
     "reward_model": "posttrain.stages.reward_model",
     "grpo": "posttrain.stages.grpo",
+    "dpo": "posttrain.stages.dpo",
     "eval": "posttrain.stages.eval",
 })
 register_stage_kind = KINDS.register

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from data_pipelines.decontamination import DecontaminationSpec
 from data_pipelines.filters import FilterSpec
@@ -60,12 +60,36 @@ APPENDED = (DATA_FILE, PAIRS_FILE, ERRORS_FILE)
 
 
 class TeacherSpec(GenerationSpec):
-    """A teacher: a generation backend, plus its label in `data.jsonl` and its own sample count."""
+    """A teacher: a generation backend, plus its label in `data.jsonl`, its own sample count, and (DeepSeek-V3's
+    domain experts) the prompts it takes, the system prompt it is given and whether it writes reasoning."""
 
     #: Label written in the `teacher` column (default: the model's last path component / function name).
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     #: Samples per prompt from this teacher (default: the stage's `n`).
     n: int | None = Field(None, ge=1)
+    #: Given to the teacher before each prompt, never stored in the SFT rows (V3: "reflection and verification").
+    system_prompt: str | None = None
+    #: Take only the prompts whose `domain_column` is one of these (a domain expert); default: every prompt.
+    domain: str | list[str] | None = None
+    domain_column: str = "domain"
+    #: Or take the prompts a `module:function` predicate (row -> bool) accepts.
+    select: str | None = None
+    #: False: non-reasoning answers (V3's non-reasoning data): no `<think>` block needed, layout rewards skipped.
+    reasoning: bool = True
+
+    _OWN: ClassVar[set[str]] = {"name", "n", "system_prompt", "domain", "domain_column", "select", "reasoning"}
+
+    @model_serializer(mode="wrap")
+    def _without_unset_v3_options(self, handler: Any) -> Any:
+        """Leave options out while unset (those added for V3's recipe, and GenerationSpec's `speculative`, whose own
+        serializer this one replaces): existing stages keep their config hash."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for key, default in (("system_prompt", None), ("domain", None), ("domain_column", "domain"),
+                                 ("select", None), ("reasoning", True), ("speculative", None)):
+                if getattr(self, key) == default:
+                    data.pop(key, None)
+        return data
 
     def label(self) -> str:
         if self.name:
@@ -74,7 +98,19 @@ class TeacherSpec(GenerationSpec):
         return ref.rpartition(":")[2].rstrip("/").rpartition("/")[2] or self.backend
 
     def generation_spec(self) -> GenerationSpec:
-        return GenerationSpec(**self.model_dump(exclude={"name", "n"}))
+        return GenerationSpec(**self.model_dump(exclude=self._OWN))
+
+    def accepts(self) -> Any:
+        """The predicate on prompt rows (None: every row)."""
+        if self.select is not None:
+            from posttrain.core.plugins import load_object
+
+            return load_object(self.select)
+        if self.domain is None:
+            return None
+        wanted = {self.domain} if isinstance(self.domain, str) else set(self.domain)
+        column = self.domain_column
+        return lambda row: row.get(column) in wanted
 
 
 class Config(StageConfig):
@@ -92,6 +128,8 @@ class Config(StageConfig):
     rewards: list[RewardSpec] = Field(min_length=1)
     keep: KeepRule = Field(default_factory=KeepRule)
     keep_per_prompt: int = Field(1, ge=1)
+    #: Apply `keep_per_prompt` to each teacher: a prompt keeps e.g. both its original and its R1-style response.
+    keep_per_teacher: bool = False
     #: Among passing samples, keep the shortest (R1's data favours concise reasoning).
     prefer_shorter: bool = False
     #: Preference pairs (kept vs. rejected answer) written per prompt, at most.
@@ -255,7 +293,8 @@ def _build_sampler(cfg: Config, ctx: StageContext, eval_rows: list[dict[str, Any
         seed = cfg.sampling.seed if cfg.sampling.seed is not None else derive_seed(ctx.seed, cfg.name, spec.label())
         sampling = cfg.sampling.model_copy(update={"seed": seed})
         teachers.append(Teacher(spec.label(), make_generator(spec.generation_spec(), model), spec.n or cfg.n,
-                                sampling))
+                                sampling, system_prompt=spec.system_prompt, accepts=spec.accepts(),
+                                reasoning=spec.reasoning))
     labels = reward_labels([r.label for r in cfg.rewards])
     rewards = [(label, fn, weight) for label, (fn, weight) in zip(labels, ctx.build_rewards(cfg.rewards), strict=True)]
 
@@ -272,7 +311,7 @@ def _build_sampler(cfg: Config, ctx: StageContext, eval_rows: list[dict[str, Any
     return RejectionSampler(
         teachers, rewards, cfg.keep, SampleFilter(cfg.filters, count_tokens), cfg.keep_per_prompt,
         cfg.prefer_shorter, cfg.pairs_per_prompt, cfg.teacher_retries, cfg.format == "chat",
-        length=count_tokens or len, contaminated=contaminated,
+        length=count_tokens or len, contaminated=contaminated, keep_per_teacher=cfg.keep_per_teacher,
     )
 
 
@@ -295,7 +334,8 @@ def _fresh_stats() -> dict[str, Any]:
     stats = {"prompts": 0, "prompts_skipped": {}, "prompts_done": 0, "eval_prompts": None, "samples_per_prompt": 0,
              "generated": 0, "kept": 0, "rejected": {}, "acceptance_rate": 0.0, "passed_rewards": 0,
              "pass_rate": None, "prompts_kept": 0, "prompt_yield": None, "teacher_errors": 0, "reward_errors": {},
-             "pass_rate_histogram": {}, "per_teacher": {}, "seconds": 0.0, "samples_per_s": None}
+             "pass_rate_histogram": {}, "per_teacher": {}, "prompts_without_teacher": 0, "seconds": 0.0,
+             "samples_per_s": None}
     _summarise(stats)
     return stats
 
@@ -337,6 +377,7 @@ def _merge(stats: dict[str, Any], result: Any) -> None:
     stats["passed_rewards"] += result.passed
     stats["teacher_errors"] += len(result.errors)
     stats["prompts_kept"] += result.prompts_kept
+    stats["prompts_without_teacher"] = stats.get("prompts_without_teacher", 0) + result.unassigned
     for counts, target in ((result.rejected, stats["rejected"]), (result.histogram, stats["pass_rate_histogram"]),
                            (result.reward_errors, stats.setdefault("reward_errors", {}))):
         for k, v in counts.items():
@@ -344,7 +385,12 @@ def _merge(stats: dict[str, Any], result: Any) -> None:
     for label, counts in result.per_teacher.items():
         mine = stats["per_teacher"].setdefault(label, {})
         for k, v in counts.items():
-            mine[k] = mine.get(k, 0) + v
+            if isinstance(v, dict):  # rejected: {reason: count}
+                inner = mine.setdefault(k, {})
+                for reason, n in v.items():
+                    inner[reason] = inner.get(reason, 0) + n
+            else:
+                mine[k] = mine.get(k, 0) + v
 
 
 def _summarise(stats: dict[str, Any]) -> None:
@@ -355,6 +401,9 @@ def _summarise(stats: dict[str, Any]) -> None:
     done = stats["prompts_done"]
     stats["prompt_yield"] = round(stats["prompts_kept"] / done, 4) if done else None
     stats["samples_per_s"] = round(generated / stats["seconds"], 1) if stats["seconds"] and generated else None
+    for mine in stats["per_teacher"].values():
+        made = mine.get("generated", 0)
+        mine["acceptance_rate"] = round(mine.get("kept", 0) / made, 4) if made else 0.0
     stats["pass_rate_histogram"] = dict(sorted(stats["pass_rate_histogram"].items(),
                                                key=lambda kv: tuple(map(int, kv[0].split("/")))))
 

@@ -27,8 +27,11 @@ from posttrain.stages.trainer import TrainerConfig, TrainerStage, require_column
 
 #: Named loss variants -> the GRPOConfig fields that make them (the recipe's `trl:` values win).
 LOSS_PRESETS: dict[str, dict[str, Any]] = {
-    # DeepSeekMath's GRPO: sequence-level mean, rewards scaled by the group's std.
-    "grpo": {"loss_type": "grpo", "scale_rewards": "group"},
+    # DeepSeekMath's GRPO (as DeepSeek-V3 uses it): sequence-level mean, advantages scaled by the group's std, and
+    # β·KL to the frozen reference (the starting model) with the k3 estimator π_ref/π − log(π_ref/π) − 1, β = 0.04.
+    # TRL 1.16 computes exactly that k3 per token whenever `beta` > 0, but by default multiplies it by the importance
+    # ratio π/π_old (`use_bias_correction_kl`, DeepSeek-V3.2's unbiased-gradient variant): off here.
+    "grpo": {"loss_type": "grpo", "scale_rewards": "group", "beta": 0.04, "use_bias_correction_kl": False},
     # Dr. GRPO: no length or difficulty bias: constant normaliser, no std scaling.
     "dr_grpo": {"loss_type": "dr_grpo", "scale_rewards": "none"},
     # DAPO: token-level loss over the global batch, clip-higher, truncated completions masked.
@@ -110,12 +113,22 @@ class GRPOStage(TrainerStage):
         return _rollout_args(self.cfg, self.ctx)
 
     def trainer_kwargs(self, dataset: Any) -> dict[str, Any]:
-        rewards = [fn for fn, _ in self.ctx.build_rewards(self.cfg.rewards)]
-        return {"train_dataset": dataset, "reward_funcs": rewards}
+        self.rewards = [fn for fn, _ in self.ctx.build_rewards(self.cfg.rewards)]
+        return {"train_dataset": dataset, "reward_funcs": self.rewards}
 
     def after_init(self, trainer: Any, dataset: Any) -> None:
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
         trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)
+        self.bind_policy(trainer)
+
+    def bind_policy(self, trainer: Any) -> None:
+        """Hand the live policy (the trainer's own model object and tokenizer) to every reward that judges with it
+        (`bind_policy(model, tokenizer)`, e.g. `genrm` with `backend: policy`): self-rewarding, no copy."""
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        for reward in self.rewards:
+            target = getattr(reward, "verifier", reward)
+            if callable(getattr(target, "bind_policy", None)) and target.bind_policy(model, self.tokenizer):
+                self.ctx.log.info("reward %s: bound to the live policy", getattr(reward, "__name__", reward))
 
     def describe(self, args: Any, dataset: Any) -> str:
         per_step = args.per_device_train_batch_size * self.ctx.num_processes * args.gradient_accumulation_steps
@@ -124,7 +137,7 @@ class GRPOStage(TrainerStage):
                 f"{per_step} completions per step, rewards {mix}")
 
     def summary(self, trainer: Any, result: Any, dataset: Any) -> dict[str, Any]:
-        return _summary(self.ctx)
+        return {**_summary(self.ctx), "beta": self.args.beta, "loss_type": self.args.loss_type}
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posttrain.report.inputs import StageView, mean
+from posttrain.report.inputs import StageView, is_number, mean
 from posttrain.report.markdown import Document, model_name, num, pct, trend
 from posttrain.report.plots import FIGSIZE, curve, plot_panels, pyplot, save, step_axis
 from posttrain.report.training import balance_text, maxvio_figures, training_plots
@@ -47,7 +47,9 @@ def report_figures(doc: Document, stage: StageView) -> None:
             figures.append(f"- reward `{name}`: {trend(*lg.series(reward_mean_key(name)))}")
     if lg.has(KL):
         steps, kl = lg.series(KL)
-        figures.append(f"- KL to the reference: {trend(steps, kl)}, mean {num(mean(kl))}")
+        beta = stage.metrics.get("beta")
+        coef = f" (β = {num(beta)}, k3 estimator)" if is_number(beta) else ""
+        figures.append(f"- KL to the reference{coef}: {trend(steps, kl)}, mean {num(mean(kl))}")
     elif lg.rows:
         figures.append("- KL: not logged (β = 0: no reference model)")
     if lg.has(MEAN_LENGTH):

@@ -27,6 +27,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from posttrain.core.errors import DataError
+from posttrain.data_mix import DataSource, source_refs
 from posttrain.lora import LoraSpec
 from posttrain.moe_balance import MoEBalanceConfig
 from posttrain.mtp import MTPConfig
@@ -54,12 +55,15 @@ class TrainerConfig(StageConfig):
 
     #: Model to train: an earlier stage (its `model/`), a path or a hub name (default: the recipe's base model).
     model: str | None = None
-    #: Training rows: an earlier stage (its `data_file`), a jsonl/parquet file, or a hub data set.
-    data: str
+    #: Training rows: an earlier stage (its `data_file`), a jsonl/parquet file, or a hub data set; or a weighted
+    #: mix of such sources, `[{source: distill, weight: 0.7}, {source: extra.jsonl, weight: 0.3}]`.
+    data: str | list[DataSource] = Field(union_mode="left_to_right")
     data_file: str = DATA_FILE
     #: Split of a hub data set (ignored for stage outputs and local files).
     split: str = "train"
     max_samples: int | None = Field(None, ge=1)
+    #: Rows in a weighted mix (default: the sources' sizes summed).
+    mix_size: int | None = Field(None, ge=1)
     lora: LoraSpec | None = None
     moe_balance: MoEBalanceConfig = Field(default_factory=MoEBalanceConfig)
     #: Multi-token prediction loss weight (models with DeepSeek-V3's MTP module only).
@@ -69,11 +73,16 @@ class TrainerConfig(StageConfig):
 
     @model_serializer(mode="wrap")
     def _without_default_mtp(self, handler: Any) -> Any:
-        """Leave `mtp` out while it is the default: stages written before it existed keep their config hash."""
+        """Leave `mtp` (and `mix_size`) out while default: stages written before they existed keep their config hash."""
         data = handler(self)
         if isinstance(data, dict) and self.mtp == MTPConfig():
             data.pop("mtp", None)
+        if isinstance(data, dict) and self.mix_size is None:
+            data.pop("mix_size", None)
         return data
+
+    def data_refs(self) -> list[str]:
+        return source_refs(self.data)
 
 
 class TrainerStage:
@@ -87,6 +96,8 @@ class TrainerStage:
     def __init__(self, ctx: StageContext):
         self.ctx = ctx
         self.cfg: Any = ctx.config
+        #: Rows taken from each source of a weighted mix (None for a single source).
+        self.mix_counts: dict[str, int] | None = None
 
     # -- what a stage says of itself ---------------------------------------------------------------
     def trainer_class(self) -> type:
@@ -100,6 +111,26 @@ class TrainerStage:
         from posttrain.mtp import MTPMixin
 
         return (MoEBalanceMixin, MTPMixin)
+
+    def load_data(self) -> Any:
+        """The stage's rows: its one source, or the weighted mix of its sources (`posttrain.data_mix`)."""
+        from posttrain.data_mix import mix
+
+        ctx, cfg = self.ctx, self.cfg
+        if isinstance(cfg.data, str):
+            return ctx.load_dataset(cfg.data, cfg.data_file, cfg.split)
+        parts = [(s.source, ctx.load_dataset(s.source, s.data_file or cfg.data_file, s.split or cfg.split))
+                 for s in cfg.data]
+        if len(parts) == 1:
+            return parts[0][1]
+        mixed, counts = mix(parts, [s.weight for s in cfg.data], ctx.seed, cfg.mix_size)
+        ctx.log.info("data mix of %d rows: %s", len(mixed), ", ".join(
+            f"{name}: {n} of {len(ds)} (weight {s.weight:g})"
+            for (name, ds), s, n in zip(parts, cfg.data, counts, strict=True)))
+        self.mix_counts = {}
+        for (name, _), n in zip(parts, counts, strict=True):
+            self.mix_counts[name] = self.mix_counts.get(name, 0) + n
+        return mixed
 
     def prepare_data(self, dataset: Any) -> Any:
         """The rows the trainer needs, named as TRL expects; a missing column is a `DataError`."""
@@ -126,10 +157,11 @@ class TrainerStage:
 
     def describe(self, args: Any, dataset: Any) -> str:
         """The log line that opens training."""
-        return f"{self.cfg.kind} on {len(dataset)} rows from {self.cfg.data}, {_length(args)}"
+        return f"{self.cfg.kind} on {len(dataset)} rows from {', '.join(self.cfg.data_refs())}, {_length(args)}"
 
     def summary(self, trainer: Any, result: Any, dataset: Any) -> dict[str, Any]:
-        """Metrics of this stage for report.json besides loss, steps, model and the balance summary."""
+        """Metrics of this stage for report.json besides loss, steps, model and the balance summary (called after
+        training, before the model is saved: a LoRA adapter is still separate)."""
         return {}
 
     # -- the skeleton ------------------------------------------------------------------------------
@@ -140,7 +172,7 @@ class TrainerStage:
         ctx, cfg = self.ctx, self.cfg
         model_path = ctx.resolve_model(cfg.model)
         self.tokenizer = load_tokenizer(model_path, padding_side=self.padding_side)
-        dataset = self.prepare_data(ctx.load_dataset(cfg.data, cfg.data_file, cfg.split))
+        dataset = self.prepare_data(self.load_data())
         if cfg.max_samples is not None:
             dataset = dataset.select(range(min(cfg.max_samples, len(dataset))))
         extra = {**self.trl_overrides(), **({} if "seed" in cfg.trl else {"seed": ctx.seed})}
@@ -156,9 +188,11 @@ class TrainerStage:
         prepare_trainer(trainer, ctx, self.log_keys)
         ctx.log.info(self.describe(self.args, dataset))
         result = train_resumably(trainer, ctx)
-        out = save_final(trainer, self.tokenizer, ctx)
         metrics: dict[str, Any] = {"train_loss": round(result.training_loss, 5), "steps": result.global_step}
-        metrics.update(self.summary(trainer, result, dataset))
+        metrics.update(self.summary(trainer, result, dataset))  # before saving, which merges a LoRA adapter away
+        out = save_final(trainer, self.tokenizer, ctx)
+        if self.mix_counts:
+            metrics["data_mix"] = self.mix_counts
         metrics["model"] = str(out)
         metrics.update(balance_summary(ctx))
         if tracker is not None and ctx.num_processes > 1:

@@ -63,3 +63,40 @@ def few_prompts(n: int = 3, offset: int = 0) -> list[dict[str, Any]]:
 def environment_variable(completions: list[Any], **kwargs: Any) -> list[float]:
     """Proof that a reward ran in this process: the value of POSTTRAIN_TEST_REWARD (as a float)."""
     return [float(os.environ.get("POSTTRAIN_TEST_REWARD", "0"))] * len(completions)
+
+
+def verifying_teacher(prompts: list[Any], n: int, sampling: Any, **kwargs: Any) -> list[list[str]]:
+    """The arithmetic teacher; asked (by a system message) to verify, it ends its reasoning with a check, as
+    DeepSeek-V3's R1-based expert reflects and verifies. A chat prompt's last user message is the problem."""
+    from data_pipelines.tasks.arithmetic import parse_prompt
+
+    out = arithmetic_teacher(prompts, n, sampling, **kwargs)
+    for i, p in enumerate(prompts):
+        system = " ".join(m["content"] for m in p if m["role"] == "system") if isinstance(p, list) else ""
+        if "verify" in system.lower():
+            a, b = parse_prompt(p)
+            out[i] = [c.replace("</think>", f"; check: {a + b}-{b}={a}</think>") for c in out[i]]
+    return out
+
+
+def direct_teacher(prompts: list[Any], n: int, sampling: Any, **kwargs: Any) -> list[list[str]]:
+    """A non-reasoning expert (V3's 'original response'): the answer alone, no <think> block."""
+    from data_pipelines.tasks.arithmetic import parse_prompt
+
+    return [[f"The answer is \\boxed{{{sum(parse_prompt(p))}}}."] * n for p in prompts]
+
+
+def domain_prompts(n: int = 12) -> list[dict[str, Any]]:
+    """Addition prompts labelled by domain (`small`: one-digit operands, `large`: two-digit); every fourth is
+    marked non-reasoning (`reasoning: false`)."""
+    rows = []
+    for i in range(n):
+        a, b = (i // 2, i // 2 + 3) if i % 2 else (10 + i, 20 + i)
+        rows.append({"id": f"d{i}", "prompt": f"Compute {a}+{b}.", "solution": str(a + b),
+                     "domain": "small" if i % 2 else "large", "reasoning": i % 4 != 0})
+    return rows
+
+
+def is_small(row: dict[str, Any]) -> bool:
+    """A prompt predicate (`select: module:function`): the one-digit problems."""
+    return row.get("domain") == "small"

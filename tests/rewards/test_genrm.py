@@ -405,3 +405,38 @@ def test_hf_backend_on_an_untrained_tiny_model_gives_none_with_its_text(tiny_bas
     assert scores == [None, None, None]  # random weights write no verdict...
     assert all("unparseable verdict" in e and "the judge wrote:" in e for e in errors)
     assert reward.verifier.judged == 2  # ...and the two identical rows were judged once
+
+
+# --------------------------------------------------------------------------------------------------
+# Self-rewarding: the `policy` backend judges with the live model it is handed
+
+
+def test_policy_backend_judges_with_the_bound_model_itself(tiny_base: Path) -> None:
+    import torch
+
+    from posttrain.core.models import load_causal_lm, load_tokenizer
+
+    model, tokenizer = load_causal_lm(str(tiny_base)), load_tokenizer(str(tiny_base), padding_side="left")
+    model.train()
+    reward = get_reward("genrm", backend="policy", template="compact", max_new_tokens=6, n=2, temperature=1.0,
+                        seed=0)
+    rows = {"completions": ["<think>1+1=2</think> The answer is \\boxed{2}."], "prompts": ["Compute 1+1."]}
+    scores, errors = reward.score_with_errors(**rows)
+    assert scores == [None] and "none is bound" in errors[0]  # only a trainer (or the caller) binds the policy
+
+    assert reward.verifier.bind_policy(model, tokenizer)
+    assert reward.verifier._generator.model is model  # the object itself: no copy
+    rng = torch.get_rng_state()
+    first = reward.score_with_errors(**rows)[1][0]
+    assert "the judge wrote:" in first  # random weights write no verdict; the error keeps the judge's text
+    assert model.training and all(p.grad is None for p in model.parameters())  # eval mode, no grad, restored
+    assert torch.equal(torch.get_rng_state(), rng)  # the trainer's random stream is left as it was
+    assert reward.score_with_errors(**rows)[1][0] == first  # same weights, same seed: the same verdict...
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)
+    assert reward.score_with_errors(**rows)[1][0] != first  # ...changed weights in place: a new one, never cached
+
+    with pytest.raises(PluginError, match="takes no `model`"):
+        GenRMReward(backend="policy", model="judge")
+    other = get_reward("genrm", backend="hf", model=str(tiny_base))
+    assert other.verifier.bind_policy(model, tokenizer) is False  # only the policy backend takes the live model

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from rewards.genrm import GenRMReward
 
 
 def length(completions: list[Any], **kwargs: Any) -> list[float]:
@@ -18,3 +21,25 @@ def digits(completions: list[Any], **kwargs: Any) -> list[float]:
 def flat_for_marked(completions: list[Any], prompts: list[Any], **kwargs: Any) -> list[float]:
     """The same reward for every completion of a prompt starting with 'Flat' (a zero-variance group)."""
     return [0.5 if str(p).startswith("Flat") else float(len(c)) for c, p in zip(completions, prompts, strict=True)]
+
+
+
+#: Fixed (prompt, completion) rows the recording judge also scores at every call.
+PROBE = [("Compute 12+30.", "The answer is 42."), ("Compute 7+8.", "15"), ("Compute 20+22.", "<think>0+2=2</think> 42")]
+
+
+class RecordingJudge(GenRMReward):
+    """The `genrm` reward (same options, plus `probe_file`) that also scores `PROBE` at every call, with the same
+    judge and seed, and appends those scores to `probe_file`: how the judge itself changes between GRPO steps."""
+
+    def __init__(self, probe_file: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.probe_file = probe_file
+
+    def score_rows(self, completions: Any, prompts: Any = None, **columns: Any) -> Any:
+        out = super().score_rows(completions, prompts, **columns)
+        probe = super().score_rows([c for _, c in PROBE], [p for p, _ in PROBE])
+        with open(self.probe_file, "a") as f:
+            f.write(json.dumps({"probe": [s.score for s in probe], "model": id(self._generator.model),
+                                "training": self._generator.model.training}) + "\n")
+        return out

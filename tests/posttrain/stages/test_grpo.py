@@ -203,3 +203,92 @@ def test_sigterm_then_rerun_resumes_from_the_grpo_checkpoint(
     assert report["stages"]["grpo"]["metrics"]["steps"] == 16
     steps = [r["step"] for r in metric_rows(tmp_path / "out") if "loss" in r]
     assert steps[-1] == 16 and stopped_at + 1 in steps  # logging went on from the checkpoint
+
+
+# --------------------------------------------------------------------------------------------------
+# Self-rewarding: a `genrm` judge that is the live policy (DeepSeek-V3's constitutional self-feedback)
+
+JUDGE_TEMPLATE = "{{ prompt }}\n{{ completion }}\nScore:"
+SELF_REWARDING = """\
+output_dir: {out}
+seed: 0
+model: {{name_or_path: {base}}}
+stages:
+  - name: judge_sft
+    kind: sft
+    data: {judge_data}
+    trl: {{max_steps: 30, per_device_train_batch_size: 16, learning_rate: 3.0e-3, logging_steps: 10, save_steps: 1000,
+           lr_scheduler_type: constant, max_length: 96}}
+  - name: grpo
+    kind: grpo
+    model: judge_sft
+    data: {prompts}
+    rewards:
+      - name: '{plugins}:RecordingJudge'
+        kwargs: {{backend: policy, template: {template}, probe_file: {probe}, n: 8, temperature: 1.0, seed: 0,
+                  max_new_tokens: 6}}
+    trl: {{max_steps: 3, per_device_train_batch_size: 8, num_generations: 4, max_completion_length: 8,
+           learning_rate: 3.0e-3, logging_steps: 1, save_steps: 100}}
+"""
+
+
+def test_a_self_rewarding_judge_shares_the_policys_weights_at_every_step(
+    tmp_path: Path, tiny_base: Path, prompts: Path
+) -> None:
+    import random
+
+    from data_pipelines.tasks.arithmetic import sampled_solution, solution_text, train_prompts
+    from rewards.genrm import render
+
+    # A policy that has learnt to answer a judge prompt with "k/10" (k at random), so its verdicts parse.
+    template = tmp_path / "judge.txt"
+    template.write_text(JUDGE_TEMPLATE)
+    rng = random.Random(0)
+    judge_data = tmp_path / "judge_sft.jsonl"
+    with open(judge_data, "w") as f:
+        for r in train_prompts(300, seed=5):
+            answer = solution_text(r["a"], r["b"]) if rng.random() < 0.5 else sampled_solution(r["a"], r["b"], rng)
+            f.write(json.dumps({"prompt": render(str(template), prompt=r["prompt"], completion=answer),
+                                "completion": f" {rng.randrange(11)}/10"}) + "\n")
+    probe = tmp_path / "probe.jsonl"
+    text = SELF_REWARDING.format(out=tmp_path / "out", base=tiny_base, judge_data=judge_data, prompts=prompts,
+                                 plugins=PLUGINS, template=template, probe=probe)
+    report = run_recipe(parse_recipe(text, kinds=KINDS))
+    assert report["stages"]["grpo"]["status"] == "done", report
+
+    # The policy's own verdicts were its reward at every step...
+    rows = [r for r in metric_rows(tmp_path / "out") if "reward" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["rewards/RecordingJudge/mean"] >= 0 for r in rows)
+    # ...given by the trainer's one model object (no copy, still in training mode between its eval-mode verdicts),
+    # whose verdicts on the same rows with the same seed changed as its weights were trained.
+    calls = [json.loads(line) for line in probe.read_text().splitlines()]
+    assert len(calls) == 3 and len({c["model"] for c in calls}) == 1 and all(c["training"] for c in calls)
+    assert all(s is not None for c in calls for s in c["probe"])
+    assert calls[0]["probe"] != calls[-1]["probe"]
+
+
+def test_the_grpo_preset_is_deepseekmath_grpo_with_k3_kl_to_the_reference(
+    tmp_path: Path, tiny_base: Path, prompts: Path
+) -> None:
+    from posttrain.recipe import build_trl_config
+    from posttrain.report import write_report
+    from tests.posttrain.report.fake_run import png_info, stage_sections
+
+    text = recipe(tmp_path, tiny_base, prompts, steps=2, extra="    loss: grpo\n",
+                  trl=", mask_truncated_completions: false")
+    args = build_trl_config(parse_recipe(text, kinds=KINDS).stage("grpo"), tmp_path / "args")
+    # Sequence-level mean, group-std advantages, β = 0.04 on TRL's k3 KL, without V3.2's importance-ratio factor.
+    assert (args.loss_type, args.scale_rewards) == ("grpo", "group")
+    assert (args.beta, args.use_bias_correction_kl) == (0.04, False)
+    own = recipe(tmp_path, tiny_base, prompts, extra="    loss: grpo\n", trl=", beta: 0.01")
+    assert build_trl_config(parse_recipe(own, kinds=KINDS).stage("grpo"), tmp_path / "args").beta == 0.01
+
+    report = run_recipe(parse_recipe(text, kinds=KINDS))
+    entry = report["stages"]["grpo"]
+    assert entry["status"] == "done", entry
+    assert entry["metrics"]["beta"] == 0.04 and entry["metrics"]["loss_type"] == "grpo"
+    rows = [r for r in metric_rows(tmp_path) if "loss" in r]
+    assert rows[0]["kl"] == 0 and rows[-1]["kl"] > 0  # the reference is the starting model: it moves away from it
+    sec = stage_sections(write_report(tmp_path, kinds=KINDS).read_text())["grpo"]
+    assert "KL to the reference (β = 0.04, k3 estimator): 0 (step 1)" in sec
+    assert png_info(tmp_path / "plots" / "grpo_dynamics.png")["data"]["series"]["kl"] == 2

@@ -71,6 +71,11 @@ STEP = "step"
 LOSS = "loss"
 REWARD = "reward"
 MAX_VIOLATION = "moe/max_violation"
+#: GRPO with vLLM rollouts: mean per-token |log p_trainer - log p_vLLM| over a logging step's completions (what
+#: TRL measures for its importance-sampling correction), and the largest token's. Near 0 when vLLM samples from
+#: the model being trained; large when weights or router biases did not reach vLLM.
+ROLLOUT_LOGP_DIFF = "rollout/logp_diff"
+ROLLOUT_LOGP_DIFF_MAX = "rollout/logp_diff_max"
 _MAX_VIOLATION_LAYER = re.compile(r"^moe/max_violation/layer_(\d+)$")
 _LOAD_LAYER = re.compile(r"^moe/load/layer_(\d+)$")
 _REWARD_MEAN = re.compile(r"^rewards/(.+)/mean$")

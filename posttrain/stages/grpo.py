@@ -2,7 +2,9 @@
 
 Adds what users ask TRL for: named loss presets (`loss: dr_grpo`), DAPO dynamic sampling, the
 MoE load-balancing callback during RL, vLLM rollouts when available (colocate, or a server started
-with `posttrain rollout-server` / `trl vllm-serve`) and a logged fallback to transformers generation.
+with `posttrain rollout-server`) and a logged fallback to transformers generation. With vLLM, the weight
+sync sends what vLLM's loaders accept plus the router biases, and the sampler's drift is logged
+(`posttrain/vllm_sync.py`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from posttrain.core.errors import MissingDependencyError
 from posttrain.dynamic_sampling import DynamicSamplingConfig
 from posttrain.recipe import RewardSpec
-from posttrain.run_folder import METRICS_FILE, PROMPTS_FILE, REWARD, read_jsonl
+from posttrain.run_folder import (
+    METRICS_FILE,
+    PROMPTS_FILE,
+    REWARD,
+    ROLLOUT_LOGP_DIFF,
+    ROLLOUT_LOGP_DIFF_MAX,
+    read_jsonl,
+)
 from posttrain.stages.base import StageContext, StageResult
 from posttrain.stages.trainer import TrainerConfig, TrainerStage, require_columns
 
@@ -45,6 +54,8 @@ class RolloutSpec(BaseModel):
     server_host: str = "127.0.0.1"
     server_port: int = 8000
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    #: A logging step whose mean per-token |log p_trainer - log p_vLLM| exceeds this logs a WARNING (vLLM only).
+    max_logp_diff: float = Field(0.05, gt=0)
 
 
 class Config(TrainerConfig):
@@ -82,7 +93,12 @@ class GRPOStage(TrainerStage):
     def mixins(self) -> tuple[type, ...]:
         from posttrain.dynamic_sampling import DynamicSamplingMixin
 
-        return (DynamicSamplingMixin, *super().mixins())
+        mixins: tuple[type, ...] = (DynamicSamplingMixin, *super().mixins())
+        if getattr(self.args, "use_vllm", False):
+            from posttrain.vllm_sync import VLLMSyncMixin
+
+            mixins += (VLLMSyncMixin,)
+        return mixins
 
     def prepare_data(self, dataset: Any) -> Any:
         cfg = self.cfg
@@ -98,6 +114,8 @@ class GRPOStage(TrainerStage):
 
     def after_init(self, trainer: Any, dataset: Any) -> None:
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
+        if hasattr(trainer, "max_logp_diff"):
+            trainer.max_logp_diff = self.cfg.rollout.max_logp_diff
 
     def describe(self, args: Any, dataset: Any) -> str:
         per_step = args.per_device_train_batch_size * self.ctx.num_processes * args.gradient_accumulation_steps
@@ -146,4 +164,9 @@ def _summary(ctx: StageContext) -> dict[str, Any]:
     dropped = [d for r in rows if isinstance(d := r.get("dynamic_sampling/groups_dropped"), float | int)]
     if dropped:
         out["groups_dropped_per_step"] = round(sum(dropped) / len(dropped), 3)
+    diffs = [r for r in rows if isinstance(r.get(ROLLOUT_LOGP_DIFF), float | int)]
+    if diffs:  # vLLM rollouts: how far the sampler was from the trainer
+        out["rollout_logp_diff_mean"] = round(sum(r[ROLLOUT_LOGP_DIFF] for r in diffs) / len(diffs), 5)
+        tops = [r[ROLLOUT_LOGP_DIFF_MAX] for r in diffs if isinstance(r.get(ROLLOUT_LOGP_DIFF_MAX), float | int)]
+        out["rollout_logp_diff_max"] = round(max(tops or [r[ROLLOUT_LOGP_DIFF] for r in diffs]), 5)
     return out

@@ -102,10 +102,16 @@ def install_vllm_sync(generation: Any) -> None:
         return generation._fix_param_name_to_vllm(name, extra_prefixes=["_fsdp_wrapped_module."])
 
     def iter_named_params() -> Iterator[Named]:
-        yield from to_vllm(generation.model, original(), fix_name, generation.accelerator.device)
+        synced = {}
+        for name, tensor in to_vllm(generation.model, original(), fix_name, generation.accelerator.device):
+            if name.rsplit(".", 1)[-1] in ROUTING_BUFFERS:
+                synced[name] = tensor.detach().clone()
+            yield name, tensor
+        generation.last_synced_biases = synced  # what vLLM routes with until the next sync (make gpu-check)
 
     generation._iter_named_params = iter_named_params
     generation._posttrain_sync = True
+    generation.last_synced_biases = {}
 
 
 class VLLMSyncMixin:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import TrainerCallback
 
 from posttrain.run_folder import ROLLOUT_LOGP_DIFF, ROLLOUT_LOGP_DIFF_MAX
 
@@ -114,14 +115,24 @@ def install_vllm_sync(generation: Any) -> None:
     generation.last_synced_biases = {}
 
 
+class LogpDiffCallback(TrainerCallback):
+    """Puts TRL's sampling-vs-training log-prob difference under our keys in each logged row (before
+    metrics.jsonl is written: the stage adds its metrics callback after this one) and warns above `threshold`."""
+
+    def __init__(self, threshold: float = 0.05) -> None:
+        self.threshold = threshold
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        if logs is not None:
+            record_logp_diff(logs, self.threshold)
+
+
 class VLLMSyncMixin:
     """For TRL's GRPOTrainer with `use_vllm`: weights vLLM accepts, router biases at every sync, drift logged.
 
-    Put it before the trainer class; the GRPO stage adds it only when rollouts go to vLLM.
+    Put it before the trainer class; the GRPO stage adds it only when rollouts go to vLLM and sets
+    `logp_diff_callback.threshold` from `rollout.max_logp_diff`.
     """
-
-    #: Mean per-token |log p_trainer - log p_vLLM| above which a logging step warns (the stage sets it).
-    max_logp_diff: float = 0.05
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -130,10 +141,9 @@ class VLLMSyncMixin:
             install_vllm_sync(generation)
             routers = len(routing_buffers(generation.model))
             log.info("vLLM weight sync: hub-layout tensors%s", f" + {routers} router biases" if routers else "")
-
-    def log(self, logs: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-        record_logp_diff(logs, self.max_logp_diff)
-        super().log(logs, *args, **kwargs)  # type: ignore[misc]
+        # TRL adds its metrics to the logs inside GRPOTrainer.log, after any mixin's log: read them in on_log.
+        self.logp_diff_callback = LogpDiffCallback()
+        self.add_callback(self.logp_diff_callback)  # type: ignore[attr-defined]
 
 
 def record_logp_diff(logs: dict[str, Any], threshold: float) -> None:

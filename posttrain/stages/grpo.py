@@ -114,8 +114,8 @@ class GRPOStage(TrainerStage):
 
     def after_init(self, trainer: Any, dataset: Any) -> None:
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
-        if hasattr(trainer, "max_logp_diff"):
-            trainer.max_logp_diff = self.cfg.rollout.max_logp_diff
+        if hasattr(trainer, "logp_diff_callback"):
+            trainer.logp_diff_callback.threshold = self.cfg.rollout.max_logp_diff
 
     def describe(self, args: Any, dataset: Any) -> str:
         per_step = args.per_device_train_batch_size * self.ctx.num_processes * args.gradient_accumulation_steps

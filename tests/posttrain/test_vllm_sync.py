@@ -224,6 +224,40 @@ def test_the_sampling_logp_difference_is_logged_under_a_stable_key_and_warns(cap
     assert without == {"loss": 0.1}
 
 
+def zero_reward(completions: list, **kwargs: Any) -> list[float]:
+    return [0.0] * len(completions)
+
+
+def test_trls_measured_difference_reaches_metrics_jsonl_under_the_stable_key(
+    tmp_path: Path, tiny_base: Path, caplog
+) -> None:
+    """Through TRL's own GRPOTrainer.log: it adds its metrics after any mixin's log, so the key is set in on_log."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from posttrain.core.models import load_tokenizer
+    from posttrain.stages.trainer import MetricsFileCallback
+    from posttrain.vllm_sync import VLLMSyncMixin
+
+    tok = load_tokenizer(str(tiny_base), padding_side="left")
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
+                      max_completion_length=4, report_to=[], bf16=False)
+    trainer = type("Trainer", (VLLMSyncMixin, GRPOTrainer), {})(
+        model=load_causal_lm(str(tiny_base)), reward_funcs=[zero_reward], args=args, processing_class=tok,
+        train_dataset=Dataset.from_list([{"prompt": "Compute 1+2."}] * 4))
+    trainer.logp_diff_callback.threshold = 0.1  # as the stage sets it from rollout.max_logp_diff
+    rows: list[dict] = []
+    trainer.add_callback(MetricsFileCallback(SimpleNamespace(append_metrics=rows.append, log=logging.getLogger("t"))))
+    trainer.model.train()
+    for mean, top in ((0.02, 0.3), (0.25, 2.0)):  # where TRL's _generate_and_score_completions puts them
+        trainer._metrics["train"][TRL_LOGP_DIFF].append(mean)
+        trainer._metrics["train"][TRL_LOGP_DIFF_MAX].append(top)
+        with caplog.at_level(logging.WARNING, logger="posttrain.vllm"):
+            trainer.log({"loss": 0.5})
+    assert [(r[ROLLOUT_LOGP_DIFF], r[ROLLOUT_LOGP_DIFF_MAX]) for r in rows] == [(0.02, 0.3), (0.25, 2.0)]
+    assert len([r for r in caplog.records if "drift" in r.getMessage()]) == 1  # only the step above 0.1
+
+
 def test_the_stage_summarises_the_drift(tmp_path: Path) -> None:
     from posttrain.stages.grpo import _summary
 

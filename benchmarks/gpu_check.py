@@ -57,7 +57,7 @@ class Sizes:
     child_timeout_s: int
 
 
-#: ~40M parameters (8 layers, 16 routed experts, MLA): small enough for minutes, big enough to load a GPU.
+#: ~57M parameters (8 layers, 16 routed experts, MLA): small enough for minutes, big enough to load a GPU.
 GPU = Sizes(model={"hidden_size": 512, "intermediate_size": 1536, "moe_intermediate_size": 256,
                    "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8,
                    "n_routed_experts": 16, "num_experts_per_tok": 4, "kv_lora_rank": 128,

@@ -23,6 +23,7 @@ correction); the mixin logs it under `ROLLOUT_LOGP_DIFF` in metrics.jsonl and wa
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -123,8 +124,8 @@ class LogpDiffCallback(TrainerCallback):
         self.threshold = threshold
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
-        if logs is not None:
-            record_logp_diff(logs, self.threshold)
+        if logs is not None:  # one warning per step: from the main process only
+            record_logp_diff(logs, self.threshold if state.is_world_process_zero else math.inf)
 
 
 class VLLMSyncMixin:

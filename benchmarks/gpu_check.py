@@ -273,8 +273,11 @@ def check_in_child(name: str) -> Callable[[Path, Sizes, str], str]:
             raise Skip("not installed (POSTTRAIN_EXTRAS=dev,vllm make setup)")
         if device != "cuda":
             raise Skip("needs a GPU")
+        import torch
+
         run_stages(work, ["sft"])
         bf16_copy(work)
+        torch.cuda.empty_cache()  # what this process cached is free for the child's vLLM engine
         cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--child", name, "--out", str(work)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=s.child_timeout_s, cwd=ROOT)
         last = (done.stdout.strip().splitlines() or [""])[-1]

@@ -78,6 +78,11 @@ GROUPS_DROPPED = "dynamic_sampling/groups_dropped"
 MTP_LOSS = "mtp/loss"
 MTP_ACCURACY = "mtp/accuracy"
 MTP_ACCEPTANCE = "mtp/acceptance"
+#: GRPO with vLLM rollouts: mean per-token |log p_trainer - log p_vLLM| over a logging step's completions (what
+#: TRL measures for its importance-sampling correction), and the largest token's. Near 0 when vLLM samples from
+#: the model being trained; large when weights or router biases did not reach vLLM.
+ROLLOUT_LOGP_DIFF = "rollout/logp_diff"
+ROLLOUT_LOGP_DIFF_MAX = "rollout/logp_diff_max"
 _MAX_VIOLATION_LAYER = re.compile(r"^moe/max_violation/layer_(\d+)$")
 _LOAD_LAYER = re.compile(r"^moe/load/layer_(\d+)$")
 _REWARD_MEAN = re.compile(r"^rewards/(.+)/mean$")

@@ -2,7 +2,9 @@
 
 Adds what users ask TRL for: named loss presets (`loss: dr_grpo`), DAPO dynamic sampling, the
 MoE load-balancing callback during RL, vLLM rollouts when available (colocate, or a server started
-with `posttrain rollout-server` / `trl vllm-serve`) and a logged fallback to transformers generation.
+with `posttrain rollout-server`) and a logged fallback to transformers generation. With vLLM, the weight
+sync sends what vLLM's loaders accept plus the router biases, and the sampler's drift is logged
+(`posttrain/vllm_sync.py`).
 
 The report's section on this kind is in grpo_report.py; its hooks are imported here, where the
 report looks for them.
@@ -19,7 +21,15 @@ from posttrain.core.errors import MissingDependencyError
 from posttrain.core.generation import SpeculativeSpec
 from posttrain.dynamic_sampling import DynamicSamplingConfig
 from posttrain.recipe import RewardSpec
-from posttrain.run_folder import GROUPS_DROPPED, METRICS_FILE, PROMPTS_FILE, REWARD, read_jsonl
+from posttrain.run_folder import (
+    GROUPS_DROPPED,
+    METRICS_FILE,
+    PROMPTS_FILE,
+    REWARD,
+    ROLLOUT_LOGP_DIFF,
+    ROLLOUT_LOGP_DIFF_MAX,
+    read_jsonl,
+)
 from posttrain.stages.base import StageContext, StageResult
 from posttrain.stages.grpo_report import report_describe as report_describe
 from posttrain.stages.grpo_report import report_figures as report_figures
@@ -53,13 +63,19 @@ class RolloutSpec(BaseModel):
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     #: In-process rollouts: speculative decoding drafted by the model's MTP module (`speculative: {mtp: true}`).
     speculative: SpeculativeSpec | None = None
+    #: A logging step whose mean per-token |log p_trainer - log p_vLLM| exceeds this logs a WARNING (vLLM only).
+    max_logp_diff: float = Field(0.05, gt=0)
 
     @model_serializer(mode="wrap")
-    def _without_unset_speculative(self, handler: Any) -> Any:
-        """Leave `speculative` out until it is set: a stage written before it existed keeps its config hash."""
+    def _without_unset_new_options(self, handler: Any) -> Any:
+        """Leave options added after a stage was written out while they keep their defaults: such a stage keeps
+        its config hash (and `max_logp_diff` only sets when to warn, never what is trained)."""
         data = handler(self)
-        if isinstance(data, dict) and self.speculative is None:
-            data.pop("speculative", None)
+        if isinstance(data, dict):
+            if self.speculative is None:
+                data.pop("speculative", None)
+            if self.max_logp_diff == 0.05:
+                data.pop("max_logp_diff", None)
         return data
 
 
@@ -99,7 +115,12 @@ class GRPOStage(TrainerStage):
         from posttrain.dynamic_sampling import DynamicSamplingMixin
         from posttrain.mtp import SpeculativeRolloutMixin
 
-        return (DynamicSamplingMixin, SpeculativeRolloutMixin, *super().mixins())
+        mixins: tuple[type, ...] = (DynamicSamplingMixin, SpeculativeRolloutMixin, *super().mixins())
+        if getattr(self.args, "use_vllm", False):
+            from posttrain.vllm_sync import VLLMSyncMixin
+
+            mixins += (VLLMSyncMixin,)
+        return mixins
 
     def prepare_data(self, dataset: Any) -> Any:
         cfg = self.cfg
@@ -116,6 +137,8 @@ class GRPOStage(TrainerStage):
     def after_init(self, trainer: Any, dataset: Any) -> None:
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
         trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)
+        if hasattr(trainer, "logp_diff_callback"):
+            trainer.logp_diff_callback.threshold = self.cfg.rollout.max_logp_diff
 
     def describe(self, args: Any, dataset: Any) -> str:
         per_step = args.per_device_train_batch_size * self.ctx.num_processes * args.gradient_accumulation_steps
@@ -164,4 +187,9 @@ def _summary(ctx: StageContext) -> dict[str, Any]:
     dropped = [d for r in rows if isinstance(d := r.get(GROUPS_DROPPED), float | int)]
     if dropped:
         out["groups_dropped_per_step"] = round(sum(dropped) / len(dropped), 3)
+    diffs = [r for r in rows if isinstance(r.get(ROLLOUT_LOGP_DIFF), float | int)]
+    if diffs:  # vLLM rollouts: how far the sampler was from the trainer
+        out["rollout_logp_diff_mean"] = round(sum(r[ROLLOUT_LOGP_DIFF] for r in diffs) / len(diffs), 5)
+        tops = [r[ROLLOUT_LOGP_DIFF_MAX] for r in diffs if isinstance(r.get(ROLLOUT_LOGP_DIFF_MAX), float | int)]
+        out["rollout_logp_diff_max"] = round(max(tops or [r[ROLLOUT_LOGP_DIFF] for r in diffs]), 5)
     return out

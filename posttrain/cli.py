@@ -81,10 +81,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from posttrain.recipe import load_recipe
     from posttrain.stages import KINDS
 
-    recipe = load_recipe(args.recipe, args.overrides, kinds=KINDS)
+    notes: list[str] = []
+    recipe = load_recipe(args.recipe, args.overrides, kinds=KINDS, hub=True, notes=notes)
     has_quick = recipe.quick and load_recipe(args.recipe, args.overrides, quick=True, kinds=KINDS)
     quick = " and its --quick variant" if has_quick else ""
     print(f"{args.recipe}{quick}: ok ({len(recipe.stages)} stages: {', '.join(recipe.stage_names())})")
+    for note in notes:
+        print(f"note: {note}")
     return 0
 
 

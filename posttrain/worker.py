@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
     from posttrain.core.log import setup_logging
-    from posttrain.recipe import load_recipe
+    from posttrain.recipe import parse_recipe
     from posttrain.run_folder import RESOLVED_RECIPE, RESULT_FILE
     from posttrain.stages import KINDS
     from posttrain.stages.base import StageContext
@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     state = PartialState()
     setup_logging(None, rank=state.process_index)
-    recipe = load_recipe(Path(run_dir) / RESOLVED_RECIPE, kinds=KINDS)
+    resolved = Path(run_dir) / RESOLVED_RECIPE
+    # Already resolved and checked by the run that launched us: paths are absolute, plugins import.
+    recipe = parse_recipe(resolved.read_text(), source=str(resolved), kinds=KINDS, check=False)
     stage = recipe.stage(stage_name)
     ctx = StageContext(recipe, stage, Path(run_dir), base_model_ref(recipe, Path(run_dir)),
                        logging.getLogger(f"posttrain.{stage_name}"),

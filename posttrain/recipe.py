@@ -115,9 +115,15 @@ class StageConfig(StrictModel):
     trl_defaults: ClassVar[dict[str, Any]] = {}
     #: Fields that may name an earlier stage (whose output is then used) instead of a path.
     ref_fields: ClassVar[tuple[str, ...]] = ()
+    #: Files (relative to DIR/<name>/) a finished stage must have: a "done" stage missing one runs again.
+    required_outputs: ClassVar[tuple[str, ...]] = ()
 
     def trl_kwargs(self) -> dict[str, Any]:
         return {**self.trl_defaults, **self.trl}
+
+    def expected_outputs(self) -> tuple[str, ...]:
+        """The required outputs of this stage as configured (a kind whose outputs depend on options overrides it)."""
+        return self.required_outputs
 
 
 class StageKindsLike(Protocol):
@@ -167,18 +173,20 @@ def load_recipe(
     quick: bool = False,
     *,
     kinds: StageKindsLike,
+    check: bool = True,
     hub: bool = False,
     notes: list[str] | None = None,
 ) -> Recipe:
     """Read, override (`quick:` when asked, then `--set`), and validate a recipe; raise `RecipeError` with every
-    problem. Its relative paths are resolved against its folder (`--set` values against the working directory)."""
+    problem. Its relative paths are resolved against its folder (`--set` values against the working directory);
+    `check`, `hub`, `notes`: as for `parse_recipe`."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise RecipeError([f"{path}: cannot read recipe: {exc.strerror or exc}"]) from None
     return parse_recipe(text, source=str(path), overrides=overrides, output_dir=output_dir, quick=quick, kinds=kinds,
-                        base_dir=path.absolute().parent, hub=hub, notes=notes)
+                        base_dir=path.absolute().parent, check=check, hub=hub, notes=notes)
 
 
 def parse_recipe(

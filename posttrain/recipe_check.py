@@ -18,6 +18,7 @@ import inspect
 import math
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -298,11 +299,19 @@ def hub_unreachable() -> str | None:
         return "HF_HUB_OFFLINE is set"
     endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=HUB_TIMEOUT_S).close()
-    except OSError as exc:
-        return f"no connection to {host} ({exc.strerror or exc})"
-    return None
+    found: list[str | None] = []
+
+    def probe() -> None:  # in a thread: a name lookup has no timeout of its own
+        try:
+            socket.create_connection((host, port), timeout=HUB_TIMEOUT_S).close()
+            found.append(None)
+        except OSError as exc:
+            found.append(f"no connection to {host} ({exc.strerror or exc})")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(HUB_TIMEOUT_S + 1)
+    return found[0] if found else f"no answer from {host} within {HUB_TIMEOUT_S:g} s"
 
 
 def hub_repo_exists(name: str, kind: str) -> bool | None:

@@ -5,7 +5,8 @@ records from here, so a file is renamed in one place and a record has one shape:
 
     DIR/resolved_recipe.yaml  report.json  report.md  plots/  posttrain.log  base_model/
     DIR/<stage>/stage.json    the stage's state (`StageState`)
-    DIR/<stage>/model/        a trained model (trainer stages), adapter/ (LoRA), checkpoints/
+    DIR/<stage>/model/        a trained model (trainer stages), adapter/ (LoRA), checkpoints/, train_result.json;
+                              written as model.tmp/ and checkpoints/incomplete/checkpoint-N, renamed when complete
     DIR/<stage>/metrics.jsonl one flat JSON line per logging step (keys below)
     DIR/<stage>/data.jsonl, pairs.jsonl, prompts.jsonl, eval.jsonl, stats.json (distill),
                 samples.jsonl (eval)
@@ -66,6 +67,10 @@ RESULT_FILE = "result.json"
 MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoints"
+#: checkpoints/incomplete/: where a checkpoint is written before it is renamed to checkpoints/checkpoint-N.
+CHECKPOINT_STAGING = "incomplete"
+#: What the trainer's train() returned, so a rerun that only saves the model reports the same figures.
+TRAIN_RESULT_FILE = "train_result.json"
 METRICS_FILE = "metrics.jsonl"
 DATA_FILE = "data.jsonl"
 PAIRS_FILE = "pairs.jsonl"
@@ -239,7 +244,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def replace_dir(src: Path, dst: Path) -> None:
     """Rename folder `src` to `dst`, replacing what `dst` held (which is deleted only once `src` is in place)."""
-    old = dst.with_name(dst.name + TMP_SUFFIX)
+    old = dst.with_name(dst.name + ".old" + TMP_SUFFIX)
     shutil.rmtree(old, ignore_errors=True)
     if dst.exists():
         dst.rename(old)

@@ -20,6 +20,7 @@ class Config(StageConfig):
     fail_message: str = "counting failed on purpose"
     trl_config: ClassVar[str | None] = "trl:SFTConfig"
     ref_fields: ClassVar[tuple[str, ...]] = ("data",)
+    required_outputs: ClassVar[tuple[str, ...]] = ("data.jsonl",)
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -83,7 +83,8 @@ def _from_recipe(args: argparse.Namespace) -> tuple[str, str, int]:
     from posttrain.stages.grpo import Config as GRPOConfig
     from posttrain.tiny import base_model_ref
 
-    recipe = load_recipe(args.recipe, output_dir=args.output_dir, kinds=KINDS)
+    # Only the GRPO stage's model matters here (often on another machine than the data): no file checks.
+    recipe = load_recipe(args.recipe, output_dir=args.output_dir, kinds=KINDS, check=False)
     grpo = [s for s in recipe.stages if isinstance(s, GRPOConfig) and (args.stage in (None, s.name))]
     if not grpo:
         names = [s.name for s in recipe.stages if isinstance(s, GRPOConfig)]

@@ -20,7 +20,7 @@ from posttrain.recipe import RewardSpec, StageConfig
 from posttrain.report.cross_stage import SCORES
 from posttrain.report.inputs import StageView, is_number
 from posttrain.report.markdown import Document, model_name, pct
-from posttrain.run_folder import EVAL_FILE, SAMPLES_FILE, read_jsonl
+from posttrain.run_folder import EVAL_FILE, SAMPLES_FILE, read_jsonl, repair_jsonl_tail
 from posttrain.stages.base import StageContext, StageResult
 
 
@@ -46,6 +46,7 @@ class Config(StageConfig):
     chunk_size: int = Field(128, ge=1)
 
     ref_fields: ClassVar[tuple[str, ...]] = ("model", "data")
+    required_outputs: ClassVar[tuple[str, ...]] = (SAMPLES_FILE,)
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -64,6 +65,7 @@ def run(ctx: StageContext) -> StageResult:
     total_weight = sum(w for _, w in rewards) or 1.0
     out_path = ctx.stage_dir / SAMPLES_FILE
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+    repair_jsonl_tail(out_path)  # a run killed mid-row: the row is generated again
     done = {r["id"]: r for r in read_jsonl(out_path)} if out_path.exists() else {}
     todo = [r for r in rows if r["id"] not in done]
     if done:

@@ -85,13 +85,14 @@ def test_an_interrupted_eval_only_generates_the_missing_prompts(
     tmp_path: Path, tiny_base: Path, held_out: Path
 ) -> None:
     text = recipe(tmp_path, tiny_base, held_out, SCRIPTED.format(slip=0.0))
-    # A previous run wrote 15 rows (with deliberately wrong scores) before it was killed.
+    # A previous run wrote 15 rows (with deliberately wrong scores) and half a row before it was killed.
     first = eval_prompts(40, seed=3)[:15]
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "samples.jsonl").write_text("".join(
         json.dumps({"id": r["id"], "prompt": r["prompt"], "greedy": "x", "greedy_score": 0.0, "samples": ["x"] * 4,
-                    "sample_scores": [0.0] * 4}) + "\n" for r in first))
-    (tmp_path / "eval" / "stage.json").write_text(json.dumps({"status": "running", "config_hash": _digest(text)}))
+                    "sample_scores": [0.0] * 4}) + "\n" for r in first) + '{"id": "16", "prompt": "Comp')  # torn
+    state = {"kind": "eval", "status": "running", "config_hash": _digest(text)}
+    (tmp_path / "eval" / "stage.json").write_text(json.dumps(state))
     metrics = run_recipe(parse_recipe(text, kinds=KINDS))["stages"]["eval"]["metrics"]
     assert metrics["accuracy"] == pytest.approx(25 / 40)  # the 15 kept rows were not generated again
     lines = (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()

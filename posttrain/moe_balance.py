@@ -297,7 +297,8 @@ def balancing_plan(model: nn.Module, tracker: ExpertLoadTracker, config: MoEBala
     if alpha > 0 and any(r.logits_index is not None for r in tracker.specs):
         scoring = "/".join(sorted({r.scoring for r in tracker.specs}))
         applies.append(f"posttrain's sequence-wise balance loss (seq_aux_loss_coef={alpha:g}, on {scoring} scores)")
-    what = "; ".join(applies) if applies else "nothing (set trl.router_aux_loss_coef or moe_balance.seq_aux_loss_coef)"
+    what = "; ".join(applies) if applies else ("nothing (moe_balance.seq_aux_loss_coef adds a balance loss; so does "
+                                               "trl.router_aux_loss_coef where the TRL config has it)")
     shape = f"{len(tracker.specs)} routed layers x {tracker.num_experts} experts"
     if not tracker.biased and not aux_loss:
         config_ = getattr(model, "config", None)

@@ -22,13 +22,27 @@ def completion_text(completion: Any) -> str:
     if isinstance(completion, str):
         return completion
     if isinstance(completion, dict):
-        return str(completion.get("content", ""))
+        return _message_text(completion)
     if isinstance(completion, list | tuple):
-        contents = [m.get("content", "") for m in completion if isinstance(m, dict) and m.get("role") == "assistant"]
+        contents = [_message_text(m) for m in completion if isinstance(m, dict) and m.get("role") == "assistant"]
         if not contents:
-            contents = [m.get("content", "") for m in completion if isinstance(m, dict)]
+            contents = [_message_text(m) for m in completion if isinstance(m, dict)]
         return str(contents[-1]) if contents else ""
     return "" if completion is None else str(completion)
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    """A message's text. A turn parsed by its template's response schema keeps the reasoning beside the content
+    (`reasoning_content`, or `thinking`): it is put back as `<think>reasoning</think>content`.
+
+    >>> _message_text({"role": "assistant", "reasoning_content": "2+2=4", "content": " 4"})
+    '<think>2+2=4</think> 4'
+    """
+    content = str(message.get("content", ""))
+    reasoning = message.get("reasoning_content") or message.get("thinking")
+    if isinstance(reasoning, str) and reasoning.strip():
+        return f"{THINK_OPEN}{reasoning}{THINK_CLOSE}{content}"
+    return content
 
 
 def split_think(text: str) -> tuple[str | None, str]:

@@ -149,7 +149,7 @@ class TrainerStage:
 
     # -- the skeleton ------------------------------------------------------------------------------
     def run(self) -> StageResult:
-        from posttrain.core.models import load_tokenizer
+        from posttrain.core.models import load_tokenizer, without_router_logits
         from posttrain.recipe import build_trl_config
 
         ctx, cfg = self.ctx, self.cfg
@@ -171,6 +171,8 @@ class TrainerStage:
         prepare_trainer(trainer, ctx, self.log_keys)
         ctx.log.info(self.describe(self.args, dataset))
         result = train_resumably(trainer, ctx)
+        # TRL's SFTTrainer turns `output_router_logits` on in the config; saved so, the model crashes `generate`.
+        without_router_logits(trainer.accelerator.unwrap_model(trainer.model))
         out = save_final(trainer, self.tokenizer, ctx)
         metrics: dict[str, Any] = {"train_loss": round(result.training_loss, 5), "steps": result.global_step}
         metrics.update(self.summary(trainer, result, dataset))

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from posttrain.core.chat import think_opener
 from posttrain.core.generation.base import (
     BaseGenerator,
     DraftStats,
@@ -30,8 +31,10 @@ class HFGenerator(BaseGenerator):
 
     def __init__(self, model: Any, tokenizer: Any, spec: GenerationSpec | None = None):
         """Wrap an already-loaded model and tokenizer (e.g. the policy being trained)."""
+        from posttrain.core.models import without_router_logits
+
         self.spec = spec or GenerationSpec(backend="hf")
-        self.model = model
+        self.model = without_router_logits(model)  # an MoE's router loss crashes cached generation
         self.tokenizer = tokenizer
         self.name = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "hf")
         if tokenizer.pad_token is None:
@@ -67,7 +70,9 @@ class HFGenerator(BaseGenerator):
         return cls(model, tokenizer, spec)
 
     def _render(self, prompt: Prompt) -> tuple[str, bool]:
-        """Text to tokenize, and whether the tokenizer should add its special tokens (not after a template)."""
+        """Text to tokenize, and whether the tokenizer should add its special tokens (not after a template).
+
+        A chat-templated prompt that ends by opening `<think>` makes each completion start with that opener."""
         if isinstance(prompt, str) and not self.spec.chat:
             return prompt, True
         if getattr(self.tokenizer, "chat_template", None) is None:
@@ -128,9 +133,11 @@ class HFGenerator(BaseGenerator):
             new = seqs[:, enc["input_ids"].shape[1]:]
         decoded = tok.batch_decode(new, skip_special_tokens=True)
         decoded = [truncate_at_stop(d, sampling.stop) for d in decoded]
+        # A template that opens `<think>` in the prompt: the completion is the whole assistant turn (core/chat.py).
+        openers = [think_opener(text) if not special else "" for text, special in rendered]
         if greedy:
-            return [[d] * n for d in decoded]
-        return [decoded[i * n:(i + 1) * n] for i in range(len(texts))]
+            return [[openers[i] + d] * n for i, d in enumerate(decoded)]
+        return [[openers[i] + d for d in decoded[i * n:(i + 1) * n]] for i in range(len(texts))]
 
     def _speculative_batch(self, enc: Any, copies: int, sampling: SamplingParams) -> list[list[int]]:
         """New tokens per sequence, drafted by the MTP module (`copies` sequences per prompt, in prompt order)."""

@@ -46,7 +46,7 @@ def test_its_recipes_are_valid_recipes(tmp_path: Path) -> None:
     rec = parse_recipe(yaml.safe_dump(recipe(tmp_path, CPU, bf16=False)), kinds=KINDS)
     assert [s.name for s in rec.stages] == ["distill", "sft", "grpo", "sft_zero3", "sft_resume"]
     vllm_text = yaml.safe_dump(recipe(tmp_path, CPU, bf16=False, vllm=True))
-    with pytest.raises(RecipeError, match=r"model: file not found: .*sft_bf16"):  # written by the vLLM checks, after SFT
+    with pytest.raises(RecipeError, match=r"model: file not found: .*sft_bf16"):  # the vLLM checks write it
         parse_recipe(vllm_text, kinds=KINDS)
     (tmp_path / "sft_bf16").mkdir()
     rec = parse_recipe(vllm_text, kinds=KINDS)

@@ -123,6 +123,37 @@ def reward_of_mean_key(key: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Keys of an eval stage's metrics in report.json (CONTRACTS.md)
+
+ACCURACY = "accuracy"
+PASS_AT_1 = "pass@1"
+#: Several sampling temperatures: the mean of their pass@1 (each is `pass@1/T=<t>`).
+PASS_AT_1_MEAN = "pass@1/mean"
+#: Mean tokens of the sampled completions (at the stage's sampling temperature): all, correct, wrong.
+RESPONSE_LENGTH = "response_length"
+RESPONSE_LENGTH_CORRECT = "response_length_correct"
+RESPONSE_LENGTH_WRONG = "response_length_wrong"
+#: The sampling temperature `pass@1` and the response lengths refer to; all sampled temperatures.
+TEMPERATURE = "temperature"
+TEMPERATURES = "temperatures"
+BENCHMARK = "benchmark"
+
+
+def pass_at_k_key(k: int) -> str:
+    return f"pass@{k}"
+
+
+def temperature_label(t: float) -> str:
+    """A temperature as keys and samples.jsonl spell it: 0.6 -> "0.6", 1.0 -> "1"."""
+    return f"{t:g}"
+
+
+def at_temperature(key: str, t: float) -> str:
+    """A figure at one sampling temperature: `pass@1/T=0.6`, `response_length/T=1`."""
+    return f"{key}/T={temperature_label(t)}"
+
+
+# --------------------------------------------------------------------------------------------------
 # Records
 
 Status = Literal["running", "interrupted", "done", "failed"]
@@ -198,7 +229,8 @@ class DistillStats(dict[str, Any]):
 
 class EvalMetrics(dict[str, Any]):
     """An eval stage's metrics in report.json: `accuracy` (greedy), `pass@1`, optional `pass@k`, `prompts`,
-    `model`. A dict, as JSON has it."""
+    `model`, `response_length` (+ `_correct`, `_wrong`), `temperature`; with several temperatures
+    `pass@1/T=<t>`, `pass@1/mean`, `temperatures`; with a preset `benchmark`. A dict, as JSON has it."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,9 +3,9 @@
 The runner, the stages and the report all read and write this folder; they take its names and
 records from here, so a file is renamed in one place and a record has one shape:
 
-    DIR/resolved_recipe.yaml  report.json  report.md  plots/  posttrain.log  base_model/
+    DIR/resolved_recipe.yaml  report.json  report.md  plots/  posttrain.log  base_model/  runs/ (trackers)
     DIR/<stage>/stage.json    the stage's state (`StageState`)
-    DIR/<stage>/model/        a trained model (trainer stages), adapter/ (LoRA), checkpoints/
+    DIR/<stage>/model/        a trained model (trainer stages), adapter/ (LoRA), checkpoints/, runs/ (trackers)
     DIR/<stage>/metrics.jsonl one flat JSON line per logging step (keys below)
     DIR/<stage>/data.jsonl, pairs.jsonl, prompts.jsonl, eval.jsonl, stats.json (distill),
                 samples.jsonl (eval)
@@ -34,8 +34,11 @@ PLOTS_DIR = "plots"
 LOG_FILE = "posttrain.log"
 #: A base model and tokenizer the recipe builds (tiny model, trained tokenizer).
 BASE_DIR = "base_model"
+#: Experiment-tracker logs (TensorBoard event files): DIR/runs/ for the run's final metrics per stage,
+#: DIR/<stage>/runs/ for a trainer stage's training curves; one subfolder per invocation, `<time>_<host>`.
+TRACKING_DIR = "runs"
 #: Folder names under DIR that a stage may not take.
-RESERVED_STAGE_NAMES = frozenset({BASE_DIR, PLOTS_DIR})
+RESERVED_STAGE_NAMES = frozenset({BASE_DIR, PLOTS_DIR, TRACKING_DIR})
 #: Suffix of the folder that keeps a changed stage's previous outputs.
 PREV_SUFFIX = ".prev"
 

@@ -27,6 +27,7 @@ from posttrain.recipe import Recipe, StageConfig
 from posttrain.run_folder import RESOLVED_RECIPE, RESULT_FILE, ReportEntry, RunReport, StageState, prev_dir
 from posttrain.stages import KINDS
 from posttrain.stages.base import StageContext, StageResult
+from posttrain.tracking import check_installed, log_final_metrics, names
 
 log = logging.getLogger("posttrain.runner")
 
@@ -42,6 +43,7 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None) -> dict[str, Any]:
         if unknown:
             raise PosttrainError(f"--stages: no stage named {', '.join(unknown)} "
                                  f"(stages: {', '.join(recipe.stage_names())})")
+    check_installed([*recipe.report_to, *(t for s in recipe.stages for t in names(s.trl.get("report_to")))])
     (run_dir / RESOLVED_RECIPE).write_text(recipe.to_yaml())
 
     report = RunReport.read(run_dir)
@@ -71,6 +73,7 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None) -> dict[str, Any]:
         interrupted = exc
     finally:
         _write_report(run_dir, recipe, report)
+        log_final_metrics(recipe, report)
     if interrupted is not None:
         raise interrupted
     return report.to_json()

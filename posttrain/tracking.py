@@ -72,9 +72,19 @@ def trainer_settings(recipe: Recipe, stage: StageConfig) -> dict[str, Any]:
     settings: dict[str, Any] = {"run_name": f"{Path(recipe.output_dir).name}/{stage.name}"}
     if recipe.report_to:
         settings["report_to"] = list(recipe.report_to)
-    if "trackio" in names(stage.trl.get("report_to", recipe.report_to)):
+    if "trackio" in names(stage.trl.get("report_to", recipe.report_to)) and _has_field(stage, "project"):
         settings["project"] = os.environ.get("TRACKIO_PROJECT", PROJECT)
     return settings
+
+
+def _has_field(stage: StageConfig, name: str) -> bool:
+    """Whether the stage's TRL config takes `name` (transformers added `project` for trackio in 5.x)."""
+    import dataclasses
+
+    from posttrain.recipe import trl_config_class
+
+    ref = type(stage).trl_config
+    return ref is not None and name in {f.name for f in dataclasses.fields(trl_config_class(ref))}
 
 
 @contextlib.contextmanager

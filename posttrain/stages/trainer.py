@@ -59,6 +59,7 @@ from posttrain.stages.checkpoints import (
     load_train_result,
     save_train_result,
 )
+from posttrain.tracking import trainer_settings, training_env
 
 log = logging.getLogger("posttrain.training")
 
@@ -158,19 +159,21 @@ class TrainerStage:
         dataset = self.prepare_data(ctx.load_dataset(cfg.data, cfg.data_file, cfg.split))
         if cfg.max_samples is not None:
             dataset = dataset.select(range(min(cfg.max_samples, len(dataset))))
-        extra = {**self.trl_overrides(), **({} if "seed" in cfg.trl else {"seed": ctx.seed})}
+        extra = {**trainer_settings(ctx.recipe, cfg), **self.trl_overrides(),
+                 **({} if "seed" in cfg.trl else {"seed": ctx.seed})}
         self.args = build_trl_config(cfg, checkpoint_dir(ctx), **{k: v for k, v in extra.items() if k not in cfg.trl})
         model = self.load_model(model_path)
         trainer_cls = type("Trainer", (AtomicCheckpointMixin, *self.mixins(), self.trainer_class()), {})
-        trainer = trainer_cls(model=model, args=self.args, processing_class=self.tokenizer,
-                              **self.trainer_kwargs(dataset))
-        tracker = trainer.setup_moe_balance(cfg.moe_balance) if hasattr(trainer, "setup_moe_balance") else None
-        if hasattr(trainer, "setup_mtp"):
-            trainer.setup_mtp(cfg.mtp)
-        self.after_init(trainer, dataset)
-        prepare_trainer(trainer, ctx, self.log_keys)
-        ctx.log.info(self.describe(self.args, dataset))
-        result = train_resumably(trainer, ctx)
+        with training_env(ctx.stage_dir, self.args.report_to):  # trackers log under DIR/<stage>/
+            trainer = trainer_cls(model=model, args=self.args, processing_class=self.tokenizer,
+                                  **self.trainer_kwargs(dataset))
+            tracker = trainer.setup_moe_balance(cfg.moe_balance) if hasattr(trainer, "setup_moe_balance") else None
+            if hasattr(trainer, "setup_mtp"):
+                trainer.setup_mtp(cfg.mtp)
+            self.after_init(trainer, dataset)
+            prepare_trainer(trainer, ctx, self.log_keys)
+            ctx.log.info(self.describe(self.args, dataset))
+            result = train_resumably(trainer, ctx)
         # TRL's SFTTrainer turns `output_router_logits` on in the config; saved so, the model crashes `generate`.
         without_router_logits(trainer.accelerator.unwrap_model(trainer.model))
         out = save_final(trainer, self.tokenizer, ctx)

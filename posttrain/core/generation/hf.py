@@ -41,6 +41,9 @@ class HFGenerator(BaseGenerator):
             tokenizer.pad_token = tokenizer.eos_token
         #: Drafted/accepted token counts of speculative decoding so far.
         self.draft_stats = DraftStats()
+        #: Tokens each completion of the last `generate` call took (same shape as its result), up to and including
+        #: the end-of-sequence token: what an eval's response length counts.
+        self.last_lengths: list[list[int]] = []
         self.speculative = self._speculative()
 
     def _speculative(self) -> bool:
@@ -90,18 +93,23 @@ class HFGenerator(BaseGenerator):
         per_batch = max(1, self.spec.batch_size // n)
         batches = [list(range(i, min(i + per_batch, len(prompts)))) for i in range(0, len(prompts), per_batch)]
         out: list[list[str]] = [[] for _ in prompts]
+        lengths: list[list[int]] = [[] for _ in prompts]
         was_training = self.model.training
         self.model.eval()
         show = self.spec.options.get("progress", len(batches) > 4)
         try:
             for idx in tqdm(batches, desc="generate", unit="batch", disable=not show, leave=False):
-                for i, row in zip(idx, self._batch([self._render(prompts[i]) for i in idx], n, sampling), strict=True):
-                    out[i] = row
+                texts, counts = self._batch([self._render(prompts[i]) for i in idx], n, sampling)
+                for i, row, count in zip(idx, texts, counts, strict=True):
+                    out[i], lengths[i] = row, count
         finally:
             self.model.train(was_training)
+        self.last_lengths = lengths
         return out
 
-    def _batch(self, rendered: list[tuple[str, bool]], n: int, sampling: SamplingParams) -> list[list[str]]:
+    def _batch(self, rendered: list[tuple[str, bool]], n: int,
+               sampling: SamplingParams) -> tuple[list[list[str]], list[list[int]]]:
+        """(completions, their token counts), n per prompt."""
         import torch
 
         tok = self.tokenizer
@@ -133,11 +141,33 @@ class HFGenerator(BaseGenerator):
             new = seqs[:, enc["input_ids"].shape[1]:]
         decoded = tok.batch_decode(new, skip_special_tokens=True)
         decoded = [truncate_at_stop(d, sampling.stop) for d in decoded]
+        counts = self._lengths(new)
         # A template that opens `<think>` in the prompt: the completion is the whole assistant turn (core/chat.py).
         openers = [think_opener(text) if not special else "" for text, special in rendered]
         if greedy:
-            return [[openers[i] + d] * n for i, d in enumerate(decoded)]
-        return [[openers[i] + d for d in decoded[i * n:(i + 1) * n]] for i in range(len(texts))]
+            return [[openers[i] + d] * n for i, d in enumerate(decoded)], [[c] * n for c in counts]
+        return ([[openers[i] + d for d in decoded[i * n:(i + 1) * n]] for i in range(len(texts))],
+                [counts[i * n:(i + 1) * n] for i in range(len(texts))])
+
+    def _eos_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos_ids:
+            eos_ids.append(self.tokenizer.eos_token_id)
+        return eos_ids
+
+    def _lengths(self, new: Any) -> list[int]:
+        """Tokens each sequence generated, up to and including its end-of-sequence token (not the padding after)."""
+        eos, pad = set(self._eos_ids()), self.tokenizer.pad_token_id
+        counts = []
+        for seq in new.tolist() if hasattr(new, "tolist") else new:
+            n = len(seq)
+            for i, token in enumerate(seq):
+                if token in eos or token == pad:
+                    n = i + 1 if token in eos else i
+                    break
+            counts.append(n)
+        return counts
 
     def _speculative_batch(self, enc: Any, copies: int, sampling: SamplingParams) -> list[list[int]]:
         """New tokens per sequence, drafted by the MTP module (`copies` sequences per prompt, in prompt order)."""
@@ -152,10 +182,7 @@ class HFGenerator(BaseGenerator):
                 tail = tok.decode(tokens[-window:], skip_special_tokens=True)
                 return any(s in tail for s in stops)
 
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos_ids:
-            eos_ids.append(self.tokenizer.eos_token_id)
+        eos_ids = self._eos_ids()
         decoder = MTPDecoder(self.model)
         out = decoder.generate(enc["input_ids"].repeat_interleave(copies, 0),
                                enc["attention_mask"].repeat_interleave(copies, 0), sampling.max_new_tokens,

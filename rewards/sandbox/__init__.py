@@ -29,8 +29,14 @@ message-queue IPC refused, so that nothing of one reaches the next. The supervis
 their reach (non-dumpable, a result channel they never hold); a program that kills or stops it
 only ends that sandbox, and the next call starts a new one. `reuse=False` starts one per call.
 
+Tests that call into a Python program (HumanEval's check(), asserts, call-based tests) go through
+`harness.py`: the tests run in one process, the candidate's code in another that only exchanges
+plain values with it, so nothing the candidate does in its process can make a test pass
+(`Sandbox.run_harness`, `Sandbox.run_check`).
+
 The package, one concern per module: `runner` (Sandbox), `session` (a kept sandbox, per thread),
-`protocol` (the host's half of the wire format), `supervisor` (what runs inside), `bwrap` (the
+`protocol` (the host's half of the wire format), `supervisor` (what runs inside), `harness` (the
+tests' side of call-style tests, inside), `bwrap` (the
 command line), `seccomp` (the filter), `uids` (a uid per live sandbox), `languages` (what each
 language compiles and runs with), `results` (Limits, RunResult).
 

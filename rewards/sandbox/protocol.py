@@ -11,23 +11,38 @@ Expected outputs never enter the sandbox: a job holds the programs' inputs only.
 from __future__ import annotations
 
 import ast
+import functools
 import marshal
 from collections.abc import Sequence
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
+import rewards.sandbox.harness as harness  # the module's file, shipped as text; importing it runs nothing
 from rewards.sandbox.bwrap import ENV
 from rewards.sandbox.languages import Language
 from rewards.sandbox.results import Limits, RunResult
 from rewards.sandbox.supervisor import HEADER_BYTES, MARSHAL_VERSION
 
 
-def make_job(language: Language, code: str, inputs: Sequence[str], *, check: bool, limits: Limits) -> dict[str, Any]:
-    """One call for the supervisor: compile `code` once (if the language compiles), run it on each input."""
+def make_job(language: Language, code: str, inputs: Sequence[str], *, check: bool, limits: Limits,
+             harness: bool = False) -> dict[str, Any]:
+    """One call for the supervisor: compile `code` once (if the language compiles), run it on each input.
+
+    `harness`: Python only; each input is a test's spec for `harness.py`, which runs the tests in one
+    process and `code` in another (the pass decision cannot be forged from the candidate's process).
+    """
     return {"language": language.name, "source": code, "source_name": language.source,
             "compile": list(language.compile), "run": None if language.run is None else list(language.run),
             "keep": list(language.keep), "memory_markers": list(language.memory_markers), "tests": list(inputs),
-            "check": check, "limits": asdict(limits), "env": dict(ENV), "total_timeout_s": limits.total_timeout_s}
+            "check": check or harness, "harness": harness_source() if harness else None, "limits": asdict(limits),
+            "env": dict(ENV), "total_timeout_s": limits.total_timeout_s}
+
+
+@functools.lru_cache(maxsize=1)
+def harness_source() -> str:
+    """The text of harness.py, which the tests' process runs inside the sandbox."""
+    return Path(harness.__file__).read_text(encoding="utf-8")
 
 
 def encode_job(job: dict[str, Any]) -> bytes:

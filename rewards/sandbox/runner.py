@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -115,7 +116,9 @@ class Sandbox:
         """(compile result or None, one result per input): compiled once, each input in a fresh process.
 
         With `check=True` a Python program `passed` only if it ran to its end: no exception, no
-        `sys.exit`/`os._exit`, whatever the exit code. On a compile error there are no test results.
+        `sys.exit`/`os._exit`, whatever the exit code. That says the program finished; it is no
+        verdict a test can rely on (the program could write the token itself): tests go through
+        `run_harness`. On a compile error there are no test results.
         """
         self.check()
         name = normalize_language(language)
@@ -125,15 +128,30 @@ class Sandbox:
         bounds = replace(self.limits, **limits).check() if limits else self.limits
         return self._execute(name, code, list(inputs), check=check, limits=bounds, isolated=bool(self.isolated))
 
-    def run_check(self, code: str, test: str, entry_point: str, **limits: Any) -> RunResult:
-        """HumanEval style: `code`, then `test` (defining `check(candidate)`), then `check(entry_point)`.
+    def run_harness(self, code: str, specs: Sequence[dict[str, Any]],
+                    **limits: Any) -> tuple[RunResult | None, list[RunResult]]:
+        """Python tests that call into `code` (see `harness.py`): one result per spec, `passed` set by the harness.
 
-        `passed` is True only if check() returned; the exit code does not decide it.
+        Each test runs in a process of its own that never runs the candidate's code: that runs in a
+        second process, which gets calls and sends back plain values. So nothing the candidate does
+        makes a test pass but returning the right values. A `call` spec's result is its stdout (JSON).
+        """
+        self.check()
+        bounds = replace(self.limits, **limits).check() if limits else self.limits
+        inputs = [json.dumps(spec) for spec in specs]
+        return self._execute("python", code, inputs, check=True, harness=True, limits=bounds,
+                             isolated=bool(self.isolated))
+
+    def run_check(self, code: str, test: str, entry_point: str, **limits: Any) -> RunResult:
+        """HumanEval style: `check(entry_point)` of `test` against `code`, through the harness.
+
+        `passed` is True only if check() returned; the exit code does not decide it, nor can the
+        candidate's code (it runs in another process than check()).
         """
         if not isinstance(entry_point, str) or not entry_point.isidentifier():
             raise DataError(f"entry_point must be a Python identifier, got {entry_point!r}")
-        program = f"{code}\n\n{test}\n\ncheck({entry_point})\n"
-        compile_result, results = self.run_tests(program, "python", [""], check=True, **limits)
+        spec = {"kind": "check", "test": test, "entry_point": entry_point}
+        compile_result, results = self.run_harness(code, [spec], **limits)
         if not results:
             assert compile_result is not None
             compile_result.passed = False
@@ -147,9 +165,10 @@ class Sandbox:
     # ------------------------------------------------------------ launching
 
     def _execute(self, name: str, code: str, inputs: list[str], *, check: bool, limits: Limits, isolated: bool,
-                 host_timeout_s: float | None = None) -> tuple[RunResult | None, list[RunResult]]:
+                 host_timeout_s: float | None = None,
+                 harness: bool = False) -> tuple[RunResult | None, list[RunResult]]:
         entry = TABLE[name]
-        payload = encode_job(make_job(entry, code, inputs, check=check, limits=limits))
+        payload = encode_job(make_job(entry, code, inputs, check=check, limits=limits, harness=harness))
         if host_timeout_s is None:
             host_timeout_s = host_timeout(entry, len(inputs), limits)
         key: SessionKey = (isolated, limits.tmp_mb, limits.max_processes)

@@ -156,11 +156,15 @@ def rlimits(timeout_s: float, memory_mb: int, max_file_mb: int, max_open_files: 
 # ---------------------------------------------------------------- the test process (after fork)
 
 
-def run_python(work: str, code: types.CodeType, token: str) -> int:
-    """Run compiled code as `python main.py` would, in this (forked) process; its exit status."""
+def run_python(work: str, code: types.CodeType, token: str, extra: dict | None = None) -> int:
+    """Run compiled code as `python main.py` would, in this (forked) process; its exit status.
+
+    `extra`: more globals of the module (the harness gets the candidate's code object as CANDIDATE).
+    """
     path = os.path.join(work, "main.py")
     module = types.ModuleType("__main__")
     module.__dict__.update({"__file__": path, "__builtins__": builtins, "__cached__": None})
+    module.__dict__.update(extra or {})
     sys.modules["__main__"] = module
     sys.argv = [path]
     sys.path.insert(0, work)
@@ -293,11 +297,13 @@ class Supervisor:
         self.limits, self.env = job["limits"], dict(job["env"])
         self.markers = MEMORY_MARKERS + tuple(job.get("memory_markers", ()))
         source, start = job["source"], time.monotonic()
-        compiled = None
+        compiled = harness = None
         artifacts: dict[str, bytes] = {}
         if job["run"] is None:  # Python, run in a fork of this process: compile here, once
             try:
                 compiled = compile(source, os.path.join(self.work, job["source_name"]), "exec", dont_inherit=True)
+                if job.get("harness"):  # the tests' process runs the harness; it starts the candidate's (harness.py)
+                    harness = compile(job["harness"], "<harness>", "exec", dont_inherit=True)
             except BaseException as exc:
                 import traceback
 
@@ -332,11 +338,11 @@ class Supervisor:
                 write_file(os.path.join(self.work, name), content, 0o755 if job["compile"] else 0o666)
             argv = None if job["run"] is None else [arg.replace("{dir}", self.work) for arg in job["run"]]
             outcome = self.run_one(argv, compiled, data.encode("utf-8", "surrogateescape"), self.limits["timeout_s"],
-                                   self.limits["memory_mb"], check=job["check"])
+                                   self.limits["memory_mb"], check=job["check"], harness=harness)
             self.emit({"test": index, "result": outcome})
 
     def run_one(self, argv: list[str] | None, code: types.CodeType | None, data: bytes, timeout_s: float,
-                memory_mb: int, *, check: bool, clean: bool = True) -> dict:
+                memory_mb: int, *, check: bool, clean: bool = True, harness: types.CodeType | None = None) -> dict:
         """Run `argv` (or compiled Python) on `data` in a fresh child, bounded; kill all it left; its result."""
         cap_out, cap_err = self.limits["max_output_bytes"], self.limits["max_stderr_bytes"]
         token = os.urandom(16).hex() if check else ""
@@ -347,7 +353,7 @@ class Supervisor:
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:
-            self.child(argv, code, stdin_fd, out_w, err_w, tok_w, token, timeout_s, memory_mb)
+            self.child(argv, code, stdin_fd, out_w, err_w, tok_w, token, timeout_s, memory_mb, harness)
         for fd in (stdin_fd, out_w, err_w, tok_w):
             if fd is not None:
                 os.close(fd)
@@ -409,7 +415,8 @@ class Supervisor:
                       streams[out_r].truncated or streams[err_r].truncated)
 
     def child(self, argv: list[str] | None, code: types.CodeType | None, stdin_fd: int, out_w: int, err_w: int,
-              tok_w: int | None, token: str, timeout_s: float, memory_mb: int) -> None:
+              tok_w: int | None, token: str, timeout_s: float, memory_mb: int,
+              harness: types.CodeType | None = None) -> None:
         """The test process: never returns (os._exit)."""
         status = 127
         try:
@@ -429,7 +436,10 @@ class Supervisor:
                 for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
                 os.execvpe(argv[0], argv, self.env)
-            status = run_python(self.work, code, token)  # type: ignore[arg-type]
+            if harness is not None:
+                status = run_python(self.work, harness, token, {"CANDIDATE": code})
+            else:
+                status = run_python(self.work, code, token)  # type: ignore[arg-type]
         except BaseException:
             with contextlib.suppress(BaseException):
                 import traceback

@@ -145,10 +145,10 @@ def test_check_style_passes_only_when_check_returns(reward: CodeReward) -> None:
     programs = {
         "def add(a, b):\n    return a + b": (1.0, None),
         "def add(a, b):\n    return a - b": (0.0, None),  # a failed assertion: a wrong answer, not an error
-        "import sys\ndef add(a, b):\n    return 0\nsys.exit(0)": (0.0, "ended before check() returned"),
-        "import os\ndef add(a, b):\n    return 0\nos._exit(0)": (0.0, "ended before check() returned"),
-        "import sys\nsys.excepthook = lambda *a: None\ndef add(a, b):\n    return 0": (0.0, "runtime_error"),
-        "def add(a, b):\n    raise SystemExit(0)": (0.0, "ended before check() returned"),
+        "import sys\ndef add(a, b):\n    return 0\nsys.exit(0)": (0.0, "failed to load: SystemExit: 0"),
+        "import os\ndef add(a, b):\n    return 0\nos._exit(0)": (0.0, "the candidate's process ended (exit status 0)"),
+        "import sys\nsys.excepthook = lambda *a: None\ndef add(a, b):\n    return 0": (0.0, None),  # not check()s
+        "def add(a, b):\n    raise SystemExit(0)": (0.0, "SystemExit: 0"),
         "def add(a, b):\n    while True: pass": (0.0, "timeout"),
         "def add(a, b) return a + b": (0.0, "compile_error"),
         "def plus(a, b):\n    return a + b": (0.0, "NameError"),
@@ -221,7 +221,7 @@ def test_rows_without_tests_or_bad_options_are_errors() -> None:
     fn = get_reward("code", workers=1)
     scores, errors = fn.score_with_errors([answer("print(1)")], tests=[[]], test=[None], entry_point=[None])
     assert scores == [None]
-    assert "neither" in errors[0]
+    assert "test list is empty" in errors[0]
     with pytest.raises(DataError, match="needs a `tests` column"):
         fn.verifier([answer("print(1)")])
     with pytest.raises(PluginError, match="timeout_s"):

@@ -14,7 +14,7 @@ ran to its end) on a pipe that C never held. An object C cannot send as data sta
 a handle to it (methods and attributes are fetched through it; `==` against a value is False).
 
 The supervisor ships this file's text in the job and runs it with globals CANDIDATE (the
-candidate's compiled code object) and reads the test's spec (JSON) on stdin:
+candidate's compiled code object); it reads the test's spec on stdin (a dict, marshal'ed, in hex):
 - `{"kind": "call", "fn_name": f, "args": [...]}`: print the JSON of `f(*args)`; the host compares it.
   `f` is a top-level function, or a method of class `Solution` (LeetCode style, as LiveCodeBench).
 - `{"kind": "check", "test": src, "entry_point": f}`: HumanEval; `check(f)` must return.
@@ -25,7 +25,6 @@ Standard library only, Python >= 3.8, like the supervisor.
 """
 
 import builtins
-import json
 import marshal
 import os
 import sys
@@ -379,11 +378,13 @@ def _run_test_function(fn):
 
 
 def main():
-    spec = json.loads(sys.stdin.read())
+    spec = marshal.loads(bytes.fromhex(sys.stdin.read()))  # not json: its import costs more than a HumanEval test
     candidate = Candidate(CANDIDATE, spec.get("prelude") or "")  # noqa: F821 (given by the supervisor)
     kind = spec["kind"]
     if kind == "call":
         result = candidate.request("call", ("n", spec["fn_name"]), tuple(spec["args"]))
+        import json
+
         sys.stdout.write(json.dumps(to_json(result)))
         return
     module = type(sys)("solution")

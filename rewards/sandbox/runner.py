@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import marshal
 import os
 import shutil
 import tempfile
@@ -15,8 +15,8 @@ from typing import Any
 
 from posttrain.core.errors import DataError
 from rewards.sandbox.bwrap import FIX, SandboxUnavailable, command, sandbox_python, unsandboxed
-from rewards.sandbox.languages import TABLE, check_toolchain, normalize_language
-from rewards.sandbox.protocol import collect_results, encode_job, host_timeout, make_job
+from rewards.sandbox.languages import TABLE, check_toolchain, host_binds, normalize_language
+from rewards.sandbox.protocol import collect_results, encode_job, host_timeout, language_limits, make_job
 from rewards.sandbox.results import Limits, RunResult
 from rewards.sandbox.session import Session, Sessions
 from rewards.sandbox.uids import UIDS
@@ -138,7 +138,7 @@ class Sandbox:
         """
         self.check()
         bounds = replace(self.limits, **limits).check() if limits else self.limits
-        inputs = [json.dumps(spec) for spec in specs]
+        inputs = [marshal.dumps(dict(spec), 4).hex() for spec in specs]
         return self._execute("python", code, inputs, check=True, harness=True, limits=bounds,
                              isolated=bool(self.isolated))
 
@@ -168,6 +168,7 @@ class Sandbox:
                  host_timeout_s: float | None = None,
                  harness: bool = False) -> tuple[RunResult | None, list[RunResult]]:
         entry = TABLE[name]
+        limits = language_limits(entry, limits)
         payload = encode_job(make_job(entry, code, inputs, check=check, limits=limits, harness=harness))
         if host_timeout_s is None:
             host_timeout_s = host_timeout(entry, len(inputs), limits)
@@ -192,7 +193,7 @@ class Sandbox:
             if isolated:
                 uid = stack.enter_context(UIDS.slot()) if self._root else None
                 assert self.bwrap is not None
-                launch = command(self.bwrap, self.python, self._python_binds, uid, tmp_mb, self.seccomp)
+                launch = command(self.bwrap, self.python, self._python_binds + host_binds(), uid, tmp_mb, self.seccomp)
                 workdir = "/tmp"
             else:
                 workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="posttrain-unsandboxed-"))

@@ -230,6 +230,7 @@ class Supervisor:
         self.limits: dict = {}
         self.env: dict = {}
         self.markers: tuple = MEMORY_MARKERS
+        self.harness: tuple = (None, None)  # (source, code) of the last harness compiled
 
     def emit(self, record: dict) -> None:
         write_all(self.results, encode_record(record))
@@ -303,7 +304,9 @@ class Supervisor:
             try:
                 compiled = compile(source, os.path.join(self.work, job["source_name"]), "exec", dont_inherit=True)
                 if job.get("harness"):  # the tests' process runs the harness; it starts the candidate's (harness.py)
-                    harness = compile(job["harness"], "<harness>", "exec", dont_inherit=True)
+                    if self.harness[0] != job["harness"]:  # the same text every job: compiled once per sandbox
+                        self.harness = (job["harness"], compile(job["harness"], "<harness>", "exec", dont_inherit=True))
+                    harness = self.harness[1]
             except BaseException as exc:
                 import traceback
 
@@ -313,7 +316,8 @@ class Supervisor:
                 return
         elif job["compile"]:
             write_file(os.path.join(self.work, job["source_name"]), source.encode("utf-8", "surrogateescape"))
-            outcome = self.run_one(job["compile"], None, b"", self.limits["compile_timeout_s"],
+            compiler = [arg.replace("{dir}", self.work) for arg in job["compile"]]
+            outcome = self.run_one(compiler, None, b"", self.limits["compile_timeout_s"],
                                    self.limits["compile_memory_mb"], check=False, clean=False)
             if outcome["status"] == "ok":
                 try:
@@ -337,8 +341,9 @@ class Supervisor:
             for name, content in artifacts.items():  # afresh: the last test may have changed them
                 write_file(os.path.join(self.work, name), content, 0o755 if job["compile"] else 0o666)
             argv = None if job["run"] is None else [arg.replace("{dir}", self.work) for arg in job["run"]]
+            memory = self.limits["memory_mb"] + job.get("address_space_mb", 0)  # a JVM reserves more than it uses
             outcome = self.run_one(argv, compiled, data.encode("utf-8", "surrogateescape"), self.limits["timeout_s"],
-                                   self.limits["memory_mb"], check=job["check"], harness=harness)
+                                   memory, check=job["check"], harness=harness)
             self.emit({"test": index, "result": outcome})
 
     def run_one(self, argv: list[str] | None, code: types.CodeType | None, data: bytes, timeout_s: float,

@@ -2,25 +2,26 @@
 
 Why two processes: a harness that runs in the candidate's process can be fooled from inside it. The
 candidate can read the pass token from the harness's frame (`sys._getframe(1).f_locals`) or memory
-(ctypes), write it and exit; or return an object whose `__eq__` is always True. So here the
-supervisor forks the test process T (this file runs in it, as `__main__`, after the supervisor's
-fork: non-dumpable, so no other process may read its memory or open its fds through /proc), and T
-starts the candidate process C by exec (a fresh interpreter: nothing of the tests is in its memory).
-C runs the candidate's code and serves calls; T runs the trusted test code, and every name the
-tests take from the candidate is a proxy that sends plain values (marshal: numbers, strings,
-bytes, lists, tuples, dicts, sets, None) to C and gets plain values back. Whatever C does, T only
-ever sees data, so the verdict is T's: T writes the pass token (run_python does, once this module
-ran to its end) on a pipe that C never held. An object C cannot send as data stays in C and T gets
-a handle to it (methods and attributes are fetched through it; `==` against a value is False).
+(ctypes), write it and exit; or return an object whose `__eq__` is always True. So the candidate's
+code runs in a process of its own, C, started by exec (`start_candidate`: a fresh interpreter,
+nothing of the tests in its memory) once per job and kept from test to test (as the reference
+harnesses keep one process per problem; a new one after a test that failed to run through). Each
+test runs in a test process T that the supervisor forks (non-dumpable, so C cannot read its memory
+or open its fds through /proc); this file runs in T as `__main__`, with CANDIDATE_FDS, its channel
+to C. T runs the trusted test code, and every name the tests take from the candidate is a proxy
+that sends plain values (marshal: numbers, strings, bytes, lists, tuples, dicts, sets, None) to C
+and gets plain values back. Whatever C does, T only ever sees data, so the verdict is T's: T writes
+the pass token (run_python does, once this module ran to its end) on a pipe that C never held. An
+object C cannot send as data stays in C and T gets a handle to it (methods and attributes are
+fetched through it; `==` against a value is False).
 
-The supervisor ships this file's text in the job and runs it with globals CANDIDATE (the
-candidate's compiled code object); it reads the test's spec on stdin (a dict, marshal'ed, in hex):
+T reads the test's spec on stdin (a dict, marshal'ed, in hex):
 - `{"kind": "call", "fn_name": f, "args": [...]}`: print the JSON of `f(*args)`; the host compares it.
   `f` is a top-level function, or a method of class `Solution` (LeetCode style, as LiveCodeBench).
 - `{"kind": "check", "test": src, "entry_point": f}`: HumanEval; `check(f)` must return.
 - `{"kind": "program", "test": src, "function": name | None}`: run a test program (asserts at the
   top level, or a pytest-style `test_*` function by name); it must not raise.
-Optional `"prelude"`: source run in C before the candidate's code (LiveCodeBench's imports).
+The job's `prelude` runs in C before the candidate's code (LiveCodeBench's imports).
 Standard library only, Python >= 3.8, like the supervisor.
 """
 
@@ -32,7 +33,7 @@ import sys
 HEADER_BYTES = 8
 MAX_MESSAGE = 256 << 20
 PLAIN = (int, float, complex, str, bytes, bool, type(None), list, tuple, dict, set, frozenset)
-REQUEST_FD, REPLY_FD = 3, 4  # in C
+REQUEST_FD, REPLY_FD = 3, 4  # in the candidate's process
 
 #: What C runs (python -I -S -c SERVER): receive the code, run it as module `solution`, answer calls.
 SERVER = r'''
@@ -59,16 +60,17 @@ module = type(sys)(name)
 module.__dict__["__builtins__"] = __builtins__
 sys.modules[name] = module
 ns = module.__dict__
+failed = None
+before = set()
 try:
     if prelude:
         exec(prelude, ns)
     before = set(ns)
     exec(code, ns)
 except BaseException as exc:
-    send(("load_error", type(exc).__name__, str(exc)[:2000]))
-    os._exit(0)
+    failed = ("load_error", type(exc).__name__, str(exc)[:2000])
 names = {}
-for key, value in list(ns.items()):
+for key, value in list(ns.items()) if failed is None else ():
     if key in before or key.startswith("__") or isinstance(value, type(sys)):
         continue
     if callable(value):
@@ -79,7 +81,6 @@ for key, value in list(ns.items()):
             names[key] = ("value", value)
         except (ValueError, TypeError):
             pass
-send(("ready", names))
 handles, solution = {}, []
 def resolve(target):
     if target[0] == "h":
@@ -104,6 +105,9 @@ def decode(value):
     return value
 while True:
     op, target, args, kwargs = recv()
+    if op == "hello" or failed is not None:
+        send(failed or ("ready", names))
+        continue
     try:
         obj = resolve(target)
         if op == "call":
@@ -150,37 +154,53 @@ def plain(value, depth=0):
     return True
 
 
-class Candidate:
-    """The candidate's process, and the channel to it: `call(target, args, kwargs)` and friends."""
+def start_candidate(code, prelude, env, limit):
+    """Start the candidate's process (the supervisor calls this once per job, and again when one died): a fresh
+    interpreter, in a process group of its own, that loads `code` (after `prelude`) and then serves the tests.
 
-    def __init__(self, code, prelude=""):
-        req_r, req_w = os.pipe()
-        rep_r, rep_w = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:  # C: a fresh interpreter holding only its two pipe ends, stdin and stdout on /dev/null
-            try:
-                devnull = os.open("/dev/null", os.O_RDWR)
-                os.dup2(req_r, 100)
-                os.dup2(rep_w, 101)
-                os.dup2(devnull, 0)
-                os.dup2(devnull, 1)
-                os.dup2(100, REQUEST_FD)
-                os.dup2(101, REPLY_FD)
-                os.closerange(REPLY_FD + 1, 1 << 16)
-                os.execve(sys.executable, [sys.executable, "-I", "-S", "-X", "utf8", "-c", SERVER], dict(os.environ))
-            finally:
-                os._exit(127)
-        os.close(req_r)
-        os.close(rep_w)
-        self.req, self.rep = req_w, rep_r
-        self.handles = {}
-        self.send((code, prelude, "solution"))
-        reply = self.receive()
-        if reply[0] == "load_error":
-            raise CandidateError(f"the code failed to load: {reply[1]}: {reply[2]}")
-        if reply[0] != "ready" or not isinstance(reply[1], dict):
-            raise CandidateError("the candidate's process answered out of turn")
-        self.names = reply[1]
+    `limit()` sets its resource limits. It holds only its two pipe ends, stdin and stdout on /dev/null, stderr
+    on /dev/null: nothing of the tests is in its memory or reach. Returns (pid, request fd, reply fd).
+    """
+    req_r, req_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setpgid(0, 0)
+            limit()
+            devnull = os.open("/dev/null", os.O_RDWR)
+            os.dup2(req_r, 100)
+            os.dup2(rep_w, 101)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.dup2(100, REQUEST_FD)
+            os.dup2(101, REPLY_FD)
+            os.closerange(REPLY_FD + 1, 1 << 16)
+            os.execve(sys.executable, [sys.executable, "-I", "-S", "-X", "utf8", "-c", SERVER], env)
+        finally:
+            os._exit(127)
+    os.close(req_r)
+    os.close(rep_w)
+    for fd in (req_w, rep_r):
+        os.set_inheritable(fd, False)
+    data = marshal.dumps((code, prelude, "solution"), 4)
+    view = memoryview(len(data).to_bytes(HEADER_BYTES, "little") + data)
+    try:
+        while view:
+            view = view[os.write(req_w, view):]
+    except OSError:
+        pass  # it died at once: the test will say so
+    return pid, req_w, rep_r
+
+
+class Candidate:
+    """The channel to the candidate's process (fds given by the supervisor): `request(op, target, args, kwargs)`."""
+
+    def __init__(self, fds):
+        if not fds:
+            raise CandidateError("the candidate's process could not be started")
+        self.req, self.rep = fds
+        self.request("hello", None)
 
     def send(self, obj):
         data = marshal.dumps(obj, 4)
@@ -213,16 +233,16 @@ class Candidate:
         return reply
 
     def ended(self):
-        try:
-            _, status = os.waitpid(self.pid, 0)
-            how = f"exit status {os.waitstatus_to_exitcode(status)}"
-        except (ChildProcessError, OSError, AttributeError):
-            how = "gone"
-        return f"the candidate's process ended ({how})"
+        return "the candidate's process ended"
 
     def request(self, op, target, args=(), kwargs=None):
         self.send((op, target, encode(args), encode(kwargs or {})))
         reply = self.receive()
+        if reply[0] == "ready" and op == "hello" and isinstance(reply[1], dict):
+            self.names = reply[1]
+            return None
+        if reply[0] == "load_error" and len(reply) == 3:
+            raise CandidateError(f"the code failed to load: {reply[1]}: {reply[2]}")
         if reply[0] == "ok" and len(reply) == 2:
             return reply[1]
         if reply[0] == "handle" and len(reply) == 3:
@@ -379,7 +399,7 @@ def _run_test_function(fn):
 
 def main():
     spec = marshal.loads(bytes.fromhex(sys.stdin.read()))  # not json: its import costs more than a HumanEval test
-    candidate = Candidate(CANDIDATE, spec.get("prelude") or "")  # noqa: F821 (given by the supervisor)
+    candidate = Candidate(CANDIDATE_FDS)  # noqa: F821 (given by the supervisor)
     kind = spec["kind"]
     if kind == "call":
         result = candidate.request("call", ("n", spec["fn_name"]), tuple(spec["args"]))

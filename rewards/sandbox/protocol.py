@@ -26,7 +26,7 @@ from rewards.sandbox.supervisor import HEADER_BYTES, MARSHAL_VERSION
 
 
 def make_job(language: Language, code: str, inputs: Sequence[str], *, check: bool, limits: Limits,
-             harness: bool = False) -> dict[str, Any]:
+             harness: bool = False, prelude: str = "") -> dict[str, Any]:
     """One call for the supervisor: compile `code` once (if the language compiles), run it on each input.
 
     `harness`: Python only; each input is a test's spec for `harness.py`, which runs the tests in one
@@ -41,7 +41,7 @@ def make_job(language: Language, code: str, inputs: Sequence[str], *, check: boo
     return {"language": language.name, "source": code, "source_name": source, "compile": fill(language.compile),
             "run": None if language.run is None else fill(language.run), "keep": list(language.keep),
             "memory_markers": list(language.memory_markers), "tests": list(inputs), "check": check or harness,
-            "harness": harness_source() if harness else None, "limits": asdict(limits),
+            "harness": harness_source() if harness else None, "prelude": prelude, "limits": asdict(limits),
             "address_space_mb": language.address_space_mb,
             "env": {**ENV, **dict(language.env), "PATH": language.search_path()},
             "total_timeout_s": limits.total_timeout_s}

@@ -133,13 +133,15 @@ class Sandbox:
         """Python tests that call into `code` (see `harness.py`): one result per spec, `passed` set by the harness.
 
         Each test runs in a process of its own that never runs the candidate's code: that runs in a
-        second process, which gets calls and sends back plain values. So nothing the candidate does
-        makes a test pass but returning the right values. A `call` spec's result is its stdout (JSON).
+        second process (one per call, kept across its tests), which gets calls and sends back plain
+        values. So nothing the candidate does makes a test pass but returning the right values. A
+        `call` spec's result is its stdout (JSON).
         """
         self.check()
         bounds = replace(self.limits, **limits).check() if limits else self.limits
         inputs = [marshal.dumps(dict(spec), 4).hex() for spec in specs]
-        return self._execute("python", code, inputs, check=True, harness=True, limits=bounds,
+        prelude = next((spec["prelude"] for spec in specs if spec.get("prelude")), "")
+        return self._execute("python", code, inputs, check=True, harness=True, prelude=prelude, limits=bounds,
                              isolated=bool(self.isolated))
 
     def run_check(self, code: str, test: str, entry_point: str, **limits: Any) -> RunResult:
@@ -165,11 +167,12 @@ class Sandbox:
     # ------------------------------------------------------------ launching
 
     def _execute(self, name: str, code: str, inputs: list[str], *, check: bool, limits: Limits, isolated: bool,
-                 host_timeout_s: float | None = None,
-                 harness: bool = False) -> tuple[RunResult | None, list[RunResult]]:
+                 host_timeout_s: float | None = None, harness: bool = False,
+                 prelude: str = "") -> tuple[RunResult | None, list[RunResult]]:
         entry = TABLE[name]
         limits = language_limits(entry, limits)
-        payload = encode_job(make_job(entry, code, inputs, check=check, limits=limits, harness=harness))
+        payload = encode_job(make_job(entry, code, inputs, check=check, limits=limits, harness=harness,
+                                      prelude=prelude))
         if host_timeout_s is None:
             host_timeout_s = host_timeout(entry, len(inputs), limits)
         key: SessionKey = (isolated, limits.tmp_mb, limits.max_processes)

@@ -168,7 +168,7 @@ def test_check_style_passes_only_when_check_returns(reward: CodeReward) -> None:
         "def add(a, b):\n    return a + b": (1.0, None),
         "def add(a, b):\n    return a - b": (0.0, None),  # a failed assertion: a wrong answer, not an error
         "import sys\ndef add(a, b):\n    return 0\nsys.exit(0)": (0.0, "failed to load: SystemExit: 0"),
-        "import os\ndef add(a, b):\n    return 0\nos._exit(0)": (0.0, "the candidate's process ended (exit status 0)"),
+        "import os\ndef add(a, b):\n    return 0\nos._exit(0)": (0.0, "the candidate's process ended"),
         "import sys\nsys.excepthook = lambda *a: None\ndef add(a, b):\n    return 0": (0.0, None),  # not check()s
         "def add(a, b):\n    raise SystemExit(0)": (0.0, "SystemExit: 0"),
         "def add(a, b):\n    while True: pass": (0.0, "timeout"),

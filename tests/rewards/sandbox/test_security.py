@@ -308,10 +308,14 @@ class Equal:
 def add(a, b):
     return Equal()
 """,
-    "stopping or killing the test process": """
+    "stopping or killing the other processes": """
 import os, signal
 def add(a, b):
-    os.kill(os.getppid(), signal.SIGKILL)
+    for pid in [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()]:
+        try:
+            os.kill(pid, signal.SIGSTOP if pid % 2 else signal.SIGKILL)
+        except OSError:
+            pass
     return 3
 """,
     "replacing check() through builtins": """
@@ -327,6 +331,6 @@ ADD_CHECK = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert 
 def test_the_check_harness_cannot_be_forged_from_the_candidate(sandbox: Sandbox) -> None:
     assert sandbox.run_check("def add(a, b):\n    return a + b", ADD_CHECK, "add").passed is True
     verdicts = {name: sandbox.run_check(program, ADD_CHECK, "add") for name, program in FORGERIES.items()}
-    assert {name: r.passed for name, r in verdicts.items()} == dict.fromkeys(FORGERIES, False), verdicts
+    assert {name: bool(r.passed) for name, r in verdicts.items()} == dict.fromkeys(FORGERIES, False), verdicts
     assert "WROTE" not in verdicts["the test process's fds and memory through /proc"].stdout
     still_works(sandbox)

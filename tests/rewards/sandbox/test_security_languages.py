@@ -155,11 +155,12 @@ def test_hostile_programs_are_contained(sandbox: Sandbox, tmp_path: Path, monkey
         inputs = {"write": "write " + " ".join(map(str, targets)),
                   "read": f"read {tmp_path / 'secret.txt'} /etc/shadow /proc/1/environ",
                   "net": f"net {listener.tcp.getsockname()[1]}", "fork": f"fork {MARK}", "loop": "loop", "hog": "hog"}
-        compiled, results = sandbox.run_tests(HOSTILE[language], language, list(inputs.values()))
+        # 4 s a test, not the suite's 2: a JVM or node starting on a loaded 2-core machine can take 2 s by itself
+        compiled, results = sandbox.run_tests(HOSTILE[language], language, list(inputs.values()), timeout_s=4.0)
         time.sleep(0.3)
     finally:
         listener.close()
-    assert time.monotonic() - start < 6 * BOUND_S
+    assert time.monotonic() - start < 6 * BOUND_S  # bounded, however hostile
     assert compiled is None or compiled.status == "ok", compiled
     got = dict(zip(inputs, results, strict=True))
     # /tmp/escaped-… lands in the sandbox's private /tmp; every other path is refused, none exists on the host

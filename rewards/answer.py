@@ -86,6 +86,35 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+def boxed_contents(text: str) -> list[str]:
+    """Contents of every `\\boxed{...}` / `\\fbox{...}` in `text`, in order, braces balanced.
+
+    >>> boxed_contents(r"x = \\boxed{3}, y = \\boxed{\\frac{1}{2}}")
+    ['3', '\\\\frac{1}{2}']
+    """
+    out = []
+    start = 0
+    while True:
+        hits = [i for i in (text.find("\\boxed", start), text.find("\\fbox", start)) if i >= 0]
+        if not hits:
+            return out
+        i = text.find("{", min(hits))
+        if i < 0:
+            return out
+        depth = 0
+        for j in range(i, len(text)):
+            if text[j] == "{":
+                depth += 1
+            elif text[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    out.append(text[i + 1 : j])
+                    break
+        else:
+            return out
+        start = j + 1
+
+
 def last_code_block(text: str) -> tuple[str | None, str] | None:
     """(language tag or None, code) of the last fenced block; None if there is none."""
     blocks = _FENCE.findall(text)

@@ -4,8 +4,9 @@ PY := $(VENV)/bin/python
 RECIPE ?= recipes/tiny-r1.yaml
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+GPU_CHECK_ARGS ?=
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench gpu-check clean
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +23,10 @@ lint: setup
 
 bench: setup
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+# The GPU paths (bf16 training, vLLM rollouts and weight sync, ZeRO-3, resume) on one GPU, offline; see README.
+gpu-check: setup
+	$(PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

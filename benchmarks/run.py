@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: The suite, in the order it runs and prints; other modules found in the package run after these.
 KNOWN = ("math_reward", "sandbox", "generation", "trainer_overhead", "demo")
-NOT_BENCHMARKS = {"run"}
+NOT_BENCHMARKS = {"run", "gpu_check"}  # gpu_check: `make gpu-check`, a check, not a benchmark
 #: Per-benchmark time limits (s). A fresh `make demo` gets its own, longer one.
 DEFAULT_TIMEOUT_S = 480
 DEMO_FRESH_TIMEOUT_S = 1800

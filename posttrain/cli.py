@@ -1,4 +1,4 @@
-"""`posttrain` command line: validate, run, report, and the subcommands other packages add.
+"""`posttrain` command line: validate, run, report, eval, and the subcommands other packages add.
 
 A package adds a subcommand by listing `module` in `_SUBCOMMANDS`; the module defines
 `add_parser(subparsers)` which registers a parser whose `func(args) -> int` runs it.
@@ -11,14 +11,17 @@ import importlib
 import logging
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from posttrain.core.errors import PosttrainError, RecipeError
 
-_SUBCOMMANDS = ("rewards.cli", "posttrain.rollout_server")
+_SUBCOMMANDS = ("posttrain.eval_cli", "rewards.cli", "posttrain.rollout_server")
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Libraries' deprecation chatter (TRL configs built while validating) is not the user's business.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
@@ -81,26 +84,34 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from posttrain.recipe import load_recipe
     from posttrain.stages import KINDS
 
-    recipe = load_recipe(args.recipe, args.overrides, kinds=KINDS)
+    notes: list[str] = []
+    recipe = load_recipe(args.recipe, args.overrides, kinds=KINDS, hub=True, notes=notes)
     has_quick = recipe.quick and load_recipe(args.recipe, args.overrides, quick=True, kinds=KINDS)
     quick = " and its --quick variant" if has_quick else ""
     print(f"{args.recipe}{quick}: ok ({len(recipe.stages)} stages: {', '.join(recipe.stage_names())})")
+    for note in notes:
+        print(f"note: {note}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from posttrain.core.log import setup_logging
     from posttrain.recipe import load_recipe
+    from posttrain.run_folder import prepare_run_dir, user_os_errors
+    from posttrain.run_lock import run_lock
     from posttrain.runner import run_recipe
     from posttrain.stages import KINDS
 
     recipe = load_recipe(args.recipe, args.overrides, output_dir=args.output_dir, quick=args.quick, kinds=KINDS)
-    setup_logging(Path(recipe.output_dir), logging.DEBUG if args.verbose else logging.INFO)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
-    report = run_recipe(recipe, only)
-    failed = [name for name, entry in report["stages"].items() if entry["status"] == "failed"]
     out = Path(recipe.output_dir)
+    only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+    prepare_run_dir(out)
+    # Locked before anything is written there (the log too): a second run refuses at once.
+    with user_os_errors(out), run_lock(out):
+        setup_logging(out, logging.DEBUG if args.verbose else logging.INFO)
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        report = run_recipe(recipe, only)
+    failed = [name for name, entry in report["stages"].items() if entry["status"] == "failed"]
     print(f"report: {out / 'report.md'} ({out / 'report.json'})")
     if failed:
         print(f"failed stages: {', '.join(failed)}", file=sys.stderr)

@@ -10,17 +10,12 @@ mix. A plain string (`data: distill`) is one source, read as before, untouched.
 
 from __future__ import annotations
 
-import hashlib
 import random
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from posttrain.core.errors import DataError
-
-#: Files larger than this are fingerprinted by size and modification time instead of their content.
-HASH_CONTENT_LIMIT = 256 * 2**20
 
 
 class DataSource(BaseModel):
@@ -96,15 +91,3 @@ def mix(parts: list[tuple[str, Any]], weights: list[float], seed: int,
     random.Random(f"mix-{seed}").shuffle(order)
     return mixed.select(order), counts
 
-
-def file_fingerprint(path: str | Path) -> str:
-    """A digest of a local file's content (size and modification time for very large files)."""
-    path = Path(path)
-    stat = path.stat()
-    if stat.st_size > HASH_CONTENT_LIMIT:
-        return f"size={stat.st_size},mtime={stat.st_mtime_ns}"
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]

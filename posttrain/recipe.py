@@ -1,15 +1,16 @@
 """Recipe schema and validation: YAML in, a typed `Recipe` out, or every problem at once.
 
 A problem names the file, the YAML line when known, the dotted key, what was expected and what was
-found: ``recipes/x.yaml:12: stages[1].trl.learning_rate: expected a number, got 'fast'``.
+found: ``recipes/x.yaml:12: stages[1].trl.learning_rate: expected a number, got 'fast'``
+(reporting: `recipe_problems`). Paths in a recipe are relative to its folder, and what it names
+beyond the schema (stages, files, rewards, plugins, hub names) is checked before anything runs
+(`recipe_check`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
-import re
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
@@ -18,28 +19,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, TypeAdapter, ValidationError, model_validator
 
 from posttrain.core.errors import RecipeError
-from posttrain.run_folder import RESERVED_STAGE_NAMES
-
-Loc = tuple[str | int, ...]
+from posttrain.recipe_check import check_recipe, resolve_override, resolve_paths, stage_names_of
+from posttrain.recipe_problems import (
+    Loader,
+    Loc,
+    Problems,
+    describe,
+    did_you_mean,
+    duplicate_keys,
+    node_lines,
+    yaml_load,
+)
+from posttrain.run_folder import RESERVED_STAGE_NAMES, RESERVED_SUFFIXES
 
 #: TRL/transformers options that posttrain sets itself; a recipe may not override them under `trl:`.
 RESERVED_TRL_KEYS = {"output_dir": "the stage's folder DIR/<name>/ is used"}
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `3e-5` as a float (YAML 1.2), as users mean it; PyYAML reads a string."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"
-               r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
-    list("-+0123456789."),
-)
-
-
-def yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
 
 
 class StrictModel(BaseModel):
@@ -101,7 +95,7 @@ class LaunchSpec(StrictModel):
     """Run the stage in several processes with `accelerate launch` (DDP, or DeepSpeed/FSDP by config file)."""
 
     num_processes: int = Field(1, ge=1)
-    #: An accelerate config file, e.g. recipes/accelerate/zero2.yaml.
+    #: An accelerate config file, e.g. accelerate/zero2.yaml next to a recipe in recipes/.
     config_file: str | None = None
     main_process_port: int | None = None
 
@@ -121,14 +115,20 @@ class StageConfig(StrictModel):
     trl_defaults: ClassVar[dict[str, Any]] = {}
     #: Fields that may name an earlier stage (whose output is then used) instead of a path.
     ref_fields: ClassVar[tuple[str, ...]] = ()
+    #: Files (relative to DIR/<name>/) a finished stage must have: a "done" stage missing one runs again.
+    required_outputs: ClassVar[tuple[str, ...]] = ()
 
     def trl_kwargs(self) -> dict[str, Any]:
         return {**self.trl_defaults, **self.trl}
 
     def data_refs(self) -> list[str]:
-        """The data the stage reads by name (earlier stages, local files, hub sets): a local file's content is
-        part of the stage's config hash, so editing it reruns the stage."""
+        """The data the stage reads by name (earlier stages, local files, hub sets), for its log line; the runner
+        finds the local files among them by itself (their identity is part of the stage's hash)."""
         return []
+
+    def expected_outputs(self) -> tuple[str, ...]:
+        """The required outputs of this stage as configured (a kind whose outputs depend on options overrides it)."""
+        return self.required_outputs
 
 
 class StageKindsLike(Protocol):
@@ -147,6 +147,8 @@ class Recipe(StrictModel):
     stages: list[SerializeAsAny[StageConfig]] = Field(min_length=1)
     #: Overrides `posttrain run --quick` applies (keys addressed as with --set): a CI-sized run of the recipe.
     quick: dict[str, Any] = Field(default_factory=dict)
+    #: Experiment trackers (posttrain.tracking): trainer stages' curves and every stage's final metrics.
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(default_factory=list)
 
     def stage(self, name: str) -> StageConfig:
         for stage in self.stages:
@@ -178,15 +180,20 @@ def load_recipe(
     quick: bool = False,
     *,
     kinds: StageKindsLike,
+    check: bool = True,
+    hub: bool = False,
+    notes: list[str] | None = None,
 ) -> Recipe:
     """Read, override (`quick:` when asked, then `--set`), and validate a recipe; raise `RecipeError` with every
-    problem."""
+    problem. Its relative paths are resolved against its folder (`--set` values against the working directory);
+    `check`, `hub`, `notes`: as for `parse_recipe`."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise RecipeError([f"{path}: cannot read recipe: {exc.strerror or exc}"]) from None
-    return parse_recipe(text, source=str(path), overrides=overrides, output_dir=output_dir, quick=quick, kinds=kinds)
+    return parse_recipe(text, source=str(path), overrides=overrides, output_dir=output_dir, quick=quick, kinds=kinds,
+                        base_dir=path.absolute().parent, check=check, hub=hub, notes=notes)
 
 
 def parse_recipe(
@@ -197,9 +204,16 @@ def parse_recipe(
     quick: bool = False,
     *,
     kinds: StageKindsLike,
+    base_dir: Path | None = None,
+    check: bool = True,
+    hub: bool = False,
+    notes: list[str] | None = None,
 ) -> Recipe:
+    """Validate a recipe's text. `base_dir`: resolve its relative paths against this folder (None: leave them);
+    `check`: also check what it names (stages, files, rewards, plugins); `hub`: and hub names, when reachable.
+    Notes that are not problems (checks skipped offline) are appended to `notes`."""
     try:
-        node = yaml.compose(text, Loader=_Loader)
+        node = yaml.compose(text, Loader=Loader)
         raw = yaml_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -210,17 +224,25 @@ def parse_recipe(
     if not isinstance(raw, dict):
         raise RecipeError([f"{source}: expected a mapping at the top level, got {type(raw).__name__}"])
 
-    lines = _node_lines(node) if node is not None else {}
-    problems = _Problems(source, lines)
+    lines = node_lines(node) if node is not None else {}
+    problems = Problems(source, lines)
+    for loc, key, first, again in duplicate_keys(node) if node is not None else []:
+        problems.add(loc + (key,), f"key {key!r} is given twice (lines {first} and {again}); YAML keeps only the "
+                     "last one: merge them")
+    stage_names = stage_names_of(raw)
+    if base_dir is not None:
+        resolve_paths(raw, base_dir, stage_names)
     if quick:
         shrink = raw.get("quick")
         if not isinstance(shrink, dict) or not shrink:
             problems.add_raw("--quick: the recipe has no `quick:` mapping of overrides")
         else:
             for key, value in shrink.items():
+                if base_dir is not None:
+                    value = resolve_override(str(key), value, base_dir, stage_names)
                 _set_value(raw, str(key), value, problems, "quick")
     for override in overrides:
-        _apply_override(raw, override, problems)
+        _apply_override(raw, override, problems, Path.cwd() if base_dir is not None else None, stage_names)
     if output_dir is not None:
         raw["output_dir"] = output_dir
     problems.raise_if_any()
@@ -228,10 +250,15 @@ def parse_recipe(
     recipe = _validate(raw, problems, kinds)
     problems.raise_if_any()
     assert recipe is not None
+    if check:
+        check_recipe(recipe, problems, hub=hub)
+        problems.raise_if_any()
+    if notes is not None:
+        notes += problems.notes
     return recipe
 
 
-def _validate(raw: dict[str, Any], problems: _Problems, kinds: StageKindsLike) -> Recipe | None:
+def _validate(raw: dict[str, Any], problems: Problems, kinds: StageKindsLike) -> Recipe | None:
     top: _RawRecipe | None = None
     try:
         top = _RawRecipe.model_validate(raw)
@@ -253,12 +280,15 @@ def _validate(raw: dict[str, Any], problems: _Problems, kinds: StageKindsLike) -
                 problems.add(loc + ("name",), f"duplicate stage name {name!r} (also stages[{seen[name]}])")
             elif name in RESERVED_STAGE_NAMES:
                 problems.add(loc + ("name",), f"{name!r} is reserved for posttrain's own outputs")
+            elif name.endswith(RESERVED_SUFFIXES):
+                problems.add(loc + ("name",), f"{name!r}: names ending in {', '.join(RESERVED_SUFFIXES)} are "
+                             "reserved for posttrain's backups and temporary folders")
             seen.setdefault(name, i)
         if kind is None:
             problems.add(loc, f"missing 'kind': expected one of {', '.join(kinds.names())}")
             continue
         if not isinstance(kind, str) or kind not in kinds.names():
-            hint = _did_you_mean(str(kind), kinds.names())
+            hint = did_you_mean(str(kind), kinds.names())
             problems.add(loc + ("kind",), f"unknown stage kind {kind!r}: expected one of "
                          f"{', '.join(kinds.names())}{hint}")
             continue
@@ -275,28 +305,13 @@ def _validate(raw: dict[str, Any], problems: _Problems, kinds: StageKindsLike) -
             _check_trl_options(stage, loc, problems)
         if len(problems) == n_before:
             stages.append(stage)
-            _check_references(stage, loc, [s.get("name") for s in raw_stages[i:] if isinstance(s, dict)],
-                              problems)
 
     if top is None or len(stages) != len(raw_stages) or len(problems):
         return None
     return Recipe(
         output_dir=top.output_dir, seed=top.seed, model=top.model, tokenizer=top.tokenizer, stages=stages,
-        quick=top.quick,
+        quick=top.quick, report_to=top.report_to,
     )
-
-
-def _check_references(stage: StageConfig, loc: Loc, later: list[Any], problems: _Problems) -> None:
-    """A stage may only use the output of stages before it (`model: sft` after `sft`, never before)."""
-    for key in type(stage).ref_fields:
-        value = getattr(stage, key, None)
-        refs = value if isinstance(value, list) else [value]  # a weighted mix: [{source: ...}, ...]
-        for i, item in enumerate(refs):
-            ref = getattr(item, "source", item)
-            if isinstance(ref, str) and ref in later:
-                where = loc + (key,) if isinstance(value, str) else loc + (key, i, "source")
-                problems.add(where, f"refers to stage {ref!r}, which does not run before this one: "
-                             "move that stage earlier or fix the name")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,7 +343,7 @@ def _adapter(tp: Any) -> TypeAdapter[Any] | None:
         return None
 
 
-def _check_trl_options(stage: StageConfig, loc: Loc, problems: _Problems) -> None:
+def _check_trl_options(stage: StageConfig, loc: Loc, problems: Problems) -> None:
     ref = type(stage).trl_config
     assert ref is not None
     fields = _trl_field_types(ref)
@@ -340,7 +355,7 @@ def _check_trl_options(stage: StageConfig, loc: Loc, problems: _Problems) -> Non
             problems.add(key_loc, f"set by posttrain: {RESERVED_TRL_KEYS[key]}")
             ok = False
         elif key not in fields:
-            problems.add(key_loc, f"unknown option for {cls_name}{_did_you_mean(key, fields)}")
+            problems.add(key_loc, f"unknown option for {cls_name}{did_you_mean(key, fields)}")
             ok = False
         else:
             adapter = _adapter(fields[key])
@@ -350,7 +365,7 @@ def _check_trl_options(stage: StageConfig, loc: Loc, problems: _Problems) -> Non
                 adapter.validate_python(value)
             except ValidationError as exc:
                 err = exc.errors()[0]
-                problems.add(key_loc, _describe(err, value))
+                problems.add(key_loc, describe(err, value))
                 ok = False
     if ok:
         try:
@@ -394,7 +409,8 @@ def _has_bf16() -> bool:
 # --set overrides
 
 
-def _apply_override(raw: dict[str, Any], override: str, problems: _Problems) -> None:
+def _apply_override(raw: dict[str, Any], override: str, problems: Problems, base_dir: Path | None,
+                    stage_names: frozenset[str]) -> None:
     """`stages.sft.trl.learning_rate=3e-5` (a stage by its name) or `seed=1` (any other path)."""
     key, sep, value_text = override.partition("=")
     if not sep or not key:
@@ -404,10 +420,12 @@ def _apply_override(raw: dict[str, Any], override: str, problems: _Problems) -> 
         value = yaml_load(value_text) if value_text.strip() else ""
     except yaml.YAMLError:
         value = value_text
+    if base_dir is not None:
+        value = resolve_override(key, value, base_dir, stage_names)
     _set_value(raw, key, value, problems)
 
 
-def _set_value(raw: dict[str, Any], key: str, value: Any, problems: _Problems, origin: str = "--set") -> None:
+def _set_value(raw: dict[str, Any], key: str, value: Any, problems: Problems, origin: str = "--set") -> None:
     parts = key.split(".")
     target: Any = raw
     if parts[0] == "stages":
@@ -430,118 +448,3 @@ def _set_value(raw: dict[str, Any], key: str, value: Any, problems: _Problems, o
             return
         target = nxt
     target[parts[-1]] = value
-
-
-# --------------------------------------------------------------------------------------------------
-# Problem reporting
-
-
-class _Problems:
-    def __init__(self, source: str, lines: dict[Loc, int]):
-        self.source, self.lines, self.items = source, lines, []  # type: list[str]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def add(self, loc: Loc, message: str) -> None:
-        line = self._line_for(loc)
-        where = f"{self.source}:{line}" if line else self.source
-        self.items.append(f"{where}: {dotted(loc) or '<top level>'}: {message}")
-
-    def add_raw(self, message: str) -> None:
-        self.items.append(f"{self.source}: {message}")
-
-    def add_pydantic(self, exc: ValidationError, prefix: Loc, model: type[BaseModel]) -> None:
-        for err in exc.errors():
-            loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
-            message = _describe(err, err.get("input"))
-            if err["type"] == "extra_forbidden":
-                message += _did_you_mean(str(loc[-1]), _fields_at(model, loc[:-1]))
-            self.add(prefix + loc, message)
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise RecipeError(self.items)
-
-    def _line_for(self, loc: Loc) -> int | None:
-        while loc:
-            if loc in self.lines:
-                return self.lines[loc]
-            loc = loc[:-1]
-        return None
-
-
-def dotted(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-_EXPECTED = {
-    "float_parsing": "expected a number",
-    "float_type": "expected a number",
-    "int_parsing": "expected an integer",
-    "int_type": "expected an integer",
-    "int_from_float": "expected an integer",
-    "bool_parsing": "expected true or false",
-    "bool_type": "expected true or false",
-    "string_type": "expected a string",
-    "dict_type": "expected a mapping",
-    "model_type": "expected a mapping",
-    "model_attributes_type": "expected a mapping",
-    "list_type": "expected a list",
-    "missing": "required key is missing",
-    "extra_forbidden": "unknown key",
-}
-
-
-def _describe(err: Any, found: Any) -> str:
-    kind = err["type"]
-    if kind in ("missing", "extra_forbidden"):
-        return _EXPECTED[kind]
-    if kind == "literal_error":
-        message = f"expected one of {err.get('ctx', {}).get('expected', '')}"
-    elif kind == "value_error":
-        message = str(err["msg"]).removeprefix("Value error, ")
-    else:
-        message = _EXPECTED.get(kind) or f"expected {err['msg'][0].lower()}{err['msg'][1:]}"
-    if isinstance(found, dict | list) and len(repr(found)) > 80:
-        return f"{message}, got a {type(found).__name__}"
-    return f"{message}, got {found!r}"
-
-
-def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
-    cls: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = getattr(cls, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        sub = [a for a in typing.get_args(field.annotation) or (field.annotation,)
-               if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not sub:
-            return []
-        cls = sub[0]
-    return list(getattr(cls, "model_fields", {}))
-
-
-def _node_lines(node: yaml.Node, loc: Loc = ()) -> dict[Loc, int]:
-    """Map each dotted location of a composed YAML document to its 1-based line."""
-    out: dict[Loc, int] = {loc: node.start_mark.line + 1}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            out[loc + (key,)] = key_node.start_mark.line + 1
-            for sub_loc, line in _node_lines(value_node, loc + (key,)).items():
-                out.setdefault(sub_loc, line)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            out.update(_node_lines(item, loc + (i,)))
-    return out

@@ -1,8 +1,10 @@
 """`posttrain rollout-server`: vLLM rollout workers for a recipe's GRPO stage (server mode).
 
-GRPO's server mode keeps generation on GPUs of its own: this command starts TRL's `vllm-serve`
-on the model the GRPO stage will start from (an earlier stage's `model/`, the base model, or a
-path), with the host and port of the stage's `rollout:` section, so the trainer finds it. The
+GRPO's server mode keeps generation on GPUs of its own: this command starts vLLM's server the way
+TRL 1.16 expects it (`vllm serve` with the NCCL weight-transfer engine, processed log-probs for the
+importance-sampling correction, dev-mode endpoints; the command TRL's deprecated `trl vllm-serve` now
+only wraps) on the model the GRPO stage will start from (an earlier stage's `model/`, the base model,
+or a path), with the host and port of the stage's `rollout:` section, so the trainer finds it. The
 trainer pushes its updated weights to the server after every step. A typical 8-GPU layout is in
 recipes/README.md.
 
@@ -34,36 +36,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-parallel-size", type=int, default=1)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
-    p.add_argument("--vllm-args", default="", help="more trl vllm-serve options, e.g. '--max_model_len 4096'")
+    p.add_argument("--vllm-args", default="", help="more `vllm serve` options, e.g. '--max-model-len 4096'")
     p.set_defaults(func=cmd_rollout_server)
 
 
+#: The environment `vllm serve` needs for the trainer: the weight-update and prefix-cache endpoints are dev mode.
+SERVER_ENV = {"VLLM_SERVER_DEV_MODE": "1"}
+
+
 def server_command(args: argparse.Namespace) -> list[str]:
-    """The `trl vllm-serve` command line for these arguments (model resolved from the recipe)."""
+    """The `vllm serve` command line for these arguments (model resolved from the recipe), built by TRL's own
+    `build_command`, so the flags are those the pinned TRL's client relies on."""
+    from trl.scripts.vllm_serve import ScriptArguments, build_command
+
     host, port, model = args.host, args.port, args.model
     if args.recipe:
         stage_model, stage_host, stage_port = _from_recipe(args)
         model, host, port = model or stage_model, host or stage_host, port or stage_port
     if not model:
         raise RecipeError(["rollout-server: give a RECIPE with a grpo stage, or --model PATH"])
-    extra = shlex.split(args.vllm_args)
-    return [sys.executable, "-m", "trl.scripts.vllm_serve", "--model", model,
-            "--host", host or "127.0.0.1", "--port", str(port or 8000),
-            "--tensor_parallel_size", str(args.tensor_parallel_size),
-            "--data_parallel_size", str(args.data_parallel_size),
-            "--gpu_memory_utilization", str(args.gpu_memory_utilization), *extra]
+    script = ScriptArguments(model=model, host=host or "127.0.0.1", port=port or 8000,
+                             tensor_parallel_size=args.tensor_parallel_size,
+                             data_parallel_size=args.data_parallel_size,
+                             gpu_memory_utilization=args.gpu_memory_utilization)
+    return build_command(script, shlex.split(args.vllm_args))
 
 
 def cmd_rollout_server(args: argparse.Namespace) -> int:
     cmd = server_command(args)
+    shown = " ".join(f"{k}={v}" for k, v in SERVER_ENV.items()) + " " + shlex.join(cmd)
     if args.dry_run:
-        print(shlex.join(cmd))
+        print(shown)
         return 0
     if importlib.util.find_spec("vllm") is None:
         raise MissingDependencyError("the rollout server needs vLLM (GPU machines): pip install 'posttrain[vllm]'. "
                                      "Without it, GRPO generates with transformers in the training process.")
-    print(f"starting: {shlex.join(cmd)}", file=sys.stderr, flush=True)
-    os.execv(cmd[0], cmd)  # the server owns the process from here: signals reach vLLM directly
+    print(f"starting: {shown}", file=sys.stderr, flush=True)
+    # The server owns the process from here: signals reach vLLM directly.
+    os.execve(cmd[0], cmd, {**os.environ, **SERVER_ENV})
 
 
 def _from_recipe(args: argparse.Namespace) -> tuple[str, str, int]:
@@ -73,7 +83,8 @@ def _from_recipe(args: argparse.Namespace) -> tuple[str, str, int]:
     from posttrain.stages.grpo import Config as GRPOConfig
     from posttrain.tiny import base_model_ref
 
-    recipe = load_recipe(args.recipe, output_dir=args.output_dir, kinds=KINDS)
+    # Only the GRPO stage's model matters here (often on another machine than the data): no file checks.
+    recipe = load_recipe(args.recipe, output_dir=args.output_dir, kinds=KINDS, check=False)
     grpo = [s for s in recipe.stages if isinstance(s, GRPOConfig) and (args.stage in (None, s.name))]
     if not grpo:
         names = [s.name for s in recipe.stages if isinstance(s, GRPOConfig)]

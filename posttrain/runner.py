@@ -1,18 +1,24 @@
-"""Run a recipe's stages in order: hash each resolved stage, skip what is done, resume what is not.
+"""Run a recipe's stages in order: identify each stage, skip what is current, resume what is not.
 
-Per stage, `DIR/<name>/stage.json` records the config hash and status. A rerun with an unchanged
-config skips finished stages; a stage that was interrupted runs again and resumes from its own
-rows/checkpoints; a stage whose config changed starts afresh, its old folder moved to
-`DIR/<name>.prev/` (never deleted silently).
+A stage's identity is the hash of its config, the seed, the base model, the outputs of the earlier
+stages it reads (each stage's finished outputs carry a stamp) and the local files it reads (size
+and mtime). `DIR/<name>/stage.json` records the identity its folder was made with and how far it
+got. A rerun skips a stage only when its recorded identity is the current one, it finished, and
+the outputs its kind requires are there; it resumes a stage of the same identity that did not
+finish; and it starts afresh when the identity changed, keeping the old folder as
+`DIR/<name>.prev/` (the last finished run) or `DIR/<name>.unfinished/` (an attempt that did not
+finish, or a folder without stage.json). A backup whose identity is the current one is restored
+instead of recomputed. `--stages` runs only the named stages; a stage left out whose outputs are
+stale is reported as not run, never as skipped. The whole run holds DIR's lock (run_lock.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,131 +28,315 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from posttrain.core.errors import PosttrainError, StageError
-from posttrain.data_mix import file_fingerprint
+from posttrain.core.errors import PosttrainError, RunFolderError, StageError
 from posttrain.recipe import Recipe, StageConfig
-from posttrain.run_folder import RESOLVED_RECIPE, RESULT_FILE, ReportEntry, RunReport, StageState, prev_dir
+from posttrain.run_folder import (
+    PREV_SUFFIX,
+    RESOLVED_RECIPE,
+    RESULT_FILE,
+    TMP_SUFFIX,
+    UNFINISHED_SUFFIX,
+    ReportEntry,
+    RunReport,
+    StageState,
+    prepare_run_dir,
+    replace_dir,
+    user_os_error,
+    write_text_atomic,
+)
+from posttrain.run_lock import HOLDER_ENV, run_lock
 from posttrain.stages import KINDS
 from posttrain.stages.base import StageContext, StageResult
+from posttrain.tracking import check_installed, log_final_metrics
+from posttrain.tracking import names as tracker_names
 
 log = logging.getLogger("posttrain.runner")
 
 
 def run_recipe(recipe: Recipe, only: list[str] | None = None) -> dict[str, Any]:
-    """Run (or skip) the recipe's stages; write resolved_recipe.yaml and the report. Returns report.json."""
-    from posttrain.tiny import materialize_base
-
-    run_dir = Path(recipe.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Run (or skip) the recipe's stages under DIR's lock; write resolved_recipe.yaml and the report.
+    Returns report.json."""
     if only:
         unknown = sorted(set(only) - set(recipe.stage_names()))
         if unknown:
             raise PosttrainError(f"--stages: no stage named {', '.join(unknown)} "
                                  f"(stages: {', '.join(recipe.stage_names())})")
-    (run_dir / RESOLVED_RECIPE).write_text(recipe.to_yaml())
+    check_installed([*recipe.report_to, *(t for s in recipe.stages for t in tracker_names(s.trl.get("report_to")))])
+    run_dir = Path(recipe.output_dir)
+    prepare_run_dir(run_dir)
+    try:
+        with run_lock(run_dir) as lock_fd:
+            return _run_locked(recipe, run_dir, only, lock_fd)
+    except OSError as exc:
+        raise RunFolderError(user_os_error(exc, run_dir) or f"{run_dir}: {exc}") from None
 
+
+def _run_locked(recipe: Recipe, run_dir: Path, only: list[str] | None, lock_fd: int) -> dict[str, Any]:
+    from posttrain.tiny import materialize_base
+
+    write_text_atomic(run_dir / RESOLVED_RECIPE, recipe.to_yaml())
     report = RunReport.read(run_dir)
     base_model, base_hash = materialize_base(recipe, run_dir)
-    hashes: dict[str, str] = {}
-    interrupted: BaseException | None = None
+    stamps: dict[str, str] = {}  # stage -> stamp of its outputs, for stages whose outputs are current
+    stop: BaseException | None = None  # Ctrl-C, or a folder problem: later stages are classified, not run
     failed = False
     total = len(recipe.stages)
     try:
         for i, stage in enumerate(recipe.stages, 1):
-            digest = stage_hash(recipe, stage, base_hash, hashes)
-            hashes[stage.name] = digest
-            if only and stage.name not in only:
-                state = StageState.read(run_dir / stage.name)
-                if state and state.config_hash == digest and state.status == "done":
-                    report.stages[stage.name] = _entry(stage, "skipped", 0.0, state.metrics)
+            identity = stage_hash(recipe, stage, base_hash, stamps)
+            active = (not only or stage.name in only) and not failed and stop is None
+            stage_dir = run_dir / stage.name
+            if active:
+                _restore_backup(run_dir, stage, identity)
+            state = StageState.read(stage_dir)
+            missing = missing_outputs(stage, stage_dir)
+            if state is not None and state.config_hash == identity and state.status == "done" and not missing:
+                stamps[stage.name] = state.stamp()
+                report.stages[stage.name] = _entry(stage, "skipped", 0.0, state.metrics)
+                if active:
+                    log.info("stage %d/%d %s: skipped (finished earlier with this config and these inputs)", i,
+                             total, stage.name)
                 continue
-            if failed:
-                log.warning("stage %d/%d %s: not run, an earlier stage failed", i, total, stage.name)
+            if not active:
+                report.stages.pop(stage.name, None)  # never shown as done or skipped with results not current
+                if state is not None and stop is None:
+                    why = "an earlier stage failed" if failed else "--stages left it out"
+                    log.warning("stage %d/%d %s: not run (%s), and its outputs are not current: its config, its "
+                                "inputs or its outputs changed since they were made", i, total, stage.name, why)
                 continue
             log.info("stage %d/%d %s (%s)", i, total, stage.name, stage.kind)
-            entry = _run_stage(recipe, stage, run_dir, base_model, digest)
+            if state is not None and state.config_hash == identity and state.status == "done":
+                log.warning("  finished earlier, but %s is missing: running it again", ", ".join(missing))
+            stale = [d for d in stage_dependencies(recipe, stage) if d not in stamps]
+            if stale:  # its folder is left as it is: nothing ran
+                error = (f"it reads the outputs of stage(s) {', '.join(stale)}, which have not finished with their "
+                         f"current config and inputs: run them too (--stages {','.join([*stale, stage.name])})")
+                log.error("  stage %s not run: %s", stage.name, error)
+                entry = _entry(stage, "failed", 0.0, {"error": error})
+            else:
+                try:
+                    entry, stamp = _run_stage(recipe, stage, run_dir, base_model, identity, lock_fd)
+                except (KeyboardInterrupt, RunFolderError) as exc:
+                    stop = exc
+                    report.stages.pop(stage.name, None)
+                    continue
+                if stamp is not None:
+                    stamps[stage.name] = stamp
             report.stages[stage.name] = entry
             _write_report(run_dir, recipe, report)
             failed = entry.status == "failed"
-    except KeyboardInterrupt as exc:
-        interrupted = exc
-    finally:
-        _write_report(run_dir, recipe, report)
-    if interrupted is not None:
-        raise interrupted
+    except BaseException:
+        _try(lambda: _write_report(run_dir, recipe, report))
+        _try(lambda: log_final_metrics(recipe, report))
+        raise
+    if stop is not None:
+        _try(lambda: _write_report(run_dir, recipe, report))
+        _try(lambda: log_final_metrics(recipe, report))
+        raise stop
+    _write_report(run_dir, recipe, report)
+    log_final_metrics(recipe, report)
     return report.to_json()
 
 
+# --------------------------------------------------------------------------------------------------
+# Identity
+
+
 def stage_hash(recipe: Recipe, stage: StageConfig, base_hash: str, earlier: dict[str, str]) -> str:
-    """Hash of everything that determines a stage's output: its config, the seed, the base model, and the
-    hashes of the earlier stages it mentions."""
+    """A stage's identity: its config, the seed, the base model, the stamps of the earlier stages' outputs it
+    reads (`earlier`: stage -> stamp; a stage missing there has no current outputs) and the local files it reads."""
     config = stage.model_dump(mode="json")
-    deps = {name: digest for name, digest in earlier.items() if name in set(_strings(config))}
-    payload = {"stage": config, "seed": recipe.seed, "base": base_hash, "deps": deps}
-    files = {ref: file_fingerprint(ref) for ref in stage.data_refs()
-             if ref not in recipe.stage_names() and Path(ref).is_file()}
-    if files:  # local data files by content (absent otherwise, so earlier hashes stay valid)
-        payload["files"] = files
+    deps = {name: earlier.get(name) for name in stage_dependencies(recipe, stage)}
+    run_dir = Path(recipe.output_dir).absolute()
+    base = recipe.model_dump(mode="json", include={"model", "tokenizer"})
+    base_files = {p: file_identity(Path(p), run_dir) for p in _local_paths(base)}
+    files = {p: file_identity(Path(p), run_dir) for p in _local_paths(config, set(recipe.stage_names()))}
+    payload = {"stage": config, "seed": recipe.seed, "base": base_hash, "deps": deps, "files": files,
+               "base_files": base_files}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _run_stage(recipe: Recipe, stage: StageConfig, run_dir: Path, base_model: str, digest: str) -> ReportEntry:
+def stage_dependencies(recipe: Recipe, stage: StageConfig) -> list[str]:
+    """The earlier stages whose outputs `stage` reads: every earlier stage it names in its options."""
+    names = recipe.stage_names()
+    earlier = set(names[:names.index(stage.name)])
+    mentioned = set(_strings(stage.model_dump(mode="json")))
+    return [n for n in names if n in earlier and n in mentioned]
+
+
+def file_identity(path: Path, run_dir: Path | None = None, limit: int = 10_000) -> Any:
+    """Size and mtime of a file, or a digest of those of a folder's files (at most `limit` of them; none of the
+    run folder's own, which change as the run goes)."""
+    try:
+        if path.is_file():
+            st = path.stat()
+            return [st.st_size, st.st_mtime_ns]
+        digest = hashlib.sha256()
+        files = (p for p in path.rglob("*") if p.is_file() and (run_dir is None or not p.is_relative_to(run_dir)))
+        for n, sub in enumerate(sorted(files)):
+            if n >= limit:
+                break
+            st = sub.stat()
+            digest.update(f"{sub.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def missing_outputs(stage: StageConfig, stage_dir: Path) -> list[str]:
+    """The outputs the stage's kind requires that are not in its folder."""
+    return [name for name in stage.expected_outputs() if not (stage_dir / name).exists()]
+
+
+def _local_paths(config: Any, stages: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    """Strings in a config that name an existing local file or folder."""
+    out = set()
+    for s in _strings(config):
+        if s in stages or "\n" in s or len(s) > 4096 or not (os.sep in s or s.startswith("~")):
+            continue
+        path = Path(s).expanduser()
+        try:
+            if path.exists():
+                out.add(str(path))
+        except OSError:
+            continue
+    return sorted(out)
+
+
+def _strings(obj: Any) -> Iterator[str]:
+    """Every string value, except the names of things (`name`, `kind`), which are not references."""
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            if k not in ("name", "kind"):
+                yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+
+
+# --------------------------------------------------------------------------------------------------
+# One stage
+
+
+def _run_stage(recipe: Recipe, stage: StageConfig, run_dir: Path, base_model: str, identity: str,
+               lock_fd: int) -> tuple[ReportEntry, str | None]:
     stage_dir = run_dir / stage.name
     state = StageState.read(stage_dir)
-    if state and state.config_hash == digest and state.status == "done":
-        log.info("  skipped: finished earlier with the same config (%s)", digest)
-        return _entry(stage, "skipped", 0.0, state.metrics)
-    if state and state.config_hash != digest and stage_dir.exists():
-        prev = prev_dir(run_dir, stage.name)
-        shutil.rmtree(prev, ignore_errors=True)
-        stage_dir.rename(prev)
-        log.warning("  config changed since the last run: starting %s afresh (old outputs kept in %s)",
-                     stage.name, prev)
-    elif state:
-        log.info("  resuming: an earlier run of this config did not finish")
+    if state is not None and state.config_hash == identity:
+        if state.status != "done":
+            log.info("  resuming: an earlier run of this config and these inputs did not finish (%s)", state.status)
+    else:
+        _set_aside(run_dir, stage, state)
 
-    StageState(stage.kind, digest, "running").write(stage_dir)
+    StageState(stage.kind, identity, "running").write(stage_dir)
     start = time.perf_counter()
     try:
         if stage.launch.num_processes > 1:
-            result = _run_launched(stage, run_dir)
+            result = _run_launched(stage, run_dir, lock_fd)
         else:
             ctx = StageContext(recipe, stage, run_dir, base_model, logging.getLogger(f"posttrain.{stage.name}"))
             result = KINDS.get(stage.kind).run(ctx)
     except KeyboardInterrupt:
         seconds = time.perf_counter() - start
-        StageState(stage.kind, digest, "interrupted", seconds).write(stage_dir)
+        StageState(stage.kind, identity, "interrupted", seconds).write(stage_dir)
         log.warning("  interrupted after %.1fs: run the same command again to resume", seconds)
         raise
     except PosttrainError as exc:
-        return _failed(stage, stage_dir, digest, start, str(exc))
+        return _failed(stage, stage_dir, identity, start, str(exc)), None
     except Exception as exc:
+        message = user_os_error(exc, stage_dir)
+        if message is not None:  # disk full, read-only, ...: nothing the stage did wrong; stop, resumable
+            _try(lambda: StageState(stage.kind, identity, "interrupted", time.perf_counter() - start,
+                                    error=message).write(stage_dir))
+            raise RunFolderError(f"{message} (stage {stage.name!r}: fix that, then run the same command again "
+                                 "to resume)") from None
         log.exception("  stage %s crashed", stage.name)
-        return _failed(stage, stage_dir, digest, start, f"{type(exc).__name__}: {exc}")
+        return _failed(stage, stage_dir, identity, start, f"{type(exc).__name__}: {exc}"), None
     seconds = time.perf_counter() - start
-    StageState(stage.kind, digest, "done", seconds, result.metrics, result.outputs).write(stage_dir)
+    missing = missing_outputs(stage, stage_dir)
+    if missing:
+        return _failed(stage, stage_dir, identity, start, f"finished without writing {', '.join(missing)}"), None
+    done = StageState(stage.kind, identity, "done", seconds, result.metrics, result.outputs,
+                      finished=f"{time.time_ns()}")
+    done.write(stage_dir)
     log.info("  done in %.1fs%s", seconds, _summary(result.metrics))
-    return _entry(stage, "done", seconds, result.metrics)
+    return _entry(stage, "done", seconds, result.metrics), done.stamp()
 
 
-def _failed(stage: StageConfig, stage_dir: Path, digest: str, start: float, error: str) -> ReportEntry:
+def _set_aside(run_dir: Path, stage: StageConfig, state: StageState | None) -> None:
+    """Move a stage folder made with another identity out of the way: a finished one becomes `<name>.prev/`
+    (replacing the older backup), anything else `<name>.unfinished/` (so a failed attempt never costs the last
+    finished outputs)."""
+    stage_dir = run_dir / stage.name
+    if not stage_dir.is_dir() or not any(stage_dir.iterdir()):
+        return
+    if state is not None and state.status == "done":
+        backup = run_dir / (stage.name + PREV_SUFFIX)
+        why = "its config or inputs changed since it finished"
+    else:
+        backup = run_dir / (stage.name + UNFINISHED_SUFFIX)
+        why = ("its folder has no stage.json, so what is in it was made with an unknown config" if state is None
+               else f"an attempt with another config or other inputs did not finish ({state.status})")
+    replace_dir(stage_dir, backup)
+    log.warning("  starting %s afresh: %s; the old folder is kept as %s", stage.name, why, backup)
+
+
+def _restore_backup(run_dir: Path, stage: StageConfig, identity: str) -> None:
+    """Bring back a backup made with this very identity (a reverted config change) instead of recomputing it."""
+    stage_dir = run_dir / stage.name
+    moving = run_dir / (stage.name + ".restore" + TMP_SUFFIX)
+    if moving.is_dir() and not stage_dir.exists():  # a restore cut off between its renames
+        moving.rename(stage_dir)
+    current = StageState.read(stage_dir)
+    if current is not None and current.config_hash == identity:
+        return
+    for suffix in (PREV_SUFFIX, UNFINISHED_SUFFIX):
+        backup = run_dir / (stage.name + suffix)
+        state = StageState.read(backup)
+        if state is None or state.config_hash != identity:
+            continue
+        if state.status == "done" and missing_outputs(stage, backup):
+            continue
+        backup.rename(moving)
+        _set_aside(run_dir, stage, current)
+        moving.rename(stage_dir)
+        log.info("stage %s: restored from %s, which holds a %s run of this config and these inputs", stage.name,
+                 backup, "finished" if state.status == "done" else "resumable")
+        return
+
+
+def _failed(stage: StageConfig, stage_dir: Path, identity: str, start: float, error: str) -> ReportEntry:
     seconds = time.perf_counter() - start
-    StageState(stage.kind, digest, "failed", seconds, error=error).write(stage_dir)
+    StageState(stage.kind, identity, "failed", seconds, error=error).write(stage_dir)
     log.error("  stage %s failed: %s", stage.name, error)
     return _entry(stage, "failed", seconds, {"error": error})
 
 
-def _run_launched(stage: StageConfig, run_dir: Path) -> StageResult:
-    """Run one stage in N processes with `accelerate launch`; rank 0 writes the result."""
+def _try(action: Any) -> None:
+    """Best effort, while another error is on its way to the user."""
+    with contextlib.suppress(Exception):
+        action()
+
+
+# --------------------------------------------------------------------------------------------------
+# Several processes
+
+
+def _run_launched(stage: StageConfig, run_dir: Path, lock_fd: int) -> StageResult:
+    """Run one stage in N processes with `accelerate launch`, under this run's lock; rank 0 writes the result."""
     result_file = run_dir / stage.name / RESULT_FILE
     result_file.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch_args(stage),
            "-m", "posttrain.worker", str(run_dir), stage.name]
     log.info("  launching %d processes: %s", stage.launch.num_processes, " ".join(cmd[2:]))
     env = dict(os.environ)
+    env[HOLDER_ENV] = str(os.getpid())
     if not stage.launch.config_file and not _has_cuda():
         env["ACCELERATE_USE_CPU"] = "true"  # torchrun ranks + gloo; without it every rank thinks it is alone
-    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
+    # The launcher inherits the locked file: the folder stays locked while it runs, even if we are killed.
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env, pass_fds=(lock_fd,))
     try:
         code = proc.wait()
     except KeyboardInterrupt:
@@ -195,6 +385,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
 def _entry(stage: StageConfig, status: Any, seconds: float, metrics: dict[str, Any]) -> ReportEntry:
     return ReportEntry(stage.kind, status, round(seconds, 2), metrics)
 
@@ -210,16 +404,9 @@ def _write_report(run_dir: Path, recipe: Recipe, report: RunReport) -> None:
         from posttrain.report import write_report
 
         write_report(run_dir, kinds=KINDS)
-    except Exception:  # the report is a view; never lose a run over it
-        log.exception("could not write report.md / plots")
-
-
-def _strings(obj: Any) -> Iterator[str]:
-    if isinstance(obj, str):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _strings(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _strings(v)
+    except Exception as exc:  # the report is a view; never lose a run over it
+        message = user_os_error(exc, run_dir)
+        if message is not None:
+            log.warning("could not write report.md / plots: %s", message)
+        else:
+            log.exception("could not write report.md / plots")

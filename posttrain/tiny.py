@@ -55,6 +55,12 @@ TINY_DEFAULTS: dict[str, Any] = {
     "v_head_dim": 32,
     "routed_scaling_factor": 1.0,
     "norm_topk_prob": True,
+    # What vLLM's DeepSeek-V3 loader reads (vllm/model_executor/models/deepseek_v2.py) and transformers' config
+    # lacks: without `topk_method: noaux_tc` vLLM builds no correction bias, without `scoring_func` it routes
+    # with softmax. transformers' DeepseekV3 always routes this way and ignores the keys (same weights, same model).
+    "topk_method": "noaux_tc",
+    "scoring_func": "sigmoid",
+    "moe_layer_freq": 1,
     "max_position_embeddings": 512,
     "num_nextn_predict_layers": 0,
     "tie_word_embeddings": False,

@@ -1,7 +1,8 @@
 """Entry point of one process of a stage run under `accelerate launch` (see runner._run_launched).
 
 `python -m posttrain.worker RUN_DIR STAGE` rebuilds the stage's context from the resolved recipe;
-rank 0 writes DIR/<stage>/result.json for the runner.
+rank 0 writes DIR/<stage>/result.json for the runner. Workers run under the lock of the run that
+launched them (run_lock.py): started by hand, they refuse.
 """
 
 from __future__ import annotations
@@ -14,20 +15,34 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from posttrain.core.errors import PosttrainError
+    from posttrain.run_lock import check_worker_lock
+
+    run_dir, stage_name = argv or sys.argv[1:]
+    try:
+        check_worker_lock(Path(run_dir))
+    except PosttrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _work(run_dir, stage_name)
+
+
+def _work(run_dir: str, stage_name: str) -> int:
     from accelerate import PartialState
 
     from posttrain.core.log import setup_logging
-    from posttrain.recipe import load_recipe
+    from posttrain.recipe import parse_recipe
     from posttrain.run_folder import RESOLVED_RECIPE, RESULT_FILE
     from posttrain.stages import KINDS
     from posttrain.stages.base import StageContext
     from posttrain.tiny import base_model_ref
 
-    run_dir, stage_name = argv or sys.argv[1:]
     signal.signal(signal.SIGTERM, _raise_interrupt)
     state = PartialState()
     setup_logging(None, rank=state.process_index)
-    recipe = load_recipe(Path(run_dir) / RESOLVED_RECIPE, kinds=KINDS)
+    resolved = Path(run_dir) / RESOLVED_RECIPE
+    # Already resolved and checked by the run that launched us: paths are absolute, plugins import.
+    recipe = parse_recipe(resolved.read_text(), source=str(resolved), kinds=KINDS, check=False)
     stage = recipe.stage(stage_name)
     ctx = StageContext(recipe, stage, Path(run_dir), base_model_ref(recipe, Path(run_dir)),
                        logging.getLogger(f"posttrain.{stage_name}"),

@@ -15,6 +15,10 @@ class RecipeError(PosttrainError):
         super().__init__("\n".join(self.problems))
 
 
+class RunFolderError(PosttrainError):
+    """The output folder cannot be used as it is: a file in its place, read-only, full, locked by another run."""
+
+
 class StageError(PosttrainError):
     """A stage cannot run as configured (missing input, wrong reference, ...)."""
 

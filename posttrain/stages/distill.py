@@ -145,6 +145,10 @@ class Config(StageConfig):
     format: Literal["text", "chat"] = "text"
 
     trl_config: ClassVar[str | None] = None
+    required_outputs: ClassVar[tuple[str, ...]] = (DATA_FILE, PAIRS_FILE, PROMPTS_FILE, STATS_FILE)
+
+    def expected_outputs(self) -> tuple[str, ...]:
+        return (*self.required_outputs, EVAL_FILE) if self.eval is not None else self.required_outputs
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -349,6 +353,12 @@ def _resume(out: Path, fingerprint: str, sampler: Any, log: logging.Logger) -> d
     if state is not None and state.get("fingerprint") != fingerprint:
         log.warning("the prompts changed since the interrupted run: starting this stage's data afresh")
         state = None
+    if state is not None:
+        short = [name for name in APPENDED if _size(out / name) < int(state["offsets"].get(name, 0))]
+        if short:
+            log.warning("%s: shorter than %s records (deleted or cut): starting this stage's data afresh",
+                        ", ".join(short), PROGRESS_FILE)
+            state = None
     if state is None:
         for name in APPENDED:
             (out / name).unlink(missing_ok=True)
@@ -356,12 +366,7 @@ def _resume(out: Path, fingerprint: str, sampler: Any, log: logging.Logger) -> d
     for name in APPENDED:
         path, size = out / name, int(state["offsets"].get(name, 0))
         if not path.exists():
-            if size:
-                raise StageError(f"{path} is missing but {PROGRESS_FILE} says it had {size} bytes: delete "
-                                 f"{out} to start this stage afresh")
             continue
-        if path.stat().st_size < size:
-            raise StageError(f"{path} is shorter than {PROGRESS_FILE} records: delete {out} to start afresh")
         with open(path, "r+b") as f:
             f.truncate(size)  # drop rows of a chunk that was cut off before its progress was saved
     if (out / DATA_FILE).exists():
@@ -369,6 +374,13 @@ def _resume(out: Path, fingerprint: str, sampler: Any, log: logging.Logger) -> d
             completion = json.loads(line)["completion"]
             sampler.filter.add(completion if isinstance(completion, str) else completion[-1]["content"])
     return state
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _merge(stats: dict[str, Any], result: Any) -> None:

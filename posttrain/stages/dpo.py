@@ -115,15 +115,18 @@ class DPOStage(TrainerStage):
         with the adapter switched off as the reference; handed an adapted model it would copy the adapter instead."""
         from posttrain.core.models import load_causal_lm
 
-        return load_causal_lm(path, self.ctx.recipe.model if self.cfg.model in (None, "base") else None)
+        self.model = load_causal_lm(path, self.ctx.recipe.model if self.cfg.model in (None, "base") else None)
+        return self.model
 
     def trainer_kwargs(self, dataset: Any) -> dict[str, Any]:
-        from posttrain.lora import lora_config
+        from posttrain.lora import find_targets, lora_config
 
         kwargs: dict[str, Any] = {"train_dataset": dataset, "ref_model": self.reference_model(),
                                   "eval_dataset": self.held_out if len(self.held_out) else None}
         if self.cfg.lora is not None:
-            kwargs["peft_config"] = lora_config(self.cfg.lora)
+            targets = find_targets(self.model)
+            spec = self.cfg.lora.model_copy(update={"targets": [p for p in self.cfg.lora.targets if targets[p]]})
+            kwargs["peft_config"] = lora_config(spec, targets)
         return kwargs
 
     def reference_model(self) -> Any:

@@ -2,7 +2,9 @@
 
 Adds what users ask TRL for: named loss presets (`loss: dr_grpo`), DAPO dynamic sampling, the
 MoE load-balancing callback during RL, vLLM rollouts when available (colocate, or a server started
-with `posttrain rollout-server` / `trl vllm-serve`) and a logged fallback to transformers generation.
+with `posttrain rollout-server`) and a logged fallback to transformers generation. With vLLM, the weight
+sync sends what vLLM's loaders accept plus the router biases, and the sampler's drift is logged
+(`posttrain/vllm_sync.py`).
 
 The report's section on this kind is in grpo_report.py; its hooks are imported here, where the
 report looks for them.
@@ -19,7 +21,15 @@ from posttrain.core.errors import MissingDependencyError
 from posttrain.core.generation import SpeculativeSpec
 from posttrain.dynamic_sampling import DynamicSamplingConfig
 from posttrain.recipe import RewardSpec
-from posttrain.run_folder import GROUPS_DROPPED, METRICS_FILE, PROMPTS_FILE, REWARD, read_jsonl
+from posttrain.run_folder import (
+    GROUPS_DROPPED,
+    METRICS_FILE,
+    PROMPTS_FILE,
+    REWARD,
+    ROLLOUT_LOGP_DIFF,
+    ROLLOUT_LOGP_DIFF_MAX,
+    read_jsonl,
+)
 from posttrain.stages.base import StageContext, StageResult
 from posttrain.stages.grpo_report import report_describe as report_describe
 from posttrain.stages.grpo_report import report_figures as report_figures
@@ -56,13 +66,19 @@ class RolloutSpec(BaseModel):
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     #: In-process rollouts: speculative decoding drafted by the model's MTP module (`speculative: {mtp: true}`).
     speculative: SpeculativeSpec | None = None
+    #: A logging step whose mean per-token |log p_trainer - log p_vLLM| exceeds this logs a WARNING (vLLM only).
+    max_logp_diff: float = Field(0.05, gt=0)
 
     @model_serializer(mode="wrap")
-    def _without_unset_speculative(self, handler: Any) -> Any:
-        """Leave `speculative` out until it is set: a stage written before it existed keeps its config hash."""
+    def _without_unset_new_options(self, handler: Any) -> Any:
+        """Leave options added after a stage was written out while they keep their defaults: such a stage keeps
+        its config hash (and `max_logp_diff` only sets when to warn, never what is trained)."""
         data = handler(self)
-        if isinstance(data, dict) and self.speculative is None:
-            data.pop("speculative", None)
+        if isinstance(data, dict):
+            if self.speculative is None:
+                data.pop("speculative", None)
+            if self.max_logp_diff == 0.05:
+                data.pop("max_logp_diff", None)
         return data
 
 
@@ -102,7 +118,13 @@ class GRPOStage(TrainerStage):
         from posttrain.dynamic_sampling import DynamicSamplingMixin
         from posttrain.mtp import SpeculativeRolloutMixin
 
-        return (DynamicSamplingMixin, SpeculativeRolloutMixin, *super().mixins())
+        mixins: tuple[type, ...] = (ThinkOpenerMixin, DynamicSamplingMixin, SpeculativeRolloutMixin,
+                                    *super().mixins())
+        if getattr(self.args, "use_vllm", False):
+            from posttrain.vllm_sync import VLLMSyncMixin
+
+            mixins += (VLLMSyncMixin,)
+        return mixins
 
     def prepare_data(self, dataset: Any) -> Any:
         cfg = self.cfg
@@ -117,8 +139,13 @@ class GRPOStage(TrainerStage):
         return {"train_dataset": dataset, "reward_funcs": self.rewards}
 
     def after_init(self, trainer: Any, dataset: Any) -> None:
+        from posttrain.core.models import without_router_logits
+
+        without_router_logits(trainer.model)  # rollouts call `generate`: an MoE's router loss must stay off there
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
         trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)
+        if hasattr(trainer, "logp_diff_callback"):
+            trainer.logp_diff_callback.threshold = self.cfg.rollout.max_logp_diff
         self.bind_policy(trainer)
 
     def bind_policy(self, trainer: Any) -> None:
@@ -142,6 +169,45 @@ class GRPOStage(TrainerStage):
 
 def run(ctx: StageContext) -> StageResult:
     return GRPOStage(ctx).run()
+
+
+class ThinkOpenerMixin:
+    """Rewards see the whole assistant turn when the chat template opened `<think>` in the prompt.
+
+    TRL hands rewards conversational prompts as message lists, so the rendered prompt ending in `<think>`
+    (DeepSeek-R1, Qwen3 thinking) is invisible to them and the completion starts inside the reasoning. The
+    prompt is rendered here as TRL renders it (with the trainer's `chat_template_kwargs`); where it ends with
+    the opener, the completions the rewards get start with it (`posttrain/core/chat.py` says why this is
+    decided from the prompt, never from the completion). Plain-text prompts are not templated by TRL: a
+    prompt string ending in `<think>` is read by the format reward itself.
+    """
+
+    _think_openers: dict[str, str]
+
+    def _calculate_rewards(self, inputs: Any, prompts: list[Any], completions: list[Any],
+                           completion_ids_list: Any) -> Any:
+        from posttrain.core.chat import with_opener
+
+        openers = [self._think_opener(p) for p in prompts]
+        if any(openers):
+            completions = [with_opener(c, o) for c, o in zip(completions, openers, strict=True)]
+        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # type: ignore[misc]
+
+    def _think_opener(self, prompt: Any) -> str:
+        import json
+
+        from posttrain.core.chat import render_generation_prompt, think_opener
+
+        if not isinstance(prompt, list):
+            return ""
+        if not hasattr(self, "_think_openers"):
+            self._think_openers = {}
+        key = json.dumps(prompt, sort_keys=True, default=str)
+        if key not in self._think_openers:
+            tokenizer = getattr(self, "_tokenizer", None) or self.processing_class  # type: ignore[attr-defined]
+            kwargs = getattr(self, "chat_template_kwargs", None) or {}
+            self._think_openers[key] = think_opener(render_generation_prompt(tokenizer, prompt, **kwargs))
+        return self._think_openers[key]
 
 
 def _rollout_args(cfg: Config, ctx: StageContext) -> dict[str, Any]:
@@ -177,4 +243,9 @@ def _summary(ctx: StageContext) -> dict[str, Any]:
     dropped = [d for r in rows if isinstance(d := r.get(GROUPS_DROPPED), float | int)]
     if dropped:
         out["groups_dropped_per_step"] = round(sum(dropped) / len(dropped), 3)
+    diffs = [r for r in rows if isinstance(r.get(ROLLOUT_LOGP_DIFF), float | int)]
+    if diffs:  # vLLM rollouts: how far the sampler was from the trainer
+        out["rollout_logp_diff_mean"] = round(sum(r[ROLLOUT_LOGP_DIFF] for r in diffs) / len(diffs), 5)
+        tops = [r[ROLLOUT_LOGP_DIFF_MAX] for r in diffs if isinstance(r.get(ROLLOUT_LOGP_DIFF_MAX), float | int)]
+        out["rollout_logp_diff_max"] = round(max(tops or [r[ROLLOUT_LOGP_DIFF] for r in diffs]), 5)
     return out

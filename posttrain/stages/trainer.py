@@ -8,7 +8,10 @@ resumably, saves (LoRA merged) and adds the balance summary.
 
 Ctrl-C / SIGTERM during training asks the trainer to save a checkpoint at the end of the current
 step and stop; the stage then raises KeyboardInterrupt, and the next run resumes from that
-checkpoint. A second signal stops at once (the last periodic checkpoint is used).
+checkpoint. A second signal stops at once (the last periodic checkpoint is used). Checkpoints and
+the final model are written under temporary names and renamed when complete (checkpoints.py), so
+whatever stops a run, the next one resumes from the newest complete checkpoint, and a run stopped
+after its last step only saves.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +28,6 @@ from typing import Any, ClassVar
 from pydantic import Field, model_serializer
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from posttrain.core.errors import DataError
 from posttrain.data_mix import DataSource, source_refs
@@ -43,9 +46,21 @@ from posttrain.run_folder import (
     MTP_LOSS,
     REWARD,
     STEP,
+    TMP_SUFFIX,
     read_jsonl,
+    replace_dir,
+    trim_jsonl,
 )
 from posttrain.stages.base import StageContext, StageResult
+from posttrain.stages.checkpoints import (
+    AtomicCheckpointMixin,
+    checkpoint_step,
+    finished_state,
+    last_complete_checkpoint,
+    load_train_result,
+    save_train_result,
+)
+from posttrain.tracking import trainer_settings, training_env
 
 log = logging.getLogger("posttrain.training")
 
@@ -70,6 +85,7 @@ class TrainerConfig(StageConfig):
     mtp: MTPConfig = Field(default_factory=MTPConfig)
 
     ref_fields: ClassVar[tuple[str, ...]] = ("model", "data")
+    required_outputs: ClassVar[tuple[str, ...]] = (f"{MODEL_DIR}/config.json",)
 
     @model_serializer(mode="wrap")
     def _without_default_mtp(self, handler: Any) -> Any:
@@ -166,7 +182,7 @@ class TrainerStage:
 
     # -- the skeleton ------------------------------------------------------------------------------
     def run(self) -> StageResult:
-        from posttrain.core.models import load_tokenizer
+        from posttrain.core.models import load_tokenizer, without_router_logits
         from posttrain.recipe import build_trl_config
 
         ctx, cfg = self.ctx, self.cfg
@@ -175,19 +191,23 @@ class TrainerStage:
         dataset = self.prepare_data(self.load_data())
         if cfg.max_samples is not None:
             dataset = dataset.select(range(min(cfg.max_samples, len(dataset))))
-        extra = {**self.trl_overrides(), **({} if "seed" in cfg.trl else {"seed": ctx.seed})}
+        extra = {**trainer_settings(ctx.recipe, cfg), **self.trl_overrides(),
+                 **({} if "seed" in cfg.trl else {"seed": ctx.seed})}
         self.args = build_trl_config(cfg, checkpoint_dir(ctx), **{k: v for k, v in extra.items() if k not in cfg.trl})
         model = self.load_model(model_path)
-        trainer_cls = type("Trainer", (*self.mixins(), self.trainer_class()), {})
-        trainer = trainer_cls(model=model, args=self.args, processing_class=self.tokenizer,
-                              **self.trainer_kwargs(dataset))
-        tracker = trainer.setup_moe_balance(cfg.moe_balance) if hasattr(trainer, "setup_moe_balance") else None
-        if hasattr(trainer, "setup_mtp"):
-            trainer.setup_mtp(cfg.mtp)
-        self.after_init(trainer, dataset)
-        prepare_trainer(trainer, ctx, self.log_keys)
-        ctx.log.info(self.describe(self.args, dataset))
-        result = train_resumably(trainer, ctx)
+        trainer_cls = type("Trainer", (AtomicCheckpointMixin, *self.mixins(), self.trainer_class()), {})
+        with training_env(ctx.stage_dir, self.args.report_to):  # trackers log under DIR/<stage>/
+            trainer = trainer_cls(model=model, args=self.args, processing_class=self.tokenizer,
+                                  **self.trainer_kwargs(dataset))
+            tracker = trainer.setup_moe_balance(cfg.moe_balance) if hasattr(trainer, "setup_moe_balance") else None
+            if hasattr(trainer, "setup_mtp"):
+                trainer.setup_mtp(cfg.mtp)
+            self.after_init(trainer, dataset)
+            prepare_trainer(trainer, ctx, self.log_keys)
+            ctx.log.info(self.describe(self.args, dataset))
+            result = train_resumably(trainer, ctx)
+        # TRL's SFTTrainer turns `output_router_logits` on in the config; saved so, the model crashes `generate`.
+        without_router_logits(trainer.accelerator.unwrap_model(trainer.model))
         metrics: dict[str, Any] = {"train_loss": round(result.training_loss, 5), "steps": result.global_step}
         metrics.update(self.summary(trainer, result, dataset))  # before saving, which merges a LoRA adapter away
         out = save_final(trainer, self.tokenizer, ctx)
@@ -283,14 +303,33 @@ def prepare_trainer(trainer: Any, ctx: StageContext, keys: tuple[str, ...] = (LO
 
 
 def train_resumably(trainer: Any, ctx: StageContext) -> Any:
-    """`trainer.train()`, resuming from the stage's last checkpoint if there is one."""
-    ckpt_dir = Path(trainer.args.output_dir)
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None
+    """`trainer.train()`, resuming from the stage's newest complete checkpoint if there is one; when that checkpoint
+    is the last step, training is over and it is only loaded (the caller saves)."""
+    main = trainer.accelerator.is_main_process
+    last = last_complete_checkpoint(Path(trainer.args.output_dir), main)
+    step = checkpoint_step(last) if last else 0
+    if main:  # rows logged after the checkpoint are logged again; a torn last line goes
+        dropped = trim_jsonl(ctx.stage_dir / METRICS_FILE,
+                             lambda r: not isinstance(r.get(STEP), int) or r[STEP] <= step)
+        if dropped:
+            ctx.log.info("metrics.jsonl: dropped %d rows logged after step %d (they are logged again)", dropped, step)
+    trainer.accelerator.wait_for_everyone()
+    done = finished_state(last) if last else None
+    if last and done is not None:
+        ctx.log.info("training finished earlier (step %d of %d): loading %s to save the model", done.global_step,
+                     done.max_steps, last)
+        trainer._load_from_checkpoint(str(last))
+        restore_model_weights(trainer.model, str(last))
+        trainer.state = done
+        return load_train_result(ctx.stage_dir, done)
     if last:
         ctx.log.info("resuming from %s", last)
-        restore_model_weights(trainer.model, last)
+        restore_model_weights(trainer.model, str(last))
     with graceful_stop(trainer):
-        return trainer.train(resume_from_checkpoint=last)
+        result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+        if main:
+            save_train_result(ctx.stage_dir, result)
+    return result
 
 
 def restore_model_weights(model: Any, checkpoint: str) -> None:
@@ -314,18 +353,35 @@ def restore_model_weights(model: Any, checkpoint: str) -> None:
 
 
 def save_final(trainer: Any, tokenizer: Any, ctx: StageContext) -> Path:
-    """Save the trained model (LoRA merged in) and its tokenizer to DIR/<stage>/model/."""
+    """Save the trained model (LoRA merged in) and its tokenizer to DIR/<stage>/model/, written as model.tmp/ and
+    renamed when complete: a folder named model/ is always a whole model."""
     out = ctx.stage_dir / MODEL_DIR
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
-        model.save_pretrained(ctx.stage_dir / ADAPTER_DIR)
+        _save_atomically(trainer, ctx.stage_dir / ADAPTER_DIR, model.save_pretrained, all_processes=True)
         model = model.merge_and_unload()
     model.config.use_cache = True  # trainers switch the KV cache off; generation from this model needs it
-    if trainer.accelerator.is_main_process:
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-    trainer.accelerator.wait_for_everyone()
+
+    def save(path: Path) -> None:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+    _save_atomically(trainer, out, save)
     return out
+
+
+def _save_atomically(trainer: Any, out: Path, save: Any, all_processes: bool = False) -> None:
+    tmp = out.with_name(out.name + TMP_SUFFIX)
+    main = trainer.accelerator.is_main_process
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    if main or all_processes:
+        save(tmp)
+    trainer.accelerator.wait_for_everyone()
+    if main:
+        replace_dir(tmp, out)
+    trainer.accelerator.wait_for_everyone()
 
 
 def checkpoint_dir(ctx: StageContext) -> Path:

@@ -35,13 +35,29 @@ def test_serves_the_model_the_grpo_stage_starts_from(recipe: Path, tmp_path: Pat
     model = tmp_path / "run" / "sft" / "model"
     model.mkdir(parents=True)
     (model / "config.json").write_text("{}")
-    assert main(["rollout-server", str(recipe), "--dry-run", "--vllm-args", "--max_model_len 512"]) == 0
-    cmd = shlex.split(capsys.readouterr().out)
-    assert cmd[1:3] == ["-m", "trl.scripts.vllm_serve"]
-    opts = dict(zip(cmd[3::2], cmd[4::2], strict=False))
-    assert opts["--model"] == str(model)
+    assert main(["rollout-server", str(recipe), "--dry-run", "--vllm-args", "--max-model-len 512"]) == 0
+    env, *cmd = shlex.split(capsys.readouterr().out)
+    assert env == "VLLM_SERVER_DEV_MODE=1"  # the weight-update endpoints TRL's client calls
+    assert cmd[1:5] == ["-m", "vllm.entrypoints.cli.main", "serve", str(model)]  # vLLM's own server
+    opts = dict(zip(cmd[5::2], cmd[6::2], strict=False))
     assert (opts["--host"], opts["--port"]) == ("10.0.0.7", "8123")  # where the stage's trainer looks
-    assert opts["--max_model_len"] == "512"
+    assert opts["--max-model-len"] == "512"
+
+
+def test_the_command_is_the_one_trl_builds_for_its_client(recipe: Path, tmp_path: Path, capsys) -> None:
+    """TRL 1.16 deprecated `trl vllm-serve` (it only runs `vllm serve` now): ours is TRL's command, flags included."""
+    from trl.scripts.vllm_serve import ScriptArguments, build_command
+
+    model = tmp_path / "run" / "sft" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    assert main(["rollout-server", str(recipe), "--dry-run", "--tensor-parallel-size", "2"]) == 0
+    cmd = shlex.split(capsys.readouterr().out)[1:]
+    assert cmd == build_command(ScriptArguments(model=str(model), host="10.0.0.7", port=8123, tensor_parallel_size=2,
+                                                gpu_memory_utilization=0.9))
+    joined = " ".join(cmd)
+    assert '--weight-transfer-config {"backend": "nccl"}' in joined
+    assert "--logprobs-mode processed_logprobs" in joined  # what the importance-sampling correction needs
 
 
 def test_a_missing_starting_model_names_the_stage_to_run_first(recipe: Path, capsys) -> None:

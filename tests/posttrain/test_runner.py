@@ -74,11 +74,11 @@ def test_only_selected_stages_run(tmp_path: Path, tiny_base: Path) -> None:
 
 def test_failed_stage_is_reported_and_stops_the_run(tmp_path: Path, tiny_base: Path) -> None:
     out = tmp_path / "run"
-    text = recipe_text(out, tiny_base).replace("data: first", "data: /no/such/file.jsonl")
+    text = recipe_text(out, tiny_base).replace("data: first", "data: first\n    fail_after: 1")
     report = run_recipe(parse_recipe(text, kinds=KINDS))
     second = report["stages"]["second"]
     assert second["status"] == "failed"
-    assert "does not exist" in second["metrics"]["error"]
+    assert "counting failed on purpose" in second["metrics"]["error"]
     assert StageState.read(out / "second").status == "failed"  # type: ignore[union-attr]
 
 
@@ -123,7 +123,7 @@ def test_sigterm_mid_stage_then_resume_gives_same_outputs(tmp_path: Path, tiny_b
 
 def test_cli_run_exit_codes(tmp_path: Path, tiny_base: Path, python: str) -> None:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(recipe_text(tmp_path / "out", tiny_base).replace("data: first", "data: /nope"))
+    recipe.write_text(recipe_text(tmp_path / "out", tiny_base).replace("data: first", "data: first\n    fail_after: 0"))
     proc = _cli(python, recipe)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "failed stages: second" in err

@@ -61,3 +61,41 @@ stages: [{{name: s, kind: counting}}]
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert json.loads(stamp.read_text())["parameters"] > 0
     assert a.config.num_hidden_layers == 2
+
+
+def test_the_saved_config_carries_what_vllms_deepseek_loader_reads(tmp_path: Path) -> None:
+    text = """
+output_dir: {out}
+model: {{tiny: {{num_hidden_layers: 2}}}}
+tokenizer: {{train: {{corpus: "data_pipelines.tasks.arithmetic:corpus", corpus_kwargs: {{n: 200}}}}}}
+stages: [{{name: s, kind: counting}}]
+"""
+    ref, _ = materialize_base(parse_recipe(text.format(out=tmp_path), kinds=KINDS), tmp_path)
+    cfg = json.loads((Path(ref) / "config.json").read_text())
+    # vllm/model_executor/models/deepseek_v2.py (0.31): the correction bias exists only for noaux_tc, routing
+    # is softmax unless scoring_func says sigmoid, grouped top-k reads n_group/topk_group.
+    assert cfg["model_type"] == "deepseek_v3" and cfg["topk_method"] == "noaux_tc"
+    assert cfg["scoring_func"] == "sigmoid" and cfg["hidden_act"] == "silu"
+    assert cfg["n_routed_experts"] % cfg["n_group"] == 0 and cfg["topk_group"] <= cfg["n_group"]
+    assert cfg["norm_topk_prob"] is True and cfg["routed_scaling_factor"] == 1.0
+    assert cfg["moe_layer_freq"] == 1 and cfg["first_k_dense_replace"] == 1 and cfg["q_lora_rank"] is None
+
+
+def test_the_vllm_keys_change_neither_the_weights_nor_the_training() -> None:
+    """The demo's figures depend on the base model: the keys vLLM reads must not change what transformers builds."""
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    from posttrain.tiny import TINY_DEFAULTS
+
+    vllm_only = ("topk_method", "scoring_func", "moe_layer_freq")
+    models = []
+    for cfg in (TINY_DEFAULTS, {k: v for k, v in TINY_DEFAULTS.items() if k not in vllm_only}):
+        torch.manual_seed(3)
+        models.append(DeepseekV3ForCausalLM(DeepseekV3Config(vocab_size=300, **{**cfg, "num_hidden_layers": 2})))
+    a, b = models
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    ids = torch.randint(0, 300, (2, 16))
+    for model in models:
+        model(input_ids=ids, labels=ids).loss.backward()
+    for (name, x), y in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(x.grad, y.grad), name

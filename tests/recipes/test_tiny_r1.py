@@ -23,6 +23,8 @@ def test_the_quick_variant_only_shrinks_the_run() -> None:
     for name in ("eval_base", "eval_sft", "eval_grpo"):
         assert quick.stage(name).model_dump() == full.stage(name).model_dump()
     assert quick.stage("grpo").rewards == full.stage("grpo").rewards
+    # GRPO as DeepSeekMath runs it: k3 KL to the SFT model with β = 0.04, in the quick run too.
+    assert full.stage("grpo").trl["beta"] == quick.stage("grpo").trl["beta"] == 0.04
 
 
 @pytest.mark.slow
@@ -42,6 +44,7 @@ def test_every_stage_of_the_demo_runs_end_to_end(tmp_path: Path, python: str) ->
     assert (out / "grpo" / "model" / "config.json").exists()
     text = (out / "report.md").read_text()
     assert all(f"## {name}" in text or name in text for name in stages)
+    assert "KL to the reference (β = 0.04, k3 estimator)" in text  # the report shows GRPO's KL
     assert (out / "plots").is_dir() and any((out / "plots").glob("*.png"))
     # A second run skips everything.
     again = subprocess.run([python, "-m", "posttrain.cli", "run", str(RECIPE), "--quick", "--output-dir", str(out)],

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.core.errors import StageError
+from posttrain.core.generation.base import GenerationSpec
 from posttrain.recipe import Recipe, RewardSpec, StageConfig
 from posttrain.run_folder import DATA_FILE, METRICS_FILE, MODEL_DIR, append_jsonl, read_jsonl
 
@@ -67,6 +68,13 @@ class StageContext:
     def resolve_model(self, ref: str | None) -> str:
         """`None`/`"base"` → the base model; an earlier stage's name → its `model/`; else a path or hub name."""
         return resolve_model(self.recipe, self.run_dir, self.base_model, ref, f"stage {self.config.name!r}")
+
+    def with_remote_code(self, spec: GenerationSpec, ours: bool) -> GenerationSpec:
+        """`spec` with `trust_remote_code` decided: unset, it follows the recipe's `model.trust_remote_code` when the
+        generator loads `ours` (the base model or an earlier stage's, which keep the base's tokenizer), else off."""
+        if spec.trust_remote_code is not None:
+            return spec
+        return spec.model_copy(update={"trust_remote_code": ours and self.recipe.model.trust_remote_code})
 
     def resolve_data(self, ref: str, filename: str = DATA_FILE) -> Path:
         """An earlier stage's name → its `filename`; else a local file path."""

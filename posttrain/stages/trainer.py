@@ -129,7 +129,11 @@ class TrainerStage:
         from posttrain.core.models import load_causal_lm
         from posttrain.lora import apply_lora
 
-        model = load_causal_lm(path, self.ctx.recipe.model if self.cfg.model in (None, "base") else None)
+        spec = self.ctx.recipe.model
+        if self.cfg.model in (None, "base"):
+            model = load_causal_lm(path, spec)
+        else:  # an earlier stage's model keeps the base's architecture (and its remote code, if that was used)
+            model = load_causal_lm(path, trust_remote_code=spec.trust_remote_code)
         return apply_lora(model, self.cfg.lora) if self.cfg.lora is not None else model
 
     def trainer_kwargs(self, dataset: Any) -> dict[str, Any]:
@@ -154,11 +158,14 @@ class TrainerStage:
 
         ctx, cfg = self.ctx, self.cfg
         model_path = ctx.resolve_model(cfg.model)
-        self.tokenizer = load_tokenizer(model_path, padding_side=self.padding_side)
+        self.tokenizer = load_tokenizer(model_path, padding_side=self.padding_side,
+                                        trust_remote_code=ctx.recipe.model.trust_remote_code)
         dataset = self.prepare_data(ctx.load_dataset(cfg.data, cfg.data_file, cfg.split))
         if cfg.max_samples is not None:
             dataset = dataset.select(range(min(cfg.max_samples, len(dataset))))
         extra = {**self.trl_overrides(), **({} if "seed" in cfg.trl else {"seed": ctx.seed})}
+        if ctx.recipe.model.trust_remote_code and "trust_remote_code" in trl_fields(cfg):
+            extra.setdefault("trust_remote_code", True)  # TRL's own loads: GRPO's colocated vLLM (config, tokenizer)
         self.args = build_trl_config(cfg, checkpoint_dir(ctx), **{k: v for k, v in extra.items() if k not in cfg.trl})
         model = self.load_model(model_path)
         trainer_cls = type("Trainer", (AtomicCheckpointMixin, *self.mixins(), self.trainer_class()), {})
@@ -179,6 +186,16 @@ class TrainerStage:
         if tracker is not None and ctx.num_processes > 1:
             metrics["bias_sync_max_diff"] = trainer.moe_callback.bias_sync_max_diff
         return StageResult(metrics=metrics, outputs={"model": str(out)})
+
+
+def trl_fields(cfg: StageConfig) -> set[str]:
+    """The option names of the stage's TRL config class."""
+    import dataclasses
+
+    from posttrain.recipe import trl_config_class
+
+    ref = type(cfg).trl_config
+    return {f.name for f in dataclasses.fields(trl_config_class(ref))} if ref else set()
 
 
 def require_columns(dataset: Any, columns: list[str], stage: StageConfig, what: str, hint: str) -> None:

@@ -227,7 +227,7 @@ def _run_stage(recipe: Recipe, stage: StageConfig, run_dir: Path, base_model: st
     StageState(stage.kind, identity, "running").write(stage_dir)
     start = time.perf_counter()
     try:
-        if stage.launch.num_processes > 1:
+        if stage.launch.num_processes > 1 or stage.launch.config_file:
             result = _run_launched(stage, run_dir, lock_fd)
         else:
             ctx = StageContext(recipe, stage, run_dir, base_model, logging.getLogger(f"posttrain.{stage.name}"))

@@ -85,6 +85,8 @@ class GenerationSpec(BaseModel):
     base_url: str | None = None
     #: openai: environment variable holding the API key (no key sent when it is unset).
     api_key_env: str = "OPENAI_API_KEY"
+    #: openai: seconds to wait for the server's next chunk of a streamed answer (the whole answer may take longer;
+    #: unstreamed, `max_new_tokens` / 10 seconds are added).
     timeout_s: float = Field(60, gt=0)
     max_retries: int = Field(3, ge=0)
     concurrency: int = Field(8, ge=1)

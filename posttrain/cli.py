@@ -90,7 +90,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     quick = " and its --quick variant" if has_quick else ""
     print(f"{args.recipe}{quick}: ok ({len(recipe.stages)} stages: {', '.join(recipe.stage_names())})")
     for note in notes:
-        print(f"note: {note}")
+        print(note if note.startswith("warning:") else f"note: {note}")
     return 0
 
 
@@ -102,13 +102,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from posttrain.runner import run_recipe
     from posttrain.stages import KINDS
 
-    recipe = load_recipe(args.recipe, args.overrides, output_dir=args.output_dir, quick=args.quick, kinds=KINDS)
+    notes: list[str] = []
+    recipe = load_recipe(args.recipe, args.overrides, output_dir=args.output_dir, quick=args.quick, kinds=KINDS,
+                         notes=notes)
     out = Path(recipe.output_dir)
     only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     prepare_run_dir(out)
     # Locked before anything is written there (the log too): a second run refuses at once.
     with user_os_errors(out), run_lock(out):
         setup_logging(out, logging.DEBUG if args.verbose else logging.INFO)
+        for note in notes:
+            if note.startswith("warning:"):
+                logging.getLogger("posttrain.recipe").warning(note.removeprefix("warning: "))
         signal.signal(signal.SIGTERM, _raise_interrupt)
         report = run_recipe(recipe, only)
     failed = [name for name, entry in report["stages"].items() if entry["status"] == "failed"]

@@ -43,8 +43,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_rollout_server)
 
 
-#: The rollout server's port when neither the recipe nor --port says.
-DEFAULT_PORT = 8000
 #: The environment `vllm serve` needs for the trainer: the weight-update and prefix-cache endpoints are dev mode.
 SERVER_ENV = {"VLLM_SERVER_DEV_MODE": "1"}
 
@@ -53,6 +51,8 @@ def server_command(args: argparse.Namespace) -> list[str]:
     """The `vllm serve` command line for these arguments (model resolved from the recipe), built by TRL's own
     `build_command`, so the flags are those the pinned TRL's client relies on."""
     from trl.scripts.vllm_serve import ScriptArguments, build_command
+
+    from posttrain.stages.grpo import DEFAULT_PORT
 
     host, port, model, trust = args.host, args.port, args.model, args.trust_remote_code
     if args.recipe:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.core.errors import PosttrainError, RunFolderError, StageError
-from posttrain.recipe import Recipe, StageConfig
+from posttrain.recipe import IDENTITY, Recipe, StageConfig
 from posttrain.run_folder import (
     PREV_SUFFIX,
     RESOLVED_RECIPE,
@@ -139,7 +139,7 @@ def _run_locked(recipe: Recipe, run_dir: Path, only: list[str] | None, lock_fd: 
 def stage_hash(recipe: Recipe, stage: StageConfig, base_hash: str, earlier: dict[str, str]) -> str:
     """A stage's identity: its config, the seed, the base model, the stamps of the earlier stages' outputs it
     reads (`earlier`: stage -> stamp; a stage missing there has no current outputs) and the local files it reads."""
-    config = stage.model_dump(mode="json")
+    config = stage.model_dump(mode="json", context={IDENTITY: True})
     deps = {name: earlier.get(name) for name in stage_dependencies(recipe, stage)}
     run_dir = Path(recipe.output_dir).absolute()
     base = recipe.model_dump(mode="json", include={"model", "tokenizer"})

@@ -96,6 +96,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from posttrain.core.log import setup_logging
+    from posttrain.launch import follow, follower_rank
     from posttrain.recipe import load_recipe
     from posttrain.run_folder import prepare_run_dir, user_os_errors
     from posttrain.run_lock import run_lock
@@ -107,6 +108,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                          notes=notes)
     out = Path(recipe.output_dir)
     only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+    if follower_rank(recipe, only) > 0:  # another machine of a multi-machine stage: machine 0 runs the recipe
+        setup_logging(None, logging.DEBUG if args.verbose else logging.INFO)
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        return follow(recipe, only)
     prepare_run_dir(out)
     # Locked before anything is written there (the log too): a second run refuses at once.
     with user_os_errors(out), run_lock(out):

@@ -69,8 +69,11 @@ class RolloutSpec(BaseModel):
     #: Server mode: `posttrain run` starts the rollout server for this stage on `gpus`, trains on the other GPUs
     #: of the machine, and stops the server after. Off: start it yourself (the run says how when it is not up).
     start: bool = False
-    #: The GPUs the started server uses: indices among those the machine shows (CUDA_VISIBLE_DEVICES order).
+    #: The GPUs the started server uses: indices among those the machine shows (CUDA_VISIBLE_DEVICES order);
+    #: several run vLLM data-parallel.
     gpus: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    #: More `posttrain rollout-server` options for the started server, e.g. "--tensor-parallel-size 2".
+    server_args: str = ""
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     #: In-process rollouts: speculative decoding drafted by the model's MTP module (`speculative: {mtp: true}`).
     speculative: SpeculativeSpec | None = None
@@ -98,6 +101,8 @@ class RolloutSpec(BaseModel):
                 data.pop("start", None)
             if self.gpus == [0] or for_identity(info):
                 data.pop("gpus", None)
+            if not self.server_args or for_identity(info):
+                data.pop("server_args", None)
             if for_identity(info):
                 data.update(server_host="127.0.0.1", server_port=8000)
         return data

@@ -108,8 +108,10 @@ def table(rows: list[Row]) -> str:
 # -- the recipe --------------------------------------------------------------------------------------------
 
 
-def recipe(work: Path, s: Sizes, bf16: bool) -> dict[str, Any]:
-    """Every stage the checks run, in one recipe (a stage runs only when its check asks for it)."""
+def recipe(work: Path, s: Sizes, bf16: bool, vllm: bool = False) -> dict[str, Any]:
+    """Every stage the checks run, in one recipe (a stage runs only when its check asks for it). The vLLM stage
+    starts from the bf16 copy of the SFT model that the vLLM checks write, so it is only in the recipe they use
+    (`recipe_vllm.yaml`): a recipe naming a model folder that does not exist yet does not validate."""
     trl = {"bf16": bf16, "logging_steps": 1, "save_steps": 10_000}
     rewards = [{"name": "math"}, {"name": "format", "weight": 0.1, "kwargs": {"strict": True}}]
     grpo_trl = {**trl, "per_device_train_batch_size": s.grpo_batch, "num_generations": s.generations,
@@ -128,10 +130,10 @@ def recipe(work: Path, s: Sizes, bf16: bool) -> dict[str, Any]:
             {"name": "sft", "kind": "sft", "data": "distill", "trl": {**sft_trl, "max_steps": s.sft_steps}},
             {"name": "grpo", "kind": "grpo", "model": "sft", "data": "distill", "rewards": rewards,
              "rollout": {"backend": "transformers"}, "trl": {**grpo_trl, "max_steps": s.grpo_steps}},
-            {"name": "grpo_vllm", "kind": "grpo", "model": str(work / BF16_COPY), "data": "distill",
-             "rewards": rewards, "moe_balance": {"bias_update_speed": 0.01},
-             "rollout": {"backend": "vllm", "mode": "colocate", "gpu_memory_utilization": 0.3},
-             "trl": {**grpo_trl, "max_steps": 3, "vllm_max_model_length": 512}},
+            *([{"name": "grpo_vllm", "kind": "grpo", "model": str(work / BF16_COPY), "data": "distill",
+                "rewards": rewards, "moe_balance": {"bias_update_speed": 0.01},
+                "rollout": {"backend": "vllm", "mode": "colocate", "gpu_memory_utilization": 0.3},
+                "trl": {**grpo_trl, "max_steps": 3, "vllm_max_model_length": 512}}] if vllm else []),
             {"name": "sft_zero3", "kind": "sft", "model": "sft", "data": "distill", "lora": {"r": 8},
              "moe_balance": {"bias_update_speed": 0.01},
              "launch": {"num_processes": 1, "config_file": str(ROOT / "recipes/accelerate/zero3.yaml")},
@@ -351,7 +353,7 @@ def child_vllm_colocate(work: Path) -> dict[str, Any]:
             self.trainer = trainer
 
     run_dir = work / RUN
-    rec = load_recipe(work / "recipe.yaml", kinds=KINDS)
+    rec = load_recipe(work / "recipe_vllm.yaml", kinds=KINDS)
     ctx = StageContext(rec, rec.stage("grpo_vllm"), run_dir, base_model_ref(rec, run_dir),
                        logging.getLogger("posttrain.grpo_vllm"))
     stage = Probe(ctx)
@@ -398,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="posttrain-gpu-check-"))
     shutil.rmtree(work / RUN, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "recipe.yaml").write_text(yaml.safe_dump(recipe(work, sizes, args.device == "cuda"), sort_keys=False))
+    for name, vllm in (("recipe.yaml", False), ("recipe_vllm.yaml", True)):
+        (work / name).write_text(yaml.safe_dump(recipe(work, sizes, args.device == "cuda", vllm), sort_keys=False))
     device = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     print(f"gpu-check on {device}, work folder {work}", flush=True)
     start = time.perf_counter()

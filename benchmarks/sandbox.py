@@ -9,6 +9,10 @@ same interpreter (the one the sandbox runs) and the same programs. A second pair
 stdin/stdout rows with many tests (C: compile once, run each test), where ours runs every test of a
 row in one sandbox.
 
+A third set measures each language of the sandbox (Python, JavaScript, Java, Go, Rust, Bash; C is
+the pair above) against the same plain loop: compile once with the language table's own commands,
+then one subprocess per test. Languages whose toolchain is not installed get a row saying so.
+
     python -m benchmarks.sandbox [--quick]
 """
 
@@ -47,6 +51,77 @@ def program(problem: dict[str, Any]) -> str:
     """What both sides run: the canonical solution, the tests, the call."""
     solution = problem["prompt"] + problem["canonical_solution"]
     return f"{solution}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+
+
+#: A stdin/stdout program per language: n, then n numbers; print the sum of their squares.
+SQUARES = {
+    "python": "n, *xs = map(int, open(0).read().split())\nprint(sum(x * x for x in xs[:n]))\n",
+    "javascript": "const [n, ...xs] = require('fs').readFileSync(0, 'utf8').trim().split(/\\s+/).map(Number);\n"
+                  "console.log(xs.slice(0, n).reduce((s, x) => s + x * x, 0));\n",
+    "java": "import java.util.*;\npublic class Main { public static void main(String[] a) {\n"
+            "  Scanner in = new Scanner(System.in); int n = in.nextInt(); long s = 0;\n"
+            "  for (int i = 0; i < n; i++) { long x = in.nextLong(); s += x * x; }\n  System.out.println(s); } }\n",
+    "go": "package main\nimport \"fmt\"\nfunc main() { var n int; fmt.Scan(&n); var s int64\n"
+          "  for i := 0; i < n; i++ { var x int64; fmt.Scan(&x); s += x * x }\n  fmt.Println(s) }\n",
+    "rust": "use std::io::Read;\nfn main() { let mut t = String::new();\n"
+            "  std::io::stdin().read_to_string(&mut t).unwrap();\n"
+            "  let v: Vec<i64> = t.split_whitespace().map(|x| x.parse().unwrap()).collect();\n"
+            "  let n = v[0] as usize; println!(\"{}\", v[1..=n].iter().map(|x| x * x).sum::<i64>()); }\n",
+    "bash": "read -r n rest\ns=0; for x in $rest; do s=$((s + x * x)); done; echo $s\n",
+}
+
+
+def plain_language(lang: str, source: str, inputs: list[str], work: str, memory_mb: int) -> list[str]:
+    """The reference for one row: the language table's compile command once, then a subprocess per input."""
+    from rewards.sandbox.bwrap import ENV
+    from rewards.sandbox.languages import TABLE
+
+    entry = TABLE[lang]
+    name = entry.source_name(source)
+    stem = name.rsplit(".", 1)[0]
+    env = {**ENV, **{k: v.replace("/tmp", work) for k, v in entry.env}, "PATH": entry.search_path(),
+           "HOME": work, "TMPDIR": work}
+
+    def fill(argv: tuple[str, ...]) -> list[str]:
+        return [a.replace("{dir}", work).replace("{stem}", stem).replace("{memory_mb}", str(memory_mb)) for a in argv]
+
+    Path(work, name).write_text(source)
+    if entry.compile:
+        subprocess.run(fill(entry.compile), cwd=work, env=env, check=True, capture_output=True, timeout=120)
+    argv = fill(entry.run) if entry.run is not None else ["python3", name]
+    return [subprocess.run(argv, cwd=work, env=env, input=data, capture_output=True, text=True, timeout=30).stdout
+            for data in inputs]
+
+
+def language_rows(sandbox: Any, rows: int, tests: int) -> list[dict[str, Any]]:
+    """Tests/s of each language's stdin/stdout rows, sandboxed vs plain, `rows` rows of `tests` tests."""
+    from rewards.sandbox.languages import missing_toolchain
+
+    out = []
+    inputs = [[f"{k} " + " ".join(str(r * 3 + j) for j in range(k)) for k in range(1, tests + 1)] for r in range(rows)]
+    wanted = [[str(sum((r * 3 + j) ** 2 for j in range(k))) for k in range(1, tests + 1)] for r in range(rows)]
+    for lang, source in SQUARES.items():
+        name = f"{lang} stdin/stdout, {tests} tests per row"
+        if (why := missing_toolchain(lang)) is not None:
+            out.append({"name": name, "ours": None, "reference": None, "unit": "tests/s", "note": f"skipped: {why}"})
+            continue
+        ours_ok = plain_ok = 0
+        start = time.perf_counter()
+        for row_inputs, row_wanted in zip(inputs, wanted, strict=True):
+            _compiled, results = sandbox.run_tests(source, lang, row_inputs)
+            ours_ok += sum(r.ok and r.stdout.split() == [w] for r, w in zip(results, row_wanted, strict=True))
+        ours_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for row_inputs, row_wanted in zip(inputs, wanted, strict=True):
+            with tempfile.TemporaryDirectory(prefix=f"bench-{lang}-") as work:
+                got = plain_language(lang, source, row_inputs, work, sandbox.limits.memory_mb)
+            plain_ok += sum(g.split() == [w] for g, w in zip(got, row_wanted, strict=True))
+        plain_s = time.perf_counter() - start
+        n = rows * tests
+        out.append({"name": name, "ours": _rate(n, ours_s), "reference": _rate(n, plain_s), "unit": "tests/s",
+                    "note": f"{rows} rows, compiled once per row on both sides; passed: ours {ours_ok}/{n}, "
+                            f"plain {plain_ok}/{n}"})
+    return out
 
 
 def plain_run(python: str, source: str, stdin: str, workdir: str, timeout_s: float) -> tuple[bool, str]:
@@ -144,6 +219,7 @@ def run(quick: bool = False, workers: int | None = None, stdio_rows: int | None 
 
         plain_cc, plain_c_s = _timed(plain_c)
         ours_cc, ours_c_s = _timed(ours_c)
+        per_language = language_rows(sandbox, 1 if quick else 3, 5 if quick else 10)
         sandbox.close()
 
     runs_c = stdio_rows * tests_per_row
@@ -167,6 +243,7 @@ def run(quick: bool = False, workers: int | None = None, stdio_rows: int | None 
              "reference": _rate(runs_c, plain_c_s), "unit": "tests/s",
              "note": f"{stdio_rows} rows, compiled once per row on both sides; "
                      f"passed: ours {passed['ours_c_tests']}/{runs_c}, plain {passed['plain_c_tests']}/{runs_c}"},
+            *per_language,
         ],
         "params": {"problems": n, "workers": workers, "stdio_rows": stdio_rows, "tests_per_row": tests_per_row,
                    "python": sandbox.python},

@@ -1,4 +1,4 @@
-"""`posttrain` command line: validate, run, report, and the subcommands other packages add.
+"""`posttrain` command line: validate, run, report, eval, and the subcommands other packages add.
 
 A package adds a subcommand by listing `module` in `_SUBCOMMANDS`; the module defines
 `add_parser(subparsers)` which registers a parser whose `func(args) -> int` runs it.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from posttrain.core.errors import PosttrainError, RecipeError
 
-_SUBCOMMANDS = ("rewards.cli", "posttrain.rollout_server")
+_SUBCOMMANDS = ("posttrain.eval_cli", "rewards.cli", "posttrain.rollout_server")
 
 
 def main(argv: list[str] | None = None) -> int:

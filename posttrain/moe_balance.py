@@ -10,6 +10,12 @@ with loads counted on the global batch (summed over gradient-accumulation micro-
 all-reduced across processes, so every rank applies the same update). Optionally the complementary
 sequence-wise balance loss L = alpha * sum_i f_i * P_i is added to the training loss.
 
+Expert loads and MaxVio are measured on every MoE family transformers ships (routers found by
+`posttrain.moe_routers`); the bias update applies where the router has DeepSeek-V3's bias, and the
+sequence-wise loss to any router that returns logits (sigmoid scores where there is a bias, softmax
+elsewhere: for DeepSeek-V2 that is its expert-level balance loss). Families without a bias are balanced
+by their own auxiliary loss where transformers computes one; `balancing_plan` says which applies.
+
 Loads are counted by forward hooks on the routers, in training forward passes only: TRL's GRPO
 generates with the model in training mode, so `module.training` is not enough; we count only
 passes with autograd recording, and skip activation-checkpointing recomputation in backward.
@@ -25,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from transformers import TrainerCallback
 
+from posttrain import moe_routers
 from posttrain.run_folder import MAX_VIOLATION, load_key, max_violation_key
 
 log = logging.getLogger("posttrain.moe_balance")
@@ -42,9 +49,8 @@ class MoEBalanceConfig(BaseModel):
 
 
 def find_routers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The top-k routers of a DeepSeek-V3-style MoE: modules holding `e_score_correction_bias` and `top_k`."""
-    return [(name, m) for name, m in model.named_modules()
-            if hasattr(m, "e_score_correction_bias") and hasattr(m, "top_k") and hasattr(m, "num_experts")]
+    """(name, module) of every MoE router, for any family transformers ships (see `posttrain.moe_routers`)."""
+    return [(r.name, r.module) for r in moe_routers.find_routers(model)]
 
 
 def max_violation(load: torch.Tensor) -> torch.Tensor:
@@ -81,9 +87,12 @@ class ExpertLoadTracker:
 
     def __init__(self, model: nn.Module, config: MoEBalanceConfig):
         self.config = config
-        self.routers = [m for _, m in find_routers(model)]
-        self.layer_names = [name for name, _ in find_routers(model)]
-        self.num_experts = self.routers[0].num_experts if self.routers else 0
+        self.specs = moe_routers.find_routers(model)
+        self.routers = [r.module for r in self.specs]
+        self.layer_names = [r.name for r in self.specs]
+        self.num_experts = max((r.num_experts for r in self.specs), default=0)
+        #: Routers with DeepSeek-V3's correction bias: the only ones the bias update can move.
+        self.biased = [r for r in self.specs if r.bias is not None]
         self.step_counts = torch.zeros(len(self.routers), self.num_experts, dtype=torch.float64)
         self._mask: torch.Tensor | None = None
         self._aux_losses: list[torch.Tensor] = []
@@ -108,22 +117,32 @@ class ExpertLoadTracker:
         self._mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
     def _make_hook(self, index: int) -> Any:
-        def hook(module: nn.Module, args: tuple, output: tuple) -> None:
+        spec = self.specs[index]
+
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if not _is_training_forward():
                 return
-            hidden = args[0]
-            router_logits, _, topk = output
-            batch, seq = (hidden.shape[0], hidden.shape[1]) if hidden.dim() == 3 else (1, hidden.shape[0])
-            topk = topk.view(batch, seq, -1)
-            mask = self._mask if self._mask is not None and self._mask.shape == (batch, seq) else None
-            chosen = topk.detach().reshape(-1, topk.shape[-1])
+            logits, chosen = spec.read(output)
+            tokens = chosen.shape[0]
+            # Routers see (batch, seq, hidden) or, in most families, the flattened (tokens, hidden).
+            mask = self._mask if self._mask is not None and self._mask.numel() == tokens else None
+            hidden = args[0] if args else None
             if mask is not None:
-                chosen = chosen[mask.reshape(-1).bool()]
-            counts = torch.bincount(chosen.reshape(-1), minlength=self.num_experts)
+                batch, seq = mask.shape
+            elif isinstance(hidden, torch.Tensor) and hidden.dim() == 3 and hidden.shape[0] * hidden.shape[1] == tokens:
+                batch, seq = hidden.shape[0], hidden.shape[1]
+            else:
+                batch, seq = 1, tokens
+            flat = chosen.detach()
+            if mask is not None:
+                flat = flat[mask.reshape(-1).bool()]
+            flat = flat.reshape(-1)
+            counts = torch.bincount(flat[flat < self.num_experts], minlength=self.num_experts)
             self.step_counts[index] += counts.to(self.step_counts.device, torch.float64)
-            if self.config.seq_aux_loss_coef > 0:
-                scores = router_logits.float().sigmoid().view(batch, seq, -1)
-                self._aux_losses.append(sequence_balance_loss(scores, topk, mask, module.top_k))
+            if self.config.seq_aux_loss_coef > 0 and logits is not None:
+                scores = logits.float().sigmoid() if spec.scoring == "sigmoid" else logits.float().softmax(-1)
+                self._aux_losses.append(sequence_balance_loss(scores.view(batch, seq, -1), chosen.view(batch, seq, -1),
+                                                              mask, spec.top_k))
 
         return hook
 
@@ -140,8 +159,7 @@ class ExpertLoadTracker:
         """Reduce this step's loads across processes, update the biases, reset; return the loads (L, E)."""
         counts = self.step_counts.clone()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            device = self.routers[0].e_score_correction_bias.device
-            reduced = counts.to(device=device, dtype=torch.float32)
+            reduced = counts.to(device=_device(self.routers[0]), dtype=torch.float32)
             torch.distributed.all_reduce(reduced)
             counts = reduced.to("cpu", torch.float64)
         self.step_counts.zero_()
@@ -149,20 +167,23 @@ class ExpertLoadTracker:
         speed = self.config.bias_update_speed
         if speed > 0 and counts.sum() > 0:
             with torch.no_grad():
-                for router, load in zip(self.routers, counts, strict=True):
-                    bias = router.e_score_correction_bias
-                    bias.copy_(bias_update(bias, load.to(bias.device), speed))
+                for spec, load in zip(self.specs, counts, strict=True):
+                    bias = spec.bias
+                    if bias is not None:
+                        bias.copy_(bias_update(bias, load[:bias.shape[0]].to(bias.device), speed))
         return counts
 
-
     def biases(self) -> torch.Tensor:
-        return torch.stack([r.e_score_correction_bias.detach().float() for r in self.routers])
+        """(routers with a correction bias, experts); empty for families without one."""
+        if not self.biased:
+            return torch.zeros(0, self.num_experts)
+        return torch.stack([r.bias.detach().float().cpu() for r in self.biased])  # type: ignore[union-attr]
 
     def bias_sync_diff(self) -> float:
         """Max |bias_rank - bias_rank0| over processes: the update must keep every rank identical."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if not self.biased or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return 0.0
-        mine = self.biases()
+        mine = self.biases().to(_device(self.routers[0]))
         gathered = [torch.zeros_like(mine) for _ in range(torch.distributed.get_world_size())]
         torch.distributed.all_gather(gathered, mine)
         return max(float((g - gathered[0]).abs().max()) for g in gathered)
@@ -198,15 +219,16 @@ class MoEBalanceCallback(TrainerCallback):
         fractions = self._loads / self._loads.sum(-1, keepdim=True).clamp_min(1)
         for i, row in enumerate(fractions.tolist()):
             out[load_key(self._layer_index(i))] = [round(x, 5) for x in row]
-        out["moe/bias_abs_mean"] = round(float(self.tracker.biases().abs().mean()), 6)
+        if self.tracker.biased:
+            out["moe/bias_abs_mean"] = round(float(self.tracker.biases().abs().mean()), 6)
         self._violations.clear()
         self._loads.zero_()
         return out
 
     def _layer_index(self, i: int) -> int:
         """Decoder layer number from the router's module name (model.layers.<n>.mlp.gate)."""
-        parts = self.tracker.layer_names[i].split(".")
-        return int(parts[parts.index("layers") + 1]) if "layers" in parts else i
+        layer = self.tracker.specs[i].layer
+        return i if layer is None else layer
 
 
 class MoEBalanceMixin:
@@ -219,14 +241,17 @@ class MoEBalanceMixin:
     moe_callback: MoEBalanceCallback | None = None
 
     def setup_moe_balance(self, config: MoEBalanceConfig) -> ExpertLoadTracker | None:
-        tracker = ExpertLoadTracker(self.model, config)  # type: ignore[attr-defined]
+        """Hook the routers (any MoE family) and say, at INFO or WARNING, what balances this model's experts."""
+        model = self.model  # type: ignore[attr-defined]
+        tracker = ExpertLoadTracker(model, config)
+        level, message = balancing_plan(model, tracker, config, getattr(self, "aux_loss_enabled", False),
+                                        getattr(self, "router_aux_loss_coef", None))
+        log.log(level, message)
         if not tracker.enabled:
-            log.info("no DeepSeek-V3-style routers found: MoE balancing off")
+            tracker.remove()
             return None
         self.moe_callback = MoEBalanceCallback(tracker)
         self.add_callback(self.moe_callback)  # type: ignore[attr-defined]
-        log.info("MoE balancing: %d routed layers x %d experts, bias update speed %g, seq aux loss coef %g",
-                 len(tracker.routers), tracker.num_experts, config.bias_update_speed, config.seq_aux_loss_coef)
         return tracker
 
     def compute_loss(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
@@ -242,6 +267,57 @@ class MoEBalanceMixin:
         if self.moe_callback is not None and not any(k.startswith("eval_") for k in logs):
             logs.update(self.moe_callback.pop_metrics())
         super().log(logs, *args, **kwargs)  # type: ignore[misc]
+
+
+def balancing_plan(model: nn.Module, tracker: ExpertLoadTracker, config: MoEBalanceConfig, aux_loss: bool,
+                   aux_coef: float | None) -> tuple[int, str]:
+    """(log level, message): what balances this model's experts during this stage.
+
+    The bias update needs DeepSeek-V3's `e_score_correction_bias`; a family without one (Qwen2/3-MoE, Mixtral,
+    OLMoE, DeepSeek-V2) is balanced by its own auxiliary loss where transformers computes one (TRL turns it on
+    in training forwards when the config has `router_aux_loss_coef`), and by posttrain's sequence-wise loss
+    (`seq_aux_loss_coef`). A recipe that sets `bias_update_speed` > 0 for such a model gets a WARNING naming the
+    model and what applies instead; with the default it is an INFO line (the recipe asked for nothing).
+    """
+    name = moe_routers.family_name(model)
+    if not tracker.enabled:
+        if moe_routers.declares_experts(model):
+            return logging.WARNING, (f"{name}: the config declares experts, but no router module was found (none "
+                                     "registered in transformers' `_can_record_outputs`, none with "
+                                     "`e_score_correction_bias`): no expert-load metrics and no bias update")
+        return logging.INFO, f"{name} is dense: no MoE balancing or expert-load metrics"
+    speed, alpha = config.bias_update_speed, config.seq_aux_loss_coef
+    applies = []
+    if tracker.biased and speed > 0:
+        applies.append(f"the aux-loss-free router-bias update (bias_update_speed={speed:g})")
+    if aux_loss:
+        coef = f"={aux_coef:g}" if aux_coef is not None else ""
+        applies.append(f"its own auxiliary load-balancing loss (router_aux_loss_coef{coef}, router logits on in "
+                       "training forwards only)")
+    if alpha > 0 and any(r.logits_index is not None for r in tracker.specs):
+        scoring = "/".join(sorted({r.scoring for r in tracker.specs}))
+        applies.append(f"posttrain's sequence-wise balance loss (seq_aux_loss_coef={alpha:g}, on {scoring} scores)")
+    what = "; ".join(applies) if applies else ("nothing (moe_balance.seq_aux_loss_coef adds a balance loss; so does "
+                                               "trl.router_aux_loss_coef where the TRL config has it)")
+    shape = f"{len(tracker.specs)} routed layers x {tracker.num_experts} experts"
+    if not tracker.biased and not aux_loss:
+        config_ = getattr(model, "config", None)
+        text = config_.get_text_config() if hasattr(config_, "get_text_config") else config_
+        what += (" (its own auxiliary loss is off in this stage)" if hasattr(text, "router_aux_loss_coef")
+                 else " (transformers computes no auxiliary loss for this family)")
+    if speed > 0 and not tracker.biased:
+        asked = "bias_update_speed" in config.model_fields_set
+        setting = f"moe_balance.bias_update_speed={speed:g}" + ("" if asked else " (the default)")
+        return (logging.WARNING if asked else logging.INFO), (
+            f"{name} has no router correction bias (DeepSeek-V3's e_score_correction_bias), so {setting} changes "
+            f"nothing; balancing its experts ({shape}): {what}")
+    return logging.INFO, f"MoE balancing for {name} ({shape}): {what}"
+
+
+def _device(module: nn.Module) -> torch.device:
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def _is_training_forward() -> bool:

@@ -205,6 +205,8 @@ class Recipe(StrictModel):
     stages: list[SerializeAsAny[StageConfig]] = Field(min_length=1)
     #: Overrides `posttrain run --quick` applies (keys addressed as with --set): a CI-sized run of the recipe.
     quick: dict[str, Any] = Field(default_factory=dict)
+    #: Experiment trackers (posttrain.tracking): trainer stages' curves and every stage's final metrics.
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(default_factory=list)
 
     def stage(self, name: str) -> StageConfig:
         for stage in self.stages:
@@ -367,7 +369,7 @@ def _validate(raw: dict[str, Any], problems: Problems, kinds: StageKindsLike) ->
         return None
     return Recipe(
         output_dir=top.output_dir, seed=top.seed, model=top.model, tokenizer=top.tokenizer, stages=stages,
-        quick=top.quick,
+        quick=top.quick, report_to=top.report_to,
     )
 
 

@@ -3,10 +3,11 @@
 The runner, the stages and the report all read and write this folder; they take its names and
 records from here, so a file is renamed in one place and a record has one shape:
 
-    DIR/resolved_recipe.yaml  report.json  report.md  plots/  posttrain.log  base_model/
+    DIR/resolved_recipe.yaml  report.json  report.md  plots/  posttrain.log  base_model/  runs/ (trackers)
     DIR/<stage>/stage.json    the stage's state (`StageState`)
     DIR/<stage>/model/        a trained model (trainer stages), adapter/ (LoRA), checkpoints/, train_result.json;
                               written as model.tmp/ and checkpoints/incomplete/checkpoint-N, renamed when complete
+    DIR/<stage>/runs/         experiment-tracker logs of a trainer stage (TensorBoard event files)
     DIR/<stage>/metrics.jsonl one flat JSON line per logging step (keys below)
     DIR/<stage>/data.jsonl, pairs.jsonl, prompts.jsonl, eval.jsonl, stats.json (distill),
                 samples.jsonl (eval)
@@ -49,8 +50,12 @@ LOG_FILE = "posttrain.log"
 BASE_DIR = "base_model"
 #: Held while a `posttrain run` uses DIR (who holds it: PID, host, start time); see run_lock.py.
 LOCK_FILE = "posttrain.lock"
+#: Experiment-tracker logs (TensorBoard event files): DIR/runs/ for the run's final metrics per stage,
+#: DIR/<stage>/runs/ for a trainer stage's training curves; one subfolder per invocation, `<time>_<host>`.
+TRACKING_DIR = "runs"
 #: Names under DIR that a stage may not take.
-RESERVED_STAGE_NAMES = frozenset({BASE_DIR, PLOTS_DIR, RESOLVED_RECIPE, REPORT_JSON, REPORT_MD, LOG_FILE, LOCK_FILE})
+RESERVED_STAGE_NAMES = frozenset({BASE_DIR, PLOTS_DIR, TRACKING_DIR, RESOLVED_RECIPE, REPORT_JSON, REPORT_MD, LOG_FILE,
+                                  LOCK_FILE})
 #: Suffix of the folder that keeps the last *finished* outputs of a stage whose config or inputs changed.
 PREV_SUFFIX = ".prev"
 #: Suffix of the folder that keeps an unfinished attempt (failed, interrupted, or of unknown config) set aside.
@@ -153,6 +158,37 @@ def reward_of_mean_key(key: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Keys of an eval stage's metrics in report.json (CONTRACTS.md)
+
+ACCURACY = "accuracy"
+PASS_AT_1 = "pass@1"
+#: Several sampling temperatures: the mean of their pass@1 (each is `pass@1/T=<t>`).
+PASS_AT_1_MEAN = "pass@1/mean"
+#: Mean tokens of the sampled completions (at the stage's sampling temperature): all, correct, wrong.
+RESPONSE_LENGTH = "response_length"
+RESPONSE_LENGTH_CORRECT = "response_length_correct"
+RESPONSE_LENGTH_WRONG = "response_length_wrong"
+#: The sampling temperature `pass@1` and the response lengths refer to; all sampled temperatures.
+TEMPERATURE = "temperature"
+TEMPERATURES = "temperatures"
+BENCHMARK = "benchmark"
+
+
+def pass_at_k_key(k: int) -> str:
+    return f"pass@{k}"
+
+
+def temperature_label(t: float) -> str:
+    """A temperature as keys and samples.jsonl spell it: 0.6 -> "0.6", 1.0 -> "1"."""
+    return f"{t:g}"
+
+
+def at_temperature(key: str, t: float) -> str:
+    """A figure at one sampling temperature: `pass@1/T=0.6`, `response_length/T=1`."""
+    return f"{key}/T={temperature_label(t)}"
+
+
+# --------------------------------------------------------------------------------------------------
 # Records
 
 Status = Literal["running", "interrupted", "done", "failed"]
@@ -235,7 +271,8 @@ class DistillStats(dict[str, Any]):
 
 class EvalMetrics(dict[str, Any]):
     """An eval stage's metrics in report.json: `accuracy` (greedy), `pass@1`, optional `pass@k`, `prompts`,
-    `model`. A dict, as JSON has it."""
+    `model`, `response_length` (+ `_correct`, `_wrong`), `temperature`; with several temperatures
+    `pass@1/T=<t>`, `pass@1/mean`, `temperatures`; with a preset `benchmark`. A dict, as JSON has it."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ from posttrain.run_folder import (
 from posttrain.run_lock import run_lock
 from posttrain.stages import KINDS
 from posttrain.stages.base import StageContext
+from posttrain.tracking import check_installed, log_final_metrics
+from posttrain.tracking import names as tracker_names
 
 log = logging.getLogger("posttrain.runner")
 
@@ -56,6 +58,7 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None) -> dict[str, Any]:
         if unknown:
             raise PosttrainError(f"--stages: no stage named {', '.join(unknown)} "
                                  f"(stages: {', '.join(recipe.stage_names())})")
+    check_installed([*recipe.report_to, *(t for s in recipe.stages for t in tracker_names(s.trl.get("report_to")))])
     run_dir = Path(recipe.output_dir)
     prepare_run_dir(run_dir)
     try:
@@ -121,11 +124,14 @@ def _run_locked(recipe: Recipe, run_dir: Path, only: list[str] | None, lock_fd: 
             failed = entry.status == "failed"
     except BaseException:
         _try(lambda: _write_report(run_dir, recipe, report))
+        _try(lambda: log_final_metrics(recipe, report))
         raise
     if stop is not None:
         _try(lambda: _write_report(run_dir, recipe, report))
+        _try(lambda: log_final_metrics(recipe, report))
         raise stop
     _write_report(run_dir, recipe, report)
+    log_final_metrics(recipe, report)
     return report.to_json()
 
 

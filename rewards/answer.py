@@ -22,13 +22,27 @@ def completion_text(completion: Any) -> str:
     if isinstance(completion, str):
         return completion
     if isinstance(completion, dict):
-        return str(completion.get("content", ""))
+        return _message_text(completion)
     if isinstance(completion, list | tuple):
-        contents = [m.get("content", "") for m in completion if isinstance(m, dict) and m.get("role") == "assistant"]
+        contents = [_message_text(m) for m in completion if isinstance(m, dict) and m.get("role") == "assistant"]
         if not contents:
-            contents = [m.get("content", "") for m in completion if isinstance(m, dict)]
+            contents = [_message_text(m) for m in completion if isinstance(m, dict)]
         return str(contents[-1]) if contents else ""
     return "" if completion is None else str(completion)
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    """A message's text. A turn parsed by its template's response schema keeps the reasoning beside the content
+    (`reasoning_content`, or `thinking`): it is put back as `<think>reasoning</think>content`.
+
+    >>> _message_text({"role": "assistant", "reasoning_content": "2+2=4", "content": " 4"})
+    '<think>2+2=4</think> 4'
+    """
+    content = str(message.get("content", ""))
+    reasoning = message.get("reasoning_content") or message.get("thinking")
+    if isinstance(reasoning, str) and reasoning.strip():
+        return f"{THINK_OPEN}{reasoning}{THINK_CLOSE}{content}"
+    return content
 
 
 def split_think(text: str) -> tuple[str | None, str]:
@@ -70,6 +84,35 @@ def last_boxed(text: str) -> str | None:
             if depth == 0:
                 return text[i + 1 : j]
     return None
+
+
+def boxed_contents(text: str) -> list[str]:
+    """Contents of every `\\boxed{...}` / `\\fbox{...}` in `text`, in order, braces balanced.
+
+    >>> boxed_contents(r"x = \\boxed{3}, y = \\boxed{\\frac{1}{2}}")
+    ['3', '\\\\frac{1}{2}']
+    """
+    out = []
+    start = 0
+    while True:
+        hits = [i for i in (text.find("\\boxed", start), text.find("\\fbox", start)) if i >= 0]
+        if not hits:
+            return out
+        i = text.find("{", min(hits))
+        if i < 0:
+            return out
+        depth = 0
+        for j in range(i, len(text)):
+            if text[j] == "{":
+                depth += 1
+            elif text[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    out.append(text[i + 1 : j])
+                    break
+        else:
+            return out
+        start = j + 1
 
 
 def last_code_block(text: str) -> tuple[str | None, str] | None:

@@ -1,20 +1,26 @@
 """Code correctness by running it: the last fenced code block of the answer, in the sandbox, against tests.
 
-DeepSeek-V3 rewards code with compiler and test feedback. A row is one of two kinds (TRL columns):
+DeepSeek-V3 rewards code with compiler and test feedback. A row's tests come in the shape of its
+data set (`rewards.code_tests` reads them all): stdin/stdout tests (`tests` [{input, output}],
+CodeContests-style), call-based tests (`fn_name` + inputs/outputs: APPS/TACO's `input_output`,
+LiveCodeBench's functional `public_test_cases`/`private_test_cases` + `metadata`), assert-based tests
+(MBPP's list of asserts, KodCode's test program) and HumanEval's `test` + `entry_point`. The
+reward is the fraction of tests passed. A stdin/stdout test passes when stdout equals the expected
+output token by token (whitespace trimmed and collapsed); a call passes when its result equals the
+expected JSON value; an assert-based or check() test when it runs to its end. Call-, assert- and
+check-style tests run in a harness that decides pass/fail itself, in a process the candidate's
+code never runs in (see `rewards.sandbox.harness`): neither the exit code nor the candidate decide.
 
-- `tests`: `[{"input": ..., "output": ...}, ...]` (or its JSON text, or `{"inputs": [...], "outputs": [...]}`):
-  the program reads `input` on stdin and its stdout must equal `output` token by token (whitespace
-  is trimmed and collapsed). Reward = fraction of tests passed.
-- `test` + `entry_point`, HumanEval style: `test` defines `check(candidate)`; the reward is 1.0 if
-  `check(<entry_point>)` returns, else 0.0. Exiting early (`sys.exit(0)`, `os._exit(0)`) is not a pass.
-
-Column `language` (python | c | cpp, default python) picks the compiler. The code is the last fenced
-block after `</think>`. No block, a compile error, a timeout, a crash or a hostile program score 0.0
-with the reason as the row's error; a wrong answer scores 0.0 without one; a malformed row (no tests,
-unknown language) scores None with an error. Rows run in parallel on `workers` threads (the protocol's
-pool, see `rewards.protocol`), each row compiled once and its tests run in one sandbox (kept by each
-thread for its next rows, see `rewards.sandbox`); identical programs on the same tests (common among
-GRPO's completions of one prompt, whatever prose surrounds the code) run once (`CodeReward.row_key`).
+Column `language` (python, c, cpp, javascript, java, go, rust, bash; default python) picks the
+toolchain; call-, assert- and check-style tests are Python only. The code is the last fenced block
+after `</think>`. No block, a compile error, a timeout, a crash or a hostile program score 0.0 with
+the reason as the row's error; a wrong answer scores 0.0 without one; a malformed row (no tests, an
+empty list, a null expected output, an unknown key, an unknown language, a language whose
+toolchain is not installed) scores None with an error. Rows run in parallel on `workers` threads
+(the protocol's pool, see `rewards.protocol`), each row compiled once and its tests run in one
+sandbox (kept by each thread for its next rows, see `rewards.sandbox`); identical programs on the
+same tests (common among GRPO's completions of one prompt, whatever prose surrounds the code) run
+once (`CodeReward.row_key`).
 """
 
 from __future__ import annotations
@@ -25,43 +31,16 @@ from typing import Any
 
 from posttrain.core.errors import DataError, PluginError
 from rewards.answer import answer_text, last_code_block
+from rewards.code_tests import Case, call_passed, parse_tests, row_cases
 from rewards.protocol import Scored, Verifier, default_workers
 from rewards.sandbox import Limits, RunResult, Sandbox, normalize_language
+from rewards.sandbox.languages import missing_toolchain
 
-Job = tuple[str, str, str, str]  # kind ("tests" | "check"), language, code, payload (JSON of tests, or test+entry)
-
-
-def parse_tests(value: Any) -> list[tuple[str, str]]:
-    """(input, expected output) pairs from a `tests` cell; DataError when it is not a list of {input, output}.
-
-    >>> parse_tests('[{"input": "1 2", "output": "3"}]'), parse_tests({"inputs": ["x"], "outputs": ["y"]})
-    ([('1 2', '3')], [('x', 'y')])
-    """
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise DataError(f"column `tests`: not valid JSON ({exc})") from None
-    if isinstance(value, dict) and ("inputs" in value or "input" in value):
-        inputs, outputs = value.get("inputs", value.get("input")), value.get("outputs", value.get("output"))
-        if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) != len(outputs):
-            raise DataError("column `tests`: {inputs, outputs} must be two lists of the same length")
-        value = [{"input": i, "output": o} for i, o in zip(inputs, outputs, strict=True)]
-    if not isinstance(value, list | tuple) or not value:
-        raise DataError(f"column `tests`: expected a non-empty list of {{input, output}}, got {str(value)[:100]!r}")
-    pairs = []
-    for i, case in enumerate(value):
-        if not isinstance(case, dict) or "input" not in case or "output" not in case:
-            raise DataError(f"column `tests`, test {i}: expected {{\"input\": ..., \"output\": ...}}, got "
-                            f"{str(case)[:100]!r}")
-        pairs.append((_text(case["input"]), _text(case["output"])))
-    return pairs
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, list):  # some datasets store lines
-        return "\n".join(map(str, value))
-    return "" if value is None else str(value)
+#: (language, code, the row's tests): what one row runs; rows with equal jobs get equal scores.
+Job = tuple[str, str, tuple[Case, ...]]
+#: Columns that hold (or qualify) a row's tests.
+TEST_COLUMNS = ("tests", "test", "entry_point", "input_output", "public_test_cases", "private_test_cases",
+                "metadata", "fn_name", "test_list", "test_imports", "test_setup_code")
 
 
 def same_output(got: str, expected: str) -> bool:
@@ -81,28 +60,16 @@ def extract_code(completion: Any) -> str | None:
     return block[1]
 
 
-def score_tests(compile_result: RunResult | None, results: list[RunResult],
-                expected: Sequence[str]) -> tuple[float, str | None]:
-    """(fraction passed, reason or None) of a stdin/stdout row; the reason names the first test that did not run."""
-    if compile_result is not None and compile_result.status != "ok":
-        return 0.0, f"compile_error: {_tail(compile_result.stderr)}"
-    passed = sum(r.ok and same_output(r.stdout, e) for r, e in zip(results, expected, strict=True))
-    bad = [(i, r) for i, r in enumerate(results) if not r.ok]
-    if not bad:
-        return passed / len(expected), None
-    i, r = bad[0]
-    return passed / len(expected), f"{passed}/{len(expected)} tests passed; test {i}: {r.reason()}"
-
-
-def score_check(result: RunResult) -> tuple[float, str | None]:
-    """(1.0 or 0.0, reason or None) of a HumanEval-style row; a failed assertion is a wrong answer, not an error."""
+def judge(case: Case, result: RunResult) -> tuple[bool, str | None]:
+    """(passed, reason or None) of one test: a wrong answer (a different output or value, a failed
+    assertion) has no reason; a test that did not run through (crash, timeout, …) has one."""
+    if case.kind == "stdin":
+        return (result.ok and same_output(result.stdout, case.expected or "")), (None if result.ok else result.reason())
     if result.passed:
-        return 1.0, None
+        return (call_passed(result.stdout, case) if case.kind == "call" else True), None
     if result.status == "runtime_error" and _tail(result.stderr).startswith("AssertionError"):
-        return 0.0, None
-    if result.status == "ok":
-        return 0.0, "the program ended before check() returned (sys.exit / os._exit?)"
-    return 0.0, result.reason()
+        return False, None
+    return False, result.reason()
 
 
 def _tail(text: str) -> str:
@@ -111,11 +78,12 @@ def _tail(text: str) -> str:
 
 
 class CodeReward(Verifier):
-    """Code tests in a sandbox: fraction of stdin/stdout `tests` passed, or 1.0/0.0 for HumanEval `test`+`entry_point`.
+    """Code tests in a sandbox: the fraction passed of a row's tests (stdin/stdout, calls, asserts, HumanEval check).
 
     Options: `workers` (rows run at once; default the cores), `timeout_s` and `memory_mb` per test run,
     `compile_timeout_s`, `total_timeout_s` (all tests of a row; default timeout_s each),
-    `max_output_bytes`, `language` (when there is no column), `python` (interpreter inside the sandbox),
+    `max_output_bytes`, `max_tests` (run at most the first N tests of a row: for sets with hundreds),
+    `language` (when there is no column), `python` (interpreter inside the sandbox),
     `allow_unsandboxed` (run WITHOUT isolation if bubblewrap cannot; logged loudly). Creating the
     reward checks the sandbox and raises SandboxUnavailable naming the fix if there is none.
 
@@ -128,15 +96,18 @@ class CodeReward(Verifier):
     def __init__(self, workers: int | None = None, timeout_s: float = 5.0, memory_mb: int = 512,
                  compile_timeout_s: float = 30.0, total_timeout_s: float | None = None,
                  max_output_bytes: int = 1 << 20, language: str = "python", python: str | None = None,
-                 allow_unsandboxed: bool = False):
+                 allow_unsandboxed: bool = False, max_tests: int | None = None):
         try:
             limits = Limits(timeout_s=float(timeout_s), memory_mb=int(memory_mb),
                             compile_timeout_s=float(compile_timeout_s),
                             total_timeout_s=None if total_timeout_s is None else float(total_timeout_s),
                             max_output_bytes=int(max_output_bytes)).check()
             self.language = normalize_language(language)
+            if max_tests is not None and int(max_tests) < 1:
+                raise ValueError(f"max_tests must be >= 1, got {max_tests!r}")
         except (DataError, TypeError, ValueError) as exc:
             raise PluginError(f"code reward: bad option: {exc}") from None
+        self.max_tests = None if max_tests is None else int(max_tests)
         self.workers = default_workers() if workers is None else max(1, int(workers))
         self.allow_unsandboxed = bool(allow_unsandboxed)
         self.sandbox = Sandbox(limits, allow_unsandboxed=self.allow_unsandboxed, python=python).check()
@@ -146,68 +117,69 @@ class CodeReward(Verifier):
         """Rows run at once: each waits on its sandbox, so threads are enough."""
         return self.workers
 
-    def row_key(self, completion: Any, language: Any = None, tests: Any = None, test: Any = None,
-                entry_point: Any = None, **row: Any) -> Hashable | None:
+    def row_key(self, completion: Any, language: Any = None, **row: Any) -> Hashable | None:
         """The program and its tests: rows that would run the same thing get the same score."""
-        job = self._job(completion, language, tests, test, entry_point)
+        job = self._job(completion, language, {k: v for k, v in row.items() if k in TEST_COLUMNS})
         return ("no code", job) if isinstance(job, str) else job
 
     def score_rows(self, completions: Sequence[Any], language: Sequence[Any] | None = None,
-                   tests: Sequence[Any] | None = None, test: Sequence[Any] | None = None,
-                   entry_point: Sequence[Any] | None = None, **kwargs: Any) -> list[Scored]:
+                   **kwargs: Any) -> list[Scored]:
         n = len(completions)
-        for name, column in (("language", language), ("tests", tests), ("test", test), ("entry_point", entry_point)):
-            if column is not None and len(column) != n:
-                raise DataError(f"code reward: column `{name}` has {len(column)} values for {n} completions")
-        if tests is None and test is None:
-            raise DataError("the code reward needs a `tests` column ([{input, output}]) or `test` + `entry_point` "
-                            "columns (HumanEval style)")
+        columns = {k: kwargs[k] for k in TEST_COLUMNS if kwargs.get(k) is not None}
+        for name, column in (("language", language), *columns.items()):
+            if column is not None and (not isinstance(column, list | tuple) or len(column) != n):
+                raise DataError(f"code reward: column `{name}` must have one value per completion ({n})")
+        if not set(columns) - {"entry_point", "metadata", "fn_name", "test_imports", "test_setup_code"}:
+            raise DataError("the code reward needs a `tests` column ([{input, output}] or another test format: "
+                            "`input_output`, `public_test_cases`, `test_list`) or `test` (+ `entry_point`)")
         out = []
         for i, completion in enumerate(completions):
             try:
                 job = self._job(completion, language[i] if language is not None else None,
-                                tests[i] if tests is not None else None, test[i] if test is not None else None,
-                                entry_point[i] if entry_point is not None else None)
+                                {k: v[i] for k, v in columns.items()})
+                if not isinstance(job, str) and (why := missing_toolchain(job[0])) is not None:
+                    raise DataError(why)
             except DataError as exc:
                 out.append(Scored(None, str(exc)))
                 continue
             out.append(Scored(0.0, job) if isinstance(job, str) else Scored(*self._run_one(job)))
         return out
 
-    def _job(self, completion: Any, language: Any, tests: Any, test: Any, entry_point: Any) -> Job | str:
+    def _job(self, completion: Any, language: Any, row: dict[str, Any]) -> Job | str:
         """The work for one row, or a reason string when there is no code to run."""
         lang = normalize_language(language) if language is not None else self.language
-        has_tests = tests is not None and not (isinstance(tests, list | tuple | str) and len(tests) == 0)
-        if has_tests:
-            payload = json.dumps(parse_tests(tests))
-            kind = "tests"
-        elif test is not None:
-            if lang != "python":
-                raise DataError(f"HumanEval-style rows (`test` + `entry_point`) are Python only, got language {lang!r}")
-            if not isinstance(test, str) or "def check" not in test:
-                raise DataError("column `test` must be Python source defining check(candidate)")
-            if not isinstance(entry_point, str) or not entry_point.isidentifier():
-                raise DataError(f"column `entry_point` must name the function to check, got {entry_point!r}")
-            payload = json.dumps([test, entry_point])
-            kind = "check"
-        else:
-            raise DataError("row has neither `tests` nor `test` + `entry_point`")
+        cases = row_cases(lang, **row)
+        if self.max_tests is not None:
+            cases = cases[: self.max_tests]
         code = extract_code(completion)
         if code is None:
             return "no fenced code block in the answer"
-        return kind, lang, code, payload
+        return lang, code, tuple(cases)
 
     def _run_one(self, job: Job) -> tuple[float | None, str | None]:
-        kind, lang, code, payload = job
-        try:
-            if kind == "check":
-                test, entry_point = json.loads(payload)
-                return score_check(self.sandbox.run_check(code, test, entry_point))
-            cases = json.loads(payload)
-            compile_result, results = self.sandbox.run_tests(code, lang, [c[0] for c in cases])
-            return score_tests(compile_result, results, [c[1] for c in cases])
-        except DataError as exc:
-            return None, str(exc)
+        """(fraction passed, the reason of the first test that did not run through, or None)."""
+        lang, code, cases = job
+        outcomes: list[tuple[bool, str | None]] = [(False, None)] * len(cases)
+        for harness in (False, True):
+            batch = [(i, c) for i, c in enumerate(cases) if (c.kind != "stdin") == harness]
+            if not batch:
+                continue
+            try:
+                if harness:
+                    compiled, results = self.sandbox.run_harness(code, [json.loads(c.payload) for _, c in batch])
+                else:
+                    compiled, results = self.sandbox.run_tests(code, lang, [c.payload for _, c in batch])
+            except DataError as exc:
+                return None, str(exc)
+            if compiled is not None and compiled.status != "ok":
+                return 0.0, f"compile_error: {_tail(compiled.stderr)}"
+            for (i, case), result in zip(batch, results, strict=True):
+                outcomes[i] = judge(case, result)
+        passed = sum(ok for ok, _ in outcomes)
+        bad = next(((i, why) for i, (_, why) in enumerate(outcomes) if why is not None), None)
+        if bad is None:
+            return passed / len(cases), None
+        return passed / len(cases), f"{passed}/{len(cases)} tests passed; test {bad[0]}: {bad[1]}"
 
     def close(self) -> None:
         """Stop the pool's threads and end the sandboxes they kept."""
@@ -220,4 +192,4 @@ class CodeReward(Verifier):
                 f"isolated={self.sandbox.isolated})")
 
 
-__all__ = ["CodeReward", "extract_code", "parse_tests", "same_output", "score_check", "score_tests"]
+__all__ = ["CodeReward", "extract_code", "judge", "parse_tests", "same_output"]

@@ -10,7 +10,10 @@ Why this is more than `verify(parse(gold), parse(completion))`:
   are decided without sympy, verdicts already reached are remembered, and only the rest is spread
   over the processes.
 - The answer is read where it is: after `</think>` (a boxed number inside the reasoning never
-  counts), the last `\\boxed{}` wins, else math-verify's final-answer extraction on the answer text.
+  counts), the last `\\boxed{}` wins (all of them for a multi-part gold), else a short answer read
+  as LaTeX, else math-verify's final-answer extraction on the answer text. Words, number words and
+  multiple-choice letters never reach math-verify (which would read "no" as n*o): see
+  `rewards.math_answers`. An inequality and an interval are compared both ways.
 """
 
 from __future__ import annotations
@@ -30,12 +33,19 @@ import time
 from collections import deque
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from posttrain.core.errors import DataError, PluginError
-from rewards.answer import THINK_OPEN, completion_text, last_boxed, split_think
+from rewards.math_answers import (
+    Task,
+    answer_part,
+    gold_answer,
+    has_inequality,
+    predicted_answer,
+    prepare,
+    quick_verdict,
+)
 from rewards.protocol import Scored, Verifier, default_workers
 
 log = logging.getLogger("posttrain.rewards.math")
@@ -56,136 +66,6 @@ class RowTimeout(BaseException):
     """A row ran past its bound. A BaseException so that math-verify's and sympy's `except Exception` let it through."""
 
 
-# ---------------------------------------------------------------- reading answers (cheap, no sympy)
-
-
-def gold_answer(solution: Any) -> str:
-    """The gold answer in a `solution` cell: the last `\\boxed{}` of a full solution, else the cell itself.
-
-    >>> gold_answer(r"So $x=2$ and the sum is \\boxed{\\frac{1}{2}}.")
-    '\\\\frac{1}{2}'
-    """
-    text = "" if solution is None else str(solution)
-    boxed = last_boxed(text)
-    text = (boxed if boxed is not None else text).strip()
-    if len(text) >= 2 and text[0] == text[-1] == "$" and "$" not in text[1:-1]:
-        text = text[1:-1].strip()
-    return text
-
-
-def predicted_answer(completion: Any, prompt: Any = None) -> tuple[str, bool] | None:
-    """(answer, is_boxed) of a completion, or None when it has no answer part (cut off inside `<think>`).
-
-    The answer part is what follows `</think>`; in it the last `\\boxed{}` wins, else the whole answer
-    text goes to math-verify's final-answer extraction. A prompt that ends with `<think>` (R1's chat
-    template) means the completion is all reasoning until it closes the tag.
-
-    >>> predicted_answer(r"<think>maybe \\boxed{3}</think> It is \\boxed{4}, not \\boxed{5}? No: \\boxed{4}.")
-    ('4', True)
-    """
-    text = completion_text(completion)
-    reasoning, answer = split_think(text)
-    if reasoning is None and (THINK_OPEN in text or (isinstance(prompt, str) and prompt.rstrip().endswith(THINK_OPEN))):
-        return None
-    boxed = last_boxed(answer)
-    if boxed is not None:
-        return boxed, True
-    return answer, False
-
-
-_COSMETIC = re.compile(r"\\left|\\right|\\displaystyle|\\[!,;: ]|\s+")
-_INT = re.compile(r"[+-]?\d+")
-_DEC = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+)")
-_SLASH = re.compile(r"([+-]?\d+)/(\d+)")
-_FRAC = re.compile(r"([+-]?)\\frac(?:\{([+-]?\d+)\}|(\d))(?:\{(\d+)\}|(\d))")
-
-
-def normalize(text: str) -> str:
-    """Cosmetic normal form for exact matching: no spaces, `\\left`/`\\right`, spacing commands, outer `$`."""
-    s = text.strip().strip("$")
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\u2212", "-")
-    s = _COSMETIC.sub("", s)
-    return s.rstrip(".")
-
-
-def as_number(text: str) -> tuple[Fraction, bool] | None:
-    """(value, written_as_decimal) of a plain number: `12`, `-0.5`, `3/4`, `\\frac{3}{4}`, `\\frac34`; else None."""
-    try:
-        if _INT.fullmatch(text):
-            return Fraction(int(text)), False
-        if _DEC.fullmatch(text):
-            return Fraction(text), True
-        if m := _SLASH.fullmatch(text):
-            return (Fraction(int(m[1]), int(m[2])), False) if int(m[2]) else None
-        if m := _FRAC.fullmatch(text):
-            num, den = int(m[2] or m[3]), int(m[4] or m[5])
-            return (Fraction(-num if m[1] == "-" else num, den), False) if den else None
-    except ValueError:  # e.g. an integer past Python's digit limit
-        return None
-    return None
-
-
-def as_sequence(text: str) -> tuple[str, list[tuple[Fraction, bool]]] | None:
-    """(brackets, numbers) of a tuple, interval or set of plain numbers: `(1,-2)`, `[2,5)`, `\\{1,3\\}`; else None."""
-    if text.startswith("\\{") and text.endswith("\\}"):
-        brackets, inner = "{}", text[2:-2]
-    elif len(text) > 2 and text[0] in "([" and text[-1] in ")]":
-        brackets, inner = text[0] + text[-1], text[1:-1]
-    else:
-        return None
-    parts = inner.split(",")
-    numbers = [as_number(part) for part in parts]
-    if (len(parts) < 2 and brackets != "{}") or any(n is None for n in numbers):
-        return None
-    return brackets, numbers  # type: ignore[return-value]
-
-
-def _numbers_verdict(g: tuple[Fraction, bool], p: tuple[Fraction, bool]) -> float | None:
-    (gv, g_dec), (pv, p_dec) = g, p
-    if gv == pv:
-        return 1.0
-    if not (g_dec or p_dec):
-        return 0.0
-    if abs(gv - pv) > Fraction(1, 10**5) * max(1, abs(gv), abs(pv)):
-        return 0.0
-    return None  # within math-verify's rounding of decimals: its call
-
-
-def quick_verdict(gold: str, pred: str) -> float | None:
-    """1.0/0.0 when the answer is decided without sympy (same verdict as math-verify's), else None.
-
-    Equal normal forms are equal. Two plain numbers are compared exactly; when one is written as a
-    decimal, math-verify rounds to 6 places, so only a difference far above that decides 0.0 here.
-    Tuples, intervals and sets of plain numbers with the same brackets are compared element by
-    element (sets as sets); anything else (units, percent, symbols, mixed brackets) is left to sympy.
-
-    >>> quick_verdict("440", "440"), quick_verdict(r"\\frac{1}{2}", "1/2"), quick_verdict("7", "8")
-    (1.0, 1.0, 0.0)
-    >>> quick_verdict("[2, 5)", "[2,5]"), quick_verdict(r"\\{1, 3\\}", r"\\{3,1\\}"), quick_verdict("(1,2)", "(1,3)")
-    (None, 1.0, 0.0)
-    """
-    g, p = normalize(gold), normalize(pred)
-    if g and g == p:
-        return 1.0
-    gn, pn = as_number(g), as_number(p)
-    if gn is not None and pn is not None:
-        return _numbers_verdict(gn, pn)
-    gs, ps = as_sequence(g), as_sequence(p)
-    if gs is None or ps is None or gs[0] != ps[0]:
-        return None
-    (brackets, gnums), (_, pnums) = gs, ps
-    if brackets == "{}":
-        if any(d for _, d in gnums + pnums):
-            return None
-        return float({v for v, _ in gnums} == {v for v, _ in pnums})
-    if len(gnums) != len(pnums):
-        return 0.0
-    verdicts = [_numbers_verdict(a, b) for a, b in zip(gnums, pnums, strict=True)]
-    if 0.0 in verdicts:
-        return 0.0
-    return 1.0 if all(v == 1.0 for v in verdicts) else None
-
-
 # ---------------------------------------------------------------- verifying with math-verify (sympy)
 
 
@@ -203,15 +83,30 @@ def parse_gold(gold: str) -> list[Any]:
     return parsed or parse(gold, parsing_timeout=None)  # type: ignore[arg-type]
 
 
-def verify_answer(gold: str, pred: str, boxed: bool) -> float:
-    """1.0 if math-verify finds `pred` equal to `gold`, else 0.0; no time bound of its own (see `bounded`)."""
+def verify_answer(gold: str, pred: str, mode: str | bool) -> float:
+    """1.0 if math-verify finds `pred` equal to `gold`, else 0.0; no time bound of its own (see `bounded`).
+
+    `mode` (see `rewards.math_answers.Task`): "boxed" reads `pred` as LaTeX, "short" as LaTeX and,
+    if that finds nothing, with the final-answer extraction, "text" with the extraction only (True
+    and False mean "boxed" and "text"). An inequality is also compared the other way round, as
+    math-verify matches `x > 2` against `(2, \\infty)` only when `x > 2` is the gold.
+    """
     from math_verify import parse, verify
 
+    mode = {True: "boxed", False: "text"}.get(mode, mode)  # type: ignore[call-overload]
     gold_parsed = parse_gold(gold)
     if not gold_parsed:
         raise GoldError(f"gold answer {gold[:200]!r} cannot be parsed by math-verify")
-    pred_parsed = parse("\\boxed{" + pred + "}" if boxed else pred, parsing_timeout=None)  # type: ignore[arg-type]
-    return 1.0 if verify(gold_parsed, pred_parsed, timeout_seconds=None) else 0.0
+    pred_parsed = []
+    if mode in ("boxed", "short"):
+        pred_parsed = parse("\\boxed{" + pred + "}", parsing_timeout=None)  # type: ignore[arg-type]
+    if mode == "text" or (mode == "short" and not pred_parsed):
+        pred_parsed = parse(pred, parsing_timeout=None)  # type: ignore[arg-type]
+    if verify(gold_parsed, pred_parsed, timeout_seconds=None):
+        return 1.0
+    if pred_parsed and (has_inequality(gold) or has_inequality(pred)):
+        return 1.0 if verify(pred_parsed, gold_parsed, timeout_seconds=None) else 0.0
+    return 0.0
 
 
 def _raise_timeout(signum: int, frame: Any) -> None:
@@ -230,7 +125,7 @@ def _alarm(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def bounded(gold: str, pred: str, boxed: bool, timeout_s: float) -> tuple[float | None, str | None]:
+def bounded(gold: str, pred: str, mode: str | bool, timeout_s: float) -> tuple[float | None, str | None]:
     """(score, error) of one row, cut off after `timeout_s` by SIGALRM. Main thread of a process only.
 
     A timeout or memory exhaustion is the answer's doing: 0.0 with an error. A gold that cannot be
@@ -238,7 +133,7 @@ def bounded(gold: str, pred: str, boxed: bool, timeout_s: float) -> tuple[float 
     """
     try:
         with _alarm(timeout_s):
-            return verify_answer(gold, pred, boxed), None
+            return verify_answer(gold, pred, mode), None
     except RowTimeout:
         return 0.0, f"math verification timed out after {timeout_s:g} s (answer {pred[:100]!r})"
     except MemoryError:
@@ -251,15 +146,13 @@ def bounded(gold: str, pred: str, boxed: bool, timeout_s: float) -> tuple[float 
 
 # ---------------------------------------------------------------- worker processes with a hard deadline
 
-Task = tuple[str, str, bool]  # gold, predicted answer, is_boxed
-
 _WORKER_BOOT = "import sys, json; sys.path[:] = json.loads(sys.argv[1]); import rewards.math as m; m.worker_main()"
 
 
 def worker_main() -> None:
     """Entry of a worker process (argv: sys.path as JSON, socket fd, timeout_s, memory_mb).
 
-    Receives chunks of (index, gold, pred, boxed) and sends back one (index, score, error) per row.
+    Receives chunks of (index, gold, pred, mode) and sends back one (index, score, error) per row.
     It exits when the parent closes the socket or goes away.
     """
     fd, timeout_s, memory_mb = int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
@@ -288,8 +181,8 @@ def worker_main() -> None:
             return
         if chunk is None:
             return
-        for index, gold, pred, boxed in chunk:
-            score, error = bounded(gold, pred, boxed, timeout_s)
+        for index, gold, pred, mode in chunk:
+            score, error = bounded(gold, pred, mode, timeout_s)
             conn.send((index, score, error))
 
 
@@ -469,7 +362,10 @@ class MathReward(Verifier):
     def row_key(self, completion: Any, solution: Any = None, prompts: Any = None, **row: Any) -> Hashable | None:
         """Rows with the same gold and the same answer get the same verdict, whatever the reasoning around it."""
         gold = gold_answer(solution)
-        return (gold, predicted_answer(completion, prompts)) if gold else None
+        if not gold:
+            return None
+        answer = answer_part(completion, prompts)
+        return gold, (None if answer is None else prepare(gold, answer))
 
     def score_rows(self, completions: Sequence[Any], solution: Sequence[Any] | None = None,
                    prompts: Sequence[Any] | None = None, **kwargs: Any) -> list[Scored]:
@@ -486,15 +382,16 @@ class MathReward(Verifier):
             if not gold:
                 out[i] = Scored(None, f"empty gold answer in column `solution`: {sol!r}")
                 continue
-            prompt = prompts[i] if prompts is not None and len(prompts) == n else None
-            found = predicted_answer(completion, prompt)
-            if found is None or not found[0].strip():
+            answer = answer_part(completion, prompts[i] if prompts is not None and len(prompts) == n else None)
+            if answer is None or not answer.strip():
                 continue  # no answer: wrong, not a failure
-            pred, boxed = found
-            task = (gold, pred, boxed)
+            task = prepare(gold, answer)
+            if not isinstance(task, tuple):
+                out[i] = Scored(task)
+                continue
             verdict = self._verdicts.get(task)
-            if verdict is None and (boxed or len(pred) < 64):
-                verdict = quick_verdict(gold, pred)
+            if verdict is None and task[2] != "text":
+                verdict = quick_verdict(gold, task[1])
             if verdict is not None:
                 out[i] = Scored(verdict)
             else:
@@ -532,4 +429,4 @@ class MathReward(Verifier):
         return f"MathReward(workers={self.workers}, timeout_s={self.timeout_s:g})"
 
 
-__all__ = ["MathReward", "VerifierPool", "gold_answer", "predicted_answer", "quick_verdict"]
+__all__ = ["MathReward", "VerifierPool", "gold_answer", "predicted_answer", "prepare", "quick_verdict"]

@@ -7,6 +7,9 @@ grows linearly over the last `cache_length` units before `max_length`:
     0                                      if L <= max_length - cache_length
     (max_length - cache_length - L) / cache_length   if max_length - cache_length < L <= max_length
     -1                                     if L > max_length
+
+The unit is tokens, as GRPO's `max_completion_length` is: a user who sets `max_length` to it must not
+see ordinary completions punished because they were counted in characters (about 4 per token).
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from typing import Any
 from posttrain.core.errors import PluginError
 from rewards.answer import completion_text
 from rewards.protocol import RowVerifier, Scored
+
+UNITS = ("tokens", "chars")
+_NO_TOKENS = ("overlong reward counts tokens, but this call has no `completion_ids` (TRL's GRPO passes them) and "
+              "the reward has no `tokenizer`: pass tokenizer=PATH, or unit='chars' to count characters")
 
 
 def soft_overlong_penalty(length: int, max_length: int, cache_length: int) -> float:
@@ -36,28 +43,31 @@ def soft_overlong_penalty(length: int, max_length: int, cache_length: int) -> fl
 class OverlongReward(RowVerifier):
     """DAPO soft overlong punishment: 0 up to max_length - cache_length, then down to -1 at max_length.
 
-    Lengths are tokens when a `tokenizer` (a path or a loaded tokenizer) is given, characters
-    otherwise. With a tokenizer and TRL's `completion_ids` column, the generated ids are counted as
-    they are (no re-tokenising).
+    `unit="tokens"` (the default) counts TRL's `completion_ids` when the call has them (GRPO passes
+    them: no re-tokenising), else the completion re-tokenised with `tokenizer` (a path or a loaded
+    tokenizer); with neither a row has no score and an error says so. `unit="chars"` counts
+    characters of the completion text and ignores ids and tokenizer.
 
-    >>> OverlongReward(max_length=10, cache_length=4)(["short", "eight ch", "nine char", "far too long"])
+    >>> OverlongReward(max_length=10, cache_length=4, unit="chars")(["short", "eight ch", "nine char", "far too long"])
     [0.0, -0.5, -0.75, -1.0]
+    >>> OverlongReward(max_length=10, cache_length=4)(["a b c"], completion_ids=[[7] * 9])
+    [-0.75]
     """
 
     columns = ("completion_ids",)
 
-    def __init__(self, max_length: int, cache_length: int, tokenizer: Any = None):
+    def __init__(self, max_length: int, cache_length: int, tokenizer: Any = None, unit: str = "tokens"):
         if not (isinstance(max_length, int) and isinstance(cache_length, int) and 0 < cache_length <= max_length):
             raise PluginError(f"overlong reward: need integers 0 < cache_length <= max_length, got "
                               f"max_length={max_length!r}, cache_length={cache_length!r}")
+        unit = {"characters": "chars", "token": "tokens"}.get(unit, unit)
+        if unit not in UNITS:
+            raise PluginError(f"overlong reward: unit must be 'tokens' or 'chars', got {unit!r}")
         self.max_length = max_length
         self.cache_length = cache_length
+        self.unit = unit
         self.tokenizer = tokenizer
         self._loaded: Any = None if isinstance(tokenizer, str) else tokenizer
-
-    @property
-    def unit(self) -> str:
-        return "characters" if self.tokenizer is None else "tokens"
 
     def _tok(self) -> Any:
         if self._loaded is None:
@@ -69,17 +79,21 @@ class OverlongReward(RowVerifier):
                 raise PluginError(f"overlong reward: cannot load tokenizer {self.tokenizer!r}: {exc}") from exc
         return self._loaded
 
-    def length(self, completion: Any, ids: Sequence[int] | None = None) -> int:
-        """Length of one completion in this reward's unit."""
-        if self.tokenizer is None:
+    def length(self, completion: Any, ids: Sequence[int] | None = None) -> int | None:
+        """Length of one completion in this reward's unit; None when tokens cannot be counted."""
+        if self.unit == "chars":
             return len(completion_text(completion))
         if ids is not None:
             return len(ids)
+        if self.tokenizer is None:
+            return None
         return len(self._tok()(completion_text(completion), add_special_tokens=False)["input_ids"])
 
     def score_row(self, completion: Any, completion_ids: Sequence[int] | None = None) -> Scored:
-        return Scored(soft_overlong_penalty(self.length(completion, completion_ids), self.max_length,
-                                            self.cache_length))
+        length = self.length(completion, completion_ids)
+        if length is None:
+            return Scored(None, _NO_TOKENS)
+        return Scored(soft_overlong_penalty(length, self.max_length, self.cache_length))
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()

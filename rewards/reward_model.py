@@ -111,7 +111,10 @@ def load_reward_model(path: str, device: str | None = None) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from posttrain.core.models import with_sequence_classification
+
     try:
+        with_sequence_classification(path)  # families transformers ships without a head class (OLMoE)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSequenceClassification.from_pretrained(path)
     except OSError as exc:

@@ -42,6 +42,68 @@ install_system_packages() {
     fi
 }
 
+# --- sandbox toolchains ----------------------------------------------------------------------------
+# The code sandbox runs Python, C and C++ (gcc, g++), and JavaScript (node), Java, Go, Rust and Bash
+# where their toolchains are on the sandbox's PATH (/usr/local/bin:/usr/bin:/bin: it sees the host's /usr
+# only). POSTTRAIN_SANDBOX_LANGUAGES="node java go rust bash" installs the ones named that are missing
+# (apt-get, as root or with passwordless sudo). Without it nothing is downloaded; a Rust toolchain that
+# rustup keeps under /root, where the sandbox's unprivileged user cannot reach it, is linked (hard links,
+# no copy) into /usr/local/lib/posttrain/rust either way.
+SANDBOX_PATH=/usr/local/bin:/usr/bin:/bin
+RUST_LINKED=/usr/local/lib/posttrain/rust
+
+apt_install() {  # apt_install PACKAGE...: as root or with sudo; 1 if it cannot
+    local sudo=()
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null || return 1
+        sudo=(sudo -n)
+    fi
+    command -v apt-get >/dev/null 2>&1 || return 1
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 ||
+        { "${sudo[@]}" apt-get update -qq >/dev/null 2>&1 &&
+          "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1; }
+}
+
+sandbox_has() { PATH=$SANDBOX_PATH:$RUST_LINKED/bin command -v "$1" >/dev/null 2>&1; }
+
+link_rust() {  # rustup's toolchain, hard-linked where the sandbox sees it
+    sandbox_has rustc && return 0
+    command -v rustc >/dev/null 2>&1 && [ "$(id -u)" = 0 ] || return 1
+    local sysroot
+    sysroot=$(rustc --print sysroot 2>/dev/null) && [ -x "$sysroot/bin/rustc" ] || return 1
+    say "linking the Rust toolchain $sysroot into $RUST_LINKED (the sandbox cannot see under /root)"
+    mkdir -p "$(dirname "$RUST_LINKED")" && chmod 755 "$(dirname "$RUST_LINKED")" && rm -rf "$RUST_LINKED.tmp" &&
+        { cp -al "$sysroot" "$RUST_LINKED.tmp" 2>/dev/null || cp -a "$sysroot/." "$RUST_LINKED.tmp"; } &&
+        rm -rf "$RUST_LINKED" && mv "$RUST_LINKED.tmp" "$RUST_LINKED" && chmod 755 "$RUST_LINKED"
+}
+
+install_sandbox_languages() {
+    link_rust || true
+    local lang tool package
+    for lang in ${POSTTRAIN_SANDBOX_LANGUAGES:-}; do
+        case "$lang" in
+            node|javascript|js) tool=node package=nodejs ;;
+            java) tool=javac package=default-jdk-headless ;;
+            go|golang) tool=go package=golang-go ;;
+            rust|rs) tool=rustc package=rustc ;;
+            bash|sh) tool=bash package=bash ;;
+            c) tool=gcc package=gcc ;;
+            cpp|c++) tool=g++ package=g++ ;;
+            python) continue ;;
+            *) say "WARNING: POSTTRAIN_SANDBOX_LANGUAGES: unknown language '$lang' (node java go rust bash c cpp)"; continue ;;
+        esac
+        sandbox_has "$tool" && continue
+        say "installing $package for sandboxed $lang programs"
+        apt_install "$package" ||
+            say "WARNING: could not install $package; $lang rows will have no score. Run as root: apt-get install $package"
+    done
+    local have=() name
+    for name in python3:python gcc:c g++:cpp node:javascript javac:java go:go rustc:rust bash:bash; do
+        sandbox_has "${name%%:*}" && have+=("${name#*:}")
+    done
+    say "sandbox languages: ${have[*]} (others: POSTTRAIN_SANDBOX_LANGUAGES=\"node java go rust\" make setup)"
+}
+
 # --- python ----------------------------------------------------------------------------------------
 pick_python() {
     if [ -n "$PYTHON" ]; then echo "$PYTHON"; return; fi
@@ -57,7 +119,7 @@ pick_python() {
 
 has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
-if [ -z "$DRY_RUN" ]; then install_system_packages; fi
+if [ -z "$DRY_RUN" ]; then install_system_packages; install_sandbox_languages; fi
 
 fingerprint=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-${EXTRAS}-${POSTTRAIN_TORCH_SPEC:-default}
 if [ -z "$DRY_RUN" ] && [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$fingerprint" ]; then

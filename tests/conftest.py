@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,3 +35,28 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def family_base(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """`family_base("qwen3_moe")`: a tiny random-weight checkpoint of that family (tests/families.py) with a
+    chat-template tokenizer, built on first use (well under a second) and shared by the whole session.
+
+    MoE checkpoints are saved with `output_router_logits: true`, as TRL's SFTTrainer saved every MoE it trained:
+    the config that crashed generation on Qwen2/3-MoE, Mixtral and OLMoE.
+    """
+    from tests.families import FAMILIES, build_checkpoint, train_chat_tokenizer
+
+    root = tmp_path_factory.mktemp("families")
+    built: dict[str, Path] = {}
+    tokenizer: list[Any] = []
+
+    def get(name: str) -> Path:
+        if name not in built:
+            if not tokenizer:
+                tokenizer.append(train_chat_tokenizer())
+            built[name] = build_checkpoint(FAMILIES[name], tokenizer[0], root / name,
+                                           router_logits=FAMILIES[name].moe)
+        return built[name]
+
+    return get

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from posttrain.report.cross_stage import accuracy_section, maxvio_comparison_section
+from posttrain.report.cross_stage import accuracy_section, length_section, maxvio_comparison_section
 from posttrain.report.inputs import MetricsLog, StageView, load_stages
 from posttrain.report.markdown import Document, all_metrics, overview, status_line
 from posttrain.report.training import training_plots
@@ -60,6 +60,7 @@ def write_report(run_dir: Path, *, kinds: ReportKinds) -> Path:
     doc.plots_dir.mkdir(parents=True, exist_ok=True)
     doc.add(f"# posttrain run report: `{run_dir.name}`", "")
     doc.attempt("the accuracy-by-stage summary", lambda: accuracy_section(doc, stages))
+    doc.attempt("accuracy against response length", lambda: length_section(doc, stages))
     doc.attempt("the stage overview", lambda: overview(doc, stages))
     for i, stage in enumerate(stages, 1):
         doc.add(f"## {i}. {stage.name} (`{stage.kind}`)", "")

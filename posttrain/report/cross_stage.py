@@ -1,7 +1,9 @@
-"""Sections about several stages at once: accuracy by stage (what a reader comes for) and MaxVio across stages.
+"""Sections about several stages at once: accuracy by stage (what a reader comes for), accuracy against response
+length, and MaxVio across stages.
 
-They belong to no single kind's section, so they stay in the report package; the accuracy section reads
-the eval stages' metrics as CONTRACTS.md pins them (`accuracy`, `pass@1`, `pass@k`, `k`, `model`).
+They belong to no single kind's section, so they stay in the report package; the accuracy sections read
+the eval stages' metrics as CONTRACTS.md pins them (`accuracy`, `pass@1`, `pass@k`, `k`, `model`,
+`response_length`, `response_length_correct`, `response_length_wrong`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,17 @@ from posttrain.report.inputs import StageView, is_number, last_third_mean
 from posttrain.report.markdown import Document, num, pct, points, short_path
 from posttrain.report.plots import FIGSIZE, pyplot, save, step_axis
 from posttrain.report.training import MAXVIO_AXIS, balance_label, gamma
-from posttrain.run_folder import MAX_VIOLATION
+from posttrain.run_folder import (
+    MAX_VIOLATION,
+    PASS_AT_1,
+    RESPONSE_LENGTH,
+    RESPONSE_LENGTH_CORRECT,
+    RESPONSE_LENGTH_WRONG,
+    TEMPERATURE,
+)
 
 ACCURACY_PLOT = "accuracy_by_stage.png"
+LENGTH_PLOT = "accuracy_vs_length.png"
 MAXVIO_COMPARISON_PLOT = "maxvio_comparison.png"
 #: The kind whose stages make the accuracy-by-stage table.
 EVAL_KIND = "eval"
@@ -86,6 +96,57 @@ def plot_accuracy(path: Path, scored: list[tuple[StageView, dict[str, float]]]) 
     ax.legend(loc="upper left", ncols=len(keys), fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     return save(fig, path, "Accuracy by stage", {"bars": drawn, "stages": [s.name for s, _ in scored]})
+
+
+# --------------------------------------------------------------------------------------------------
+# Accuracy against response length (DeepSeek-V3's distillation study: R1 distillation buys accuracy with length)
+
+
+def length_section(doc: Document, stages: list[StageView]) -> None:
+    """Sampled pass@1 against mean response length, one point per eval stage that measured both (none: no section)."""
+    points = [s for s in stages if s.kind == EVAL_KIND and is_number(s.metrics.get(PASS_AT_1))
+              and is_number(s.metrics.get(RESPONSE_LENGTH))]
+    if not points:
+        return
+    doc.add("## Accuracy against response length", "")
+    doc.image(plot_length(doc.plots_dir / LENGTH_PLOT, points), "Accuracy against response length")
+    doc.add("| eval stage | sampled pass@1 | mean response length (tokens) | correct answers | wrong answers |",
+            "|---|---|---|---|---|")
+    for s in points:
+        m = s.metrics
+        cells = [num(m[k]) if is_number(m.get(k)) else "—" for k in (RESPONSE_LENGTH_CORRECT, RESPONSE_LENGTH_WRONG)]
+        doc.add(f"| {s.name} | {pct(m[PASS_AT_1])} | {num(m[RESPONSE_LENGTH])} | {cells[0]} | {cells[1]} |")
+    temps = sorted({num(s.metrics[TEMPERATURE]) for s in points if is_number(s.metrics.get(TEMPERATURE))})
+    at = f" at T = {', '.join(temps)}" if temps else ""
+    doc.add("", f"Lengths are mean tokens of the sampled completions{at}, the samples pass@1 is computed on. "
+                "DeepSeek-V3 (Table 9) weighs the accuracy that distillation from R1 brings against the longer "
+                "answers it teaches.", "")
+
+
+def plot_length(path: Path, points: list[StageView]) -> Path:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    xs = [float(s.metrics[RESPONSE_LENGTH]) for s in points]
+    ys = [100 * float(s.metrics[PASS_AT_1]) for s in points]
+    if len(points) > 1:
+        ax.plot(xs, ys, "-", lw=1, color="0.7", zorder=1)
+    for s, x, y in zip(points, xs, ys, strict=True):
+        span = [float(s.metrics[k]) for k in (RESPONSE_LENGTH_CORRECT, RESPONSE_LENGTH_WRONG)
+                if is_number(s.metrics.get(k))]
+        if len(span) == 2:  # correct and wrong answers' lengths, as a bar through the point
+            ax.plot(span, [y, y], "-", lw=3, alpha=0.3, color="tab:blue", zorder=2)
+        ax.plot([x], [y], "o", ms=8, color="tab:blue", zorder=3)
+        ax.annotate(s.name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    ax.set_xlabel("mean response length of sampled completions (tokens)")
+    ax.set_ylabel("sampled pass@1 (%)")
+    ax.set_ylim(-3, 105)
+    right = max([*xs, *(float(s.metrics[k]) for s in points for k in (RESPONSE_LENGTH_CORRECT, RESPONSE_LENGTH_WRONG)
+                        if is_number(s.metrics.get(k)))])
+    ax.set_xlim(0, 1.15 * right or 1)  # room for the labels
+    ax.set_title("Accuracy against response length (shaded: correct ↔ wrong answers' lengths)", fontsize=11)
+    ax.grid(alpha=0.3)
+    data = {"points": {s.name: [x, y / 100] for s, x, y in zip(points, xs, ys, strict=True)}}
+    return save(fig, path, "Accuracy against response length", data)
 
 
 # --------------------------------------------------------------------------------------------------

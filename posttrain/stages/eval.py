@@ -3,32 +3,59 @@
 `accuracy` is greedy; `pass@1` follows DeepSeek-R1: the mean accuracy over `samples` completions
 per prompt at the sampling temperature; `pass@k` (optional) uses the unbiased estimator
 1 - C(n-c, k) / C(n, k). A completion is correct when its (weighted) reward reaches `threshold`.
-Generations are appended to DIR/<name>/samples.jsonl chunk by chunk, so a long eval resumes.
+`response_length` is the mean length in tokens of the sampled completions (also over the correct and the
+wrong ones), the figure DeepSeek-V3's distillation study trades against accuracy. `temperatures` samples at
+several temperatures (`pass@1/T=<t>` each, `pass@1/mean`). `benchmark` takes the prompts, answer columns
+and scorer from a preset (posttrain.eval_presets: math500, gsm8k, gpqa, humaneval, ...).
+Generations are appended to DIR/<name>/samples.jsonl chunk by chunk, so a long eval resumes; a row holds
+the greedy and sampled completions, their scores, and the scorer's reasons (e.g. the sandbox's verdict).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_serializer, model_validator
 
-from posttrain.core.errors import DataError
+from posttrain.core.errors import DataError, PluginError
 from posttrain.core.generation import GenerationSpec, SamplingParams
 from posttrain.recipe import RewardSpec, StageConfig
 from posttrain.report.cross_stage import SCORES
 from posttrain.report.inputs import StageView, is_number
-from posttrain.report.markdown import Document, model_name, pct
-from posttrain.run_folder import EVAL_FILE, SAMPLES_FILE, read_jsonl, repair_jsonl_tail
+from posttrain.report.markdown import Document, model_name, num, pct
+from posttrain.run_folder import (
+    ACCURACY,
+    BENCHMARK,
+    EVAL_FILE,
+    PASS_AT_1,
+    PASS_AT_1_MEAN,
+    RESPONSE_LENGTH,
+    RESPONSE_LENGTH_CORRECT,
+    RESPONSE_LENGTH_WRONG,
+    SAMPLES_FILE,
+    TEMPERATURE,
+    TEMPERATURES,
+    at_temperature,
+    pass_at_k_key,
+    read_jsonl,
+    repair_jsonl_tail,
+    temperature_label,
+)
 from posttrain.stages.base import StageContext, StageResult
+
+#: Counts the tokens of each completion text (None: it cannot, e.g. no tokenizer).
+TokenCounter = Callable[[list[str]], "list[int] | None"]
 
 
 class Config(StageConfig):
     #: Model to evaluate: an earlier stage, a path or a hub name (default: the recipe's base model).
     model: str | None = None
-    #: Held-out prompts: an earlier stage (its `data_file`), a jsonl/parquet file, or a hub data set.
-    data: str
+    #: Held-out prompts: an earlier stage (its `data_file`), a jsonl/parquet file, or a hub data set. With a
+    #: `benchmark`: a local file (or another hub name) in the shape of the preset's hub set, used instead of it.
+    data: str | None = None
     data_file: str = EVAL_FILE
     #: Split of a hub data set (ignored for stage outputs and local files).
     split: str = "train"
@@ -44,16 +71,78 @@ class Config(StageConfig):
     sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(temperature=1.0, max_new_tokens=256))
     generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec(backend="hf", batch_size=256))
     chunk_size: int = Field(128, ge=1)
+    #: A benchmark preset by name (posttrain.eval_presets): its prompts, answer columns and rewards (unless
+    #: `rewards` is given), and stop strings it needs (unless `sampling.stop` is given).
+    benchmark: str | None = None
+    #: The preset's own options, e.g. humaneval `{style: complete}`, livecodebench `{version: release_v5}`.
+    benchmark_options: dict[str, Any] = Field(default_factory=dict)
+    #: Sample at each of these temperatures: `pass@1/T=<t>` each and `pass@1/mean`. `pass@1` stays the one at
+    #: `sampling.temperature`, which defaults to the first of these.
+    temperatures: list[float] | None = Field(None, min_length=1)
 
     ref_fields: ClassVar[tuple[str, ...]] = ("model", "data")
     required_outputs: ClassVar[tuple[str, ...]] = (SAMPLES_FILE,)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Config:
+        """Fill in what the preset decides and check the temperatures, so that resolved_recipe.yaml shows it."""
+        if self.benchmark is None:
+            if self.data is None:
+                raise ValueError("give `data` (held-out prompts) or `benchmark` (a preset: math500, aime24, gsm8k, "
+                                 "gpqa, mmlu, humaneval, livecodebench)")
+            if self.benchmark_options:
+                raise ValueError("`benchmark_options` needs a `benchmark`")
+        else:
+            self._apply_preset()
+        if self.temperatures:
+            if any(t <= 0 for t in self.temperatures):
+                raise ValueError(f"temperatures must be > 0 (greedy accuracy is `accuracy`), got {self.temperatures}")
+            self.temperatures = list(dict.fromkeys(self.temperatures))
+            user_set = "sampling" in self.model_fields_set and "temperature" in self.sampling.model_fields_set
+            if not user_set:
+                self.sampling = self.sampling.model_copy(update={"temperature": self.temperatures[0]})
+            elif self.sampling.temperature not in self.temperatures:
+                raise ValueError(f"sampling.temperature {self.sampling.temperature:g} (the one pass@1 reports) is not "
+                                 f"among temperatures {self.temperatures}: add it, or leave sampling.temperature out")
+        return self
+
+    def _apply_preset(self) -> None:
+        from posttrain.eval_presets import get_benchmark
+
+        assert self.benchmark is not None
+        try:
+            preset = get_benchmark(self.benchmark, self.benchmark_options)
+        except PluginError as exc:
+            raise ValueError(str(exc)) from None
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"benchmark_options for {self.benchmark!r}: {problems}") from None
+        if "rewards" not in self.model_fields_set:
+            self.rewards = [RewardSpec(**spec) for spec in preset.rewards()]
+        stop = preset.stop()
+        if stop and self.sampling.stop is None:
+            self.sampling = self.sampling.model_copy(update={"stop": stop})
+
+    @model_serializer(mode="wrap")
+    def _without_unset_options(self, handler: Any) -> Any:
+        """Leave the newer keys out while unset: eval stages written before them keep their config hash."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for key, unset in (("benchmark", None), ("benchmark_options", {}), ("temperatures", None)):
+                if data.get(key, unset) == unset:
+                    data.pop(key, None)
+        return data
+
+    def all_temperatures(self) -> list[float]:
+        """The sampling temperatures, `sampling.temperature` (pass@1's) first."""
+        primary = self.sampling.temperature
+        return [primary, *(t for t in self.temperatures or [] if t != primary)]
 
 
 def run(ctx: StageContext) -> StageResult:
     from tqdm.auto import tqdm
 
     from posttrain.core.generation import make_generator
-    from rewards.registry import combine
 
     cfg = ctx.config
     assert isinstance(cfg, Config)
@@ -61,8 +150,7 @@ def run(ctx: StageContext) -> StageResult:
     local = cfg.generation.backend in ("hf", "vllm")
     model = ctx.resolve_model(cfg.model) if local or not cfg.generation.model else cfg.generation.model
     rows = _rows(ctx, cfg)
-    rewards = ctx.build_rewards(cfg.rewards)
-    total_weight = sum(w for _, w in rewards) or 1.0
+    scorer = _Scorer(ctx.build_rewards(cfg.rewards), cfg.prompt_column)
     out_path = ctx.stage_dir / SAMPLES_FILE
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     repair_jsonl_tail(out_path)  # a run killed mid-row: the row is generated again
@@ -74,16 +162,7 @@ def run(ctx: StageContext) -> StageResult:
     generator = make_generator(spec, model=model) if todo else None
     sampling = cfg.sampling.model_copy(update={"seed": cfg.sampling.seed if cfg.sampling.seed is not None
                                                 else ctx.seed})
-
-    def score(chunk: list[dict[str, Any]], completions: list[list[str]]) -> list[list[float]]:
-        flat = [c for cs in completions for c in cs]
-        k = len(completions[0])
-        columns = {key: [r[key] for r in chunk for _ in range(k)] for key in chunk[0] if key not in ("id",)}
-        columns["prompts"] = columns.pop(cfg.prompt_column)
-        per_reward = {f"{i}": fn(flat, **columns) for i, (fn, _) in enumerate(rewards)}
-        weights = {f"{i}": w for i, (_, w) in enumerate(rewards)}
-        combined = [s / total_weight for s in combine(per_reward, weights)]
-        return [combined[i * k:(i + 1) * k] for i in range(len(chunk))]
+    temperatures = cfg.all_temperatures() if cfg.samples else []
 
     with open(out_path, "a") as f, tqdm(total=len(rows), initial=len(done), desc=f"eval {cfg.name}",
                                          unit="prompt") as bar:
@@ -91,21 +170,39 @@ def run(ctx: StageContext) -> StageResult:
             assert generator is not None
             chunk = todo[start:start + cfg.chunk_size]
             prompts = [r[cfg.prompt_column] for r in chunk]
-            greedy = generator.generate(prompts, 1, sampling.model_copy(update={"temperature": 0.0})) \
-                if cfg.greedy else [[] for _ in chunk]
-            sampled = generator.generate(prompts, cfg.samples, sampling) if cfg.samples else [[] for _ in chunk]
-            greedy_scores = score(chunk, greedy) if cfg.greedy else [[] for _ in chunk]
-            sample_scores = score(chunk, sampled) if cfg.samples else [[] for _ in chunk]
-            for r, g, gs, s, ss in zip(chunk, greedy, greedy_scores, sampled, sample_scores, strict=True):
-                row = {"id": r["id"], "prompt": r[cfg.prompt_column], "greedy": g[0] if g else None,
-                       "greedy_score": gs[0] if gs else None, "samples": s, "sample_scores": ss}
+            out = [{"id": r["id"], "prompt": r[cfg.prompt_column]} for r in chunk]
+            if cfg.greedy:
+                greedy = generator.generate(prompts, 1, sampling.model_copy(update={"temperature": 0.0}))
+                scores, errors = scorer(chunk, greedy)
+                for row, g, s, e in zip(out, greedy, scores, errors, strict=True):
+                    row.update(greedy=g[0], greedy_score=s[0], greedy_error=e[0])
+            else:
+                for row in out:
+                    row.update(greedy=None, greedy_score=None)
+            for t in temperatures:
+                sampled = generator.generate(prompts, cfg.samples, sampling.model_copy(update={"temperature": t}))
+                lengths = _generated_lengths(generator, sampled)
+                scores, errors = scorer(chunk, sampled)
+                for row, c, s, e, n in zip(out, sampled, scores, errors, lengths, strict=True):
+                    part = {"samples": c, "sample_scores": s, "sample_errors": e}
+                    if n is not None:
+                        part["sample_lengths"] = n
+                    if t == cfg.sampling.temperature:
+                        row.update(temperature=t, **part)
+                    else:
+                        row.setdefault("by_temperature", {})[temperature_label(t)] = part
+            for row in out:
+                row.setdefault("samples", [])
+                row.setdefault("sample_scores", [])
                 f.write(json.dumps(row) + "\n")
-                done[r["id"]] = row
+                done[row["id"]] = row
             f.flush()
             bar.update(len(chunk))
     results = [done[r["id"]] for r in rows]
-    metrics = summarize(results, cfg.threshold, cfg.pass_k)
+    metrics = summarize(results, cfg.threshold, cfg.pass_k, _token_counter(ctx, cfg, generator))
     metrics.update(model=model, prompts=len(results))
+    if cfg.benchmark is not None:
+        metrics[BENCHMARK] = cfg.benchmark
     drafts = getattr(generator, "draft_stats", None)
     if drafts is not None and drafts.drafted:  # speculative decoding with the model's MTP module
         metrics["mtp_acceptance"] = round(drafts.acceptance, 4)
@@ -113,19 +210,109 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult(metrics=metrics, outputs={"samples": str(out_path)})
 
 
-def summarize(results: list[dict[str, Any]], threshold: float, pass_k: list[int]) -> dict[str, Any]:
+def _generated_lengths(generator: Any, completions: list[list[str]]) -> list[list[int] | None]:
+    """Token counts the engine reports for its last call (`hf`), per prompt; None where it reports none."""
+    lengths = getattr(generator, "last_lengths", None)
+    if not isinstance(lengths, list) or [len(x) for x in lengths] != [len(c) for c in completions]:
+        return [None] * len(completions)
+    return lengths
+
+
+class _Scorer:
+    """Scores k completions per row with the weighted rewards; keeps each completion's reasons (the rows' errors)."""
+
+    def __init__(self, rewards: list[tuple[Any, float]], prompt_column: str):
+        self.rewards = rewards
+        self.total_weight = sum(w for _, w in rewards) or 1.0
+        self.prompt_column = prompt_column
+
+    def __call__(self, chunk: list[dict[str, Any]],
+                 completions: list[list[str]]) -> tuple[list[list[float]], list[list[str | None]]]:
+        from rewards.registry import combine
+
+        flat = [c for cs in completions for c in cs]
+        k = len(completions[0])
+        columns = {key: [r[key] for r in chunk for _ in range(k)] for key in chunk[0] if key not in ("id",)}
+        columns["prompts"] = columns.pop(self.prompt_column)
+        per_reward, weights, reasons = {}, {}, []
+        for i, (fn, weight) in enumerate(self.rewards):
+            if callable(getattr(fn, "score_with_errors", None)):
+                scores, errors = fn.score_with_errors(flat, **columns)
+            else:
+                scores, errors = fn(flat, **columns), []
+            per_reward[str(i)], weights[str(i)] = scores, weight
+            reasons.append(errors if len(errors) == len(flat) else [None] * len(flat))
+        combined = [s / self.total_weight for s in combine(per_reward, weights)]
+        why = ["; ".join(e for e in row if e) or None for row in zip(*reasons, strict=True)]
+        return ([combined[i * k:(i + 1) * k] for i in range(len(chunk))],
+                [why[i * k:(i + 1) * k] for i in range(len(chunk))])
+
+
+def summarize(results: list[dict[str, Any]], threshold: float, pass_k: list[int],
+              count_tokens: TokenCounter | None = None) -> dict[str, Any]:
+    """The stage's metrics from its samples.jsonl rows (see the module docstring and run_folder's keys)."""
     metrics: dict[str, Any] = {}
     greedy = [r["greedy_score"] for r in results if r.get("greedy_score") is not None]
     if greedy:
-        metrics["accuracy"] = round(sum(s >= threshold for s in greedy) / len(greedy), 4)
-    sampled = [[s >= threshold for s in r["sample_scores"]] for r in results if r.get("sample_scores")]
-    if sampled:
-        metrics["pass@1"] = round(sum(sum(c) / len(c) for c in sampled) / len(sampled), 4)
-        metrics["samples_per_prompt"] = metrics["k"] = len(sampled[0])
-        for k in pass_k:
-            if k <= len(sampled[0]):
-                metrics[f"pass@{k}"] = round(sum(pass_at_k(len(c), sum(c), k) for c in sampled) / len(sampled), 4)
+        metrics[ACCURACY] = round(sum(s >= threshold for s in greedy) / len(greedy), 4)
+    primary = [r for r in results if r.get("sample_scores")]
+    if not primary:
+        return metrics
+    correct = [[s >= threshold for s in r["sample_scores"]] for r in primary]
+    metrics[PASS_AT_1] = _mean_pass1(correct)
+    metrics["samples_per_prompt"] = metrics["k"] = len(correct[0])
+    for k in pass_k:
+        if k <= len(correct[0]):
+            metrics[pass_at_k_key(k)] = round(sum(pass_at_k(len(c), sum(c), k) for c in correct) / len(correct), 4)
+    t = primary[0].get(TEMPERATURE)
+    if is_number(t):
+        metrics[TEMPERATURE] = t
+    metrics.update(response_lengths(primary, correct, count_tokens))
+    others = sorted({label for r in primary for label in r.get("by_temperature", {})}, key=float)
+    if others and is_number(t):
+        pass1 = {temperature_label(t): metrics[PASS_AT_1]}
+        length = {temperature_label(t): metrics.get(RESPONSE_LENGTH)}
+        for label in others:
+            parts = [r["by_temperature"][label] for r in primary if label in r.get("by_temperature", {})]
+            hits = [[s >= threshold for s in p["sample_scores"]] for p in parts]
+            pass1[label] = _mean_pass1(hits)
+            length[label] = response_lengths(parts, hits, count_tokens).get(RESPONSE_LENGTH)
+        order = sorted(pass1, key=float)
+        metrics.update({at_temperature(PASS_AT_1, float(label)): pass1[label] for label in order})
+        metrics[PASS_AT_1_MEAN] = round(sum(pass1.values()) / len(pass1), 4)
+        metrics.update({at_temperature(RESPONSE_LENGTH, float(label)): length[label] for label in order
+                        if length[label] is not None})
+        metrics[TEMPERATURES] = [float(label) for label in order]
     return metrics
+
+
+def _mean_pass1(correct: list[list[bool]]) -> float:
+    return round(sum(sum(c) / len(c) for c in correct if c) / max(1, sum(1 for c in correct if c)), 4)
+
+
+def response_lengths(parts: list[dict[str, Any]], correct: list[list[bool]],
+                     count_tokens: TokenCounter | None) -> dict[str, float]:
+    """Mean tokens of the sampled completions: all of them, the correct ones and the wrong ones (each when there is
+    one). A part's `sample_lengths` are the engine's own counts; without them the texts are counted by
+    `count_tokens` (None: nothing to count with, no figures)."""
+    lengths: list[int] = []
+    for part in parts:
+        counted = part.get("sample_lengths")
+        if not (isinstance(counted, list) and len(counted) == len(part["samples"])):
+            if count_tokens is None:
+                return {}
+            counted = count_tokens(list(part["samples"])) if part["samples"] else []
+            if counted is None:
+                return {}
+        lengths.extend(counted)
+    hits = [h for hs in correct for h in hs]
+    out: dict[str, float] = {}
+    for key, keep in ((RESPONSE_LENGTH, lambda h: True), (RESPONSE_LENGTH_CORRECT, lambda h: h),
+                      (RESPONSE_LENGTH_WRONG, lambda h: not h)):
+        chosen = [n for n, h in zip(lengths, hits, strict=True) if keep(h)]
+        if chosen:
+            out[key] = round(sum(chosen) / len(chosen), 1)
+    return out
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -135,7 +322,42 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+def _token_counter(ctx: StageContext, cfg: Config, generator: Any) -> TokenCounter:
+    """Token counts under the evaluated model's tokenizer (the generator's, else loaded when first needed, i.e. for
+    rows whose engine reported no counts); None when there is no tokenizer."""
+    tokenizer = getattr(generator, "tokenizer", None)
+    missing = False
+
+    def count(texts: list[str]) -> list[int] | None:
+        nonlocal tokenizer, missing
+        if tokenizer is None and not missing:
+            from posttrain.core.models import load_tokenizer
+
+            ref = ctx.resolve_model(cfg.model)
+            try:
+                tokenizer = load_tokenizer(ref, trust_remote_code=ctx.recipe.model.trust_remote_code)
+            except Exception as exc:
+                missing = True
+                ctx.log.warning("response lengths not measured: no tokenizer for %s (%s: %s)", ref,
+                                type(exc).__name__, exc)
+        if tokenizer is None:
+            return None
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    return count
+
+
 def _rows(ctx: StageContext, cfg: Config) -> list[dict[str, Any]]:
+    if cfg.benchmark is not None:
+        from posttrain.eval_presets import get_benchmark
+
+        data = cfg.data
+        if data is not None and data in ctx.recipe.stage_names():
+            data = str(ctx.resolve_data(data, cfg.data_file))
+        rows = get_benchmark(cfg.benchmark, cfg.benchmark_options).rows(data, cfg.max_samples)
+        ctx.log.info("benchmark %s: %d prompts from %s", cfg.benchmark, len(rows), data or "its hub set")
+        return rows
+    assert cfg.data is not None
     dataset = ctx.load_dataset(cfg.data, cfg.data_file, cfg.split)
     if cfg.prompt_column not in dataset.column_names:
         raise DataError(f"eval data for stage {cfg.name!r} has no column {cfg.prompt_column!r}; it has "
@@ -158,15 +380,30 @@ def report_describe(stage: StageView) -> str:
     # An eval stage's metrics name the model it scored (other stages' name their output).
     model = model_name(stage, "a model", fallback=stage.metrics.get("model"))
     n = next((stage.metrics[k] for k in ("prompts", "num_prompts", "n") if is_number(stage.metrics.get(k))), None)
-    held = f" on {n} held-out prompts" if n is not None else " on held-out prompts"
+    preset = stage.metrics.get(BENCHMARK) or stage.config.get(BENCHMARK)
+    what = f"prompts of the benchmark preset `{preset}`" if preset else "held-out prompts"
+    held = f" on {n} {what}" if n is not None else f" on {what}"
     return (f"Scored {model}{held}: greedy accuracy (one answer per prompt) and sampled pass@1 "
             f"(mean accuracy over k samples per prompt).")
 
 
 def report_figures(doc: Document, stage: StageView) -> None:
+    m = stage.metrics
     figures = []
     for key, label in SCORES.items():
-        if is_number(stage.metrics.get(key)):
-            value = pct(stage.metrics[key])
-            figures.append(f"- **{label}: {value}**" if key == "accuracy" else f"- {label}: {value}")
+        if is_number(m.get(key)):
+            value = pct(m[key])
+            if key == PASS_AT_1 and is_number(m.get(TEMPERATURE)):
+                label += f" (T = {num(m[TEMPERATURE])})"
+            figures.append(f"- **{label}: {value}**" if key == ACCURACY else f"- {label}: {value}")
+    temps = [t for t in m.get(TEMPERATURES) or [] if is_number(t)]
+    per_t = [f"T = {num(t)}: {pct(m[at_temperature(PASS_AT_1, t)])}" for t in temps
+             if is_number(m.get(at_temperature(PASS_AT_1, t)))]
+    if per_t and is_number(m.get(PASS_AT_1_MEAN)):
+        figures.append(f"- sampled pass@1 by temperature: {', '.join(per_t)}; mean {pct(m[PASS_AT_1_MEAN])}")
+    if is_number(m.get(RESPONSE_LENGTH)):
+        parts = [f"{num(m[k])} when {what}" for k, what in ((RESPONSE_LENGTH_CORRECT, "correct"),
+                                                             (RESPONSE_LENGTH_WRONG, "wrong")) if is_number(m.get(k))]
+        figures.append(f"- response length: {num(m[RESPONSE_LENGTH])} tokens on average"
+                       + (f" ({', '.join(parts)})" if parts else ""))
     doc.key_figures(figures or ["- no accuracy reported"])

@@ -144,7 +144,8 @@ class GRPOStage(TrainerStage):
         from posttrain.dynamic_sampling import DynamicSamplingMixin
         from posttrain.mtp import SpeculativeRolloutMixin
 
-        mixins: tuple[type, ...] = (DynamicSamplingMixin, SpeculativeRolloutMixin, *super().mixins())
+        mixins: tuple[type, ...] = (ThinkOpenerMixin, DynamicSamplingMixin, SpeculativeRolloutMixin,
+                                    *super().mixins())
         if getattr(self.args, "use_vllm", False):
             from posttrain.vllm_sync import VLLMSyncMixin
 
@@ -164,6 +165,9 @@ class GRPOStage(TrainerStage):
         return {"train_dataset": dataset, "reward_funcs": rewards}
 
     def after_init(self, trainer: Any, dataset: Any) -> None:
+        from posttrain.core.models import without_router_logits
+
+        without_router_logits(trainer.model)  # rollouts call `generate`: an MoE's router loss must stay off there
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
         trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)
         if hasattr(trainer, "logp_diff_callback"):
@@ -181,6 +185,45 @@ class GRPOStage(TrainerStage):
 
 def run(ctx: StageContext) -> StageResult:
     return GRPOStage(ctx).run()
+
+
+class ThinkOpenerMixin:
+    """Rewards see the whole assistant turn when the chat template opened `<think>` in the prompt.
+
+    TRL hands rewards conversational prompts as message lists, so the rendered prompt ending in `<think>`
+    (DeepSeek-R1, Qwen3 thinking) is invisible to them and the completion starts inside the reasoning. The
+    prompt is rendered here as TRL renders it (with the trainer's `chat_template_kwargs`); where it ends with
+    the opener, the completions the rewards get start with it (`posttrain/core/chat.py` says why this is
+    decided from the prompt, never from the completion). Plain-text prompts are not templated by TRL: a
+    prompt string ending in `<think>` is read by the format reward itself.
+    """
+
+    _think_openers: dict[str, str]
+
+    def _calculate_rewards(self, inputs: Any, prompts: list[Any], completions: list[Any],
+                           completion_ids_list: Any) -> Any:
+        from posttrain.core.chat import with_opener
+
+        openers = [self._think_opener(p) for p in prompts]
+        if any(openers):
+            completions = [with_opener(c, o) for c, o in zip(completions, openers, strict=True)]
+        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # type: ignore[misc]
+
+    def _think_opener(self, prompt: Any) -> str:
+        import json
+
+        from posttrain.core.chat import render_generation_prompt, think_opener
+
+        if not isinstance(prompt, list):
+            return ""
+        if not hasattr(self, "_think_openers"):
+            self._think_openers = {}
+        key = json.dumps(prompt, sort_keys=True, default=str)
+        if key not in self._think_openers:
+            tokenizer = getattr(self, "_tokenizer", None) or self.processing_class  # type: ignore[attr-defined]
+            kwargs = getattr(self, "chat_template_kwargs", None) or {}
+            self._think_openers[key] = think_opener(render_generation_prompt(tokenizer, prompt, **kwargs))
+        return self._think_openers[key]
 
 
 def _rollout_args(cfg: Config, ctx: StageContext) -> dict[str, Any]:

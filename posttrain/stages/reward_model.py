@@ -138,7 +138,7 @@ class RewardModelStage(TrainerStage):
         from posttrain.core.models import model_remote_code
 
         extra: dict[str, Any] = {} if len(self.held_out) else {"eval_strategy": "no"}
-        if self.cfg.model in (None, "base"):
+        if self.cfg.model in (None, "base") and self.cfg.lora is None:
             spec = self.ctx.recipe.model
             extra["model_init_kwargs"] = {"dtype": spec.dtype, "revision": spec.revision,
                                           "trust_remote_code": model_remote_code(self.ctx.base_model,
@@ -146,16 +146,28 @@ class RewardModelStage(TrainerStage):
         return extra
 
     def load_model(self, path: str) -> Any:
-        return path  # RewardTrainer puts the one-output head on it (AutoModelForSequenceClassification)
+        """The path (RewardTrainer puts the one-output head on it: AutoModelForSequenceClassification); with LoRA,
+        that model built here and wrapped by part, as SFT does (peft inside RewardTrainer would remap a MoE's
+        `gate_proj`/`up_proj` targets onto the routed experts), with the score head trained (peft's SEQ_CLS)."""
+        from posttrain.core.models import with_sequence_classification
+
+        spec = self.ctx.recipe.model if self.cfg.model in (None, "base") else None
+        hub = {} if spec is None else {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+        with_sequence_classification(path, **hub)  # OLMoE and other families transformers ships without a head
+        if self.cfg.lora is None:
+            return path
+        from transformers import AutoModelForSequenceClassification, set_seed
+
+        from posttrain.core.models import torch_dtype, without_router_logits
+        from posttrain.lora import apply_lora
+
+        kwargs = {} if spec is None else {"dtype": torch_dtype(spec.dtype), **hub}
+        set_seed(self.args.seed)  # the head is initialised at random: as RewardTrainer does, seed first
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+        return apply_lora(without_router_logits(model), self.cfg.lora, task_type="SEQ_CLS")
 
     def trainer_kwargs(self, dataset: Any) -> dict[str, Any]:
-        from posttrain.lora import lora_config
-
-        kwargs: dict[str, Any] = {"train_dataset": dataset,
-                                  "eval_dataset": self.held_out if len(self.held_out) else None}
-        if self.cfg.lora is not None:
-            kwargs["peft_config"] = lora_config(self.cfg.lora)
-        return kwargs
+        return {"train_dataset": dataset, "eval_dataset": self.held_out if len(self.held_out) else None}
 
     def describe(self, args: Any, dataset: Any) -> str:
         length = f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs"

@@ -56,6 +56,7 @@ from posttrain.stages.checkpoints import (
     save_train_result,
 )
 from posttrain.stages.saving import is_sharded, save_final
+from posttrain.tracking import trainer_settings, training_env
 
 log = logging.getLogger("posttrain.training")
 
@@ -150,7 +151,7 @@ class TrainerStage:
 
     # -- the skeleton ------------------------------------------------------------------------------
     def run(self) -> StageResult:
-        from posttrain.core.models import load_tokenizer
+        from posttrain.core.models import load_tokenizer, without_router_logits
         from posttrain.recipe import build_trl_config
 
         ctx, cfg = self.ctx, self.cfg
@@ -160,24 +161,28 @@ class TrainerStage:
         dataset = self.prepare_data(ctx.load_dataset(cfg.data, cfg.data_file, cfg.split))
         if cfg.max_samples is not None:
             dataset = dataset.select(range(min(cfg.max_samples, len(dataset))))
-        extra = {**self.trl_overrides(), **({} if "seed" in cfg.trl else {"seed": ctx.seed})}
+        extra = {**trainer_settings(ctx.recipe, cfg), **self.trl_overrides(),
+                 **({} if "seed" in cfg.trl else {"seed": ctx.seed})}
         if ctx.recipe.model.trust_remote_code and "trust_remote_code" in trl_fields(cfg):
             extra.setdefault("trust_remote_code", True)  # TRL's own loads: GRPO's colocated vLLM (config, tokenizer)
         self.args = build_trl_config(cfg, checkpoint_dir(ctx), **{k: v for k, v in extra.items() if k not in cfg.trl})
         model = self.load_model(model_path)
         _log_partitioned(model, ctx)
         trainer_cls = type("Trainer", (AtomicCheckpointMixin, *self.mixins(), self.trainer_class()), {})
-        trainer = trainer_cls(model=model, args=self.args, processing_class=self.tokenizer,
-                              **self.trainer_kwargs(dataset))
-        tracker = trainer.setup_moe_balance(cfg.moe_balance) if hasattr(trainer, "setup_moe_balance") else None
-        if tracker is not None and tracker.enabled and cfg.moe_balance.bias_update_speed > 0:
-            trainer.add_callback(Fp32RouterBiases())
-        if hasattr(trainer, "setup_mtp"):
-            trainer.setup_mtp(cfg.mtp)
-        self.after_init(trainer, dataset)
-        prepare_trainer(trainer, ctx, self.log_keys)
-        ctx.log.info(self.describe(self.args, dataset))
-        result = train_resumably(trainer, ctx)
+        with training_env(ctx.stage_dir, self.args.report_to):  # trackers log under DIR/<stage>/
+            trainer = trainer_cls(model=model, args=self.args, processing_class=self.tokenizer,
+                                  **self.trainer_kwargs(dataset))
+            tracker = trainer.setup_moe_balance(cfg.moe_balance) if hasattr(trainer, "setup_moe_balance") else None
+            if tracker is not None and tracker.enabled and cfg.moe_balance.bias_update_speed > 0:
+                trainer.add_callback(Fp32RouterBiases())
+            if hasattr(trainer, "setup_mtp"):
+                trainer.setup_mtp(cfg.mtp)
+            self.after_init(trainer, dataset)
+            prepare_trainer(trainer, ctx, self.log_keys)
+            ctx.log.info(self.describe(self.args, dataset))
+            result = train_resumably(trainer, ctx)
+        # TRL's SFTTrainer turns `output_router_logits` on in the config; saved so, the model crashes `generate`.
+        without_router_logits(trainer.accelerator.unwrap_model(trainer.model))
         out = save_final(trainer, self.tokenizer, ctx, base=model_path)
         metrics: dict[str, Any] = {"train_loss": round(result.training_loss, 5), "steps": result.global_step}
         metrics.update(self.summary(trainer, result, dataset))

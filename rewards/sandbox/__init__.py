@@ -1,4 +1,4 @@
-"""Run untrusted Python, C and C++ locally, contained by bubblewrap: `run(code, language, stdin)`.
+"""Run untrusted programs (Python, C, C++, JavaScript, Java, Go, Rust, Bash) locally, contained by bubblewrap.
 
 DeepSeek-V3 rewards code with compiler and test feedback, which means running what a policy wrote,
 thousands of times per training step. Here every program runs inside a bubblewrap sandbox:
@@ -20,7 +20,7 @@ thousands of times per training step. Here every program runs inside a bubblewra
 
 Inside, a small supervisor (`supervisor.py`, run by the system's Python) compiles the program once,
 then runs each test in a fresh child (a fork of itself for Python, so there is no interpreter
-start-up per test; an exec of the binary for C/C++), kills everything that test left, wipes
+start-up per test; an exec of the binary or the interpreter otherwise), kills everything that test left, wipes
 `/tmp` and `/dev/shm`, and reports one record per test. Expected outputs never enter the sandbox.
 
 Each thread keeps its sandbox and sends it the next program (`reuse=True`, the default): programs
@@ -29,8 +29,14 @@ message-queue IPC refused, so that nothing of one reaches the next. The supervis
 their reach (non-dumpable, a result channel they never hold); a program that kills or stops it
 only ends that sandbox, and the next call starts a new one. `reuse=False` starts one per call.
 
+Tests that call into a Python program (HumanEval's check(), asserts, call-based tests) go through
+`harness.py`: the tests run in one process, the candidate's code in another that only exchanges
+plain values with it, so nothing the candidate does in its process can make a test pass
+(`Sandbox.run_harness`, `Sandbox.run_check`).
+
 The package, one concern per module: `runner` (Sandbox), `session` (a kept sandbox, per thread),
-`protocol` (the host's half of the wire format), `supervisor` (what runs inside), `bwrap` (the
+`protocol` (the host's half of the wire format), `supervisor` (what runs inside), `harness` (the
+tests' side of call-style tests, inside), `bwrap` (the
 command line), `seccomp` (the filter), `uids` (a uid per live sandbox), `languages` (what each
 language compiles and runs with), `results` (Limits, RunResult).
 
@@ -64,7 +70,7 @@ def default_sandbox(allow_unsandboxed: bool = False) -> Sandbox:
 
 def run(code: str, language: str = "python", stdin: str = "", timeout_s: float = 5.0, memory_mb: int = 512,
         allow_unsandboxed: bool = False, **limits: Any) -> RunResult:
-    """Run `code` (python | c | cpp) on `stdin` in a sandbox; compile first for C/C++.
+    """Run `code` (python | c | cpp | javascript | java | go | rust | bash) on `stdin` in a sandbox; compile first.
 
     Returns a RunResult: `status` in {ok, runtime_error, compile_error, timeout, memory_limit, killed},
     capped `stdout`/`stderr`, `exit_code` (negative: killed by that signal), `wall_s`. Other limits

@@ -11,23 +11,53 @@ Expected outputs never enter the sandbox: a job holds the programs' inputs only.
 from __future__ import annotations
 
 import ast
+import functools
 import marshal
 from collections.abc import Sequence
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
+import rewards.sandbox.harness as harness  # the module's file, shipped as text; importing it runs nothing
 from rewards.sandbox.bwrap import ENV
 from rewards.sandbox.languages import Language
 from rewards.sandbox.results import Limits, RunResult
 from rewards.sandbox.supervisor import HEADER_BYTES, MARSHAL_VERSION
 
 
-def make_job(language: Language, code: str, inputs: Sequence[str], *, check: bool, limits: Limits) -> dict[str, Any]:
-    """One call for the supervisor: compile `code` once (if the language compiles), run it on each input."""
-    return {"language": language.name, "source": code, "source_name": language.source,
-            "compile": list(language.compile), "run": None if language.run is None else list(language.run),
-            "keep": list(language.keep), "memory_markers": list(language.memory_markers), "tests": list(inputs),
-            "check": check, "limits": asdict(limits), "env": dict(ENV), "total_timeout_s": limits.total_timeout_s}
+def make_job(language: Language, code: str, inputs: Sequence[str], *, check: bool, limits: Limits,
+             harness: bool = False, prelude: str = "") -> dict[str, Any]:
+    """One call for the supervisor: compile `code` once (if the language compiles), run it on each input.
+
+    `harness`: Python only; each input is a test's spec for `harness.py`, which runs the tests in one
+    process and `code` in another (the pass decision cannot be forged from the candidate's process).
+    """
+    source = language.source_name(code)
+    stem = source.rsplit(".", 1)[0]
+
+    def fill(argv: Sequence[str]) -> list[str]:  # {dir} is the supervisor's to fill: only it knows the directory
+        return [arg.replace("{stem}", stem).replace("{memory_mb}", str(limits.memory_mb)) for arg in argv]
+
+    return {"language": language.name, "source": code, "source_name": source, "compile": fill(language.compile),
+            "run": None if language.run is None else fill(language.run), "keep": list(language.keep),
+            "memory_markers": list(language.memory_markers), "tests": list(inputs), "check": check or harness,
+            "harness": harness_source() if harness else None, "prelude": prelude, "limits": asdict(limits),
+            "address_space_mb": language.address_space_mb,
+            "env": {**ENV, **dict(language.env), "PATH": language.search_path()},
+            "total_timeout_s": limits.total_timeout_s}
+
+
+def language_limits(language: Language, limits: Limits) -> Limits:
+    """`limits`, raised to what `language`'s compiler and runtime need (never lowered)."""
+    return replace(limits, max_processes=max(limits.max_processes, language.processes),
+                   tmp_mb=max(limits.tmp_mb, language.tmp_mb),
+                   compile_memory_mb=max(limits.compile_memory_mb, language.compile_memory_mb))
+
+
+@functools.lru_cache(maxsize=1)
+def harness_source() -> str:
+    """The text of harness.py, which the tests' process runs inside the sandbox."""
+    return Path(harness.__file__).read_text(encoding="utf-8")
 
 
 def encode_job(job: dict[str, Any]) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import marshal
 import os
 import shutil
 import tempfile
@@ -14,8 +15,8 @@ from typing import Any
 
 from posttrain.core.errors import DataError
 from rewards.sandbox.bwrap import FIX, SandboxUnavailable, command, sandbox_python, unsandboxed
-from rewards.sandbox.languages import TABLE, check_toolchain, normalize_language
-from rewards.sandbox.protocol import collect_results, encode_job, host_timeout, make_job
+from rewards.sandbox.languages import TABLE, check_toolchain, host_binds, normalize_language
+from rewards.sandbox.protocol import collect_results, encode_job, host_timeout, language_limits, make_job
 from rewards.sandbox.results import Limits, RunResult
 from rewards.sandbox.session import Session, Sessions
 from rewards.sandbox.uids import UIDS
@@ -115,7 +116,9 @@ class Sandbox:
         """(compile result or None, one result per input): compiled once, each input in a fresh process.
 
         With `check=True` a Python program `passed` only if it ran to its end: no exception, no
-        `sys.exit`/`os._exit`, whatever the exit code. On a compile error there are no test results.
+        `sys.exit`/`os._exit`, whatever the exit code. That says the program finished; it is no
+        verdict a test can rely on (the program could write the token itself): tests go through
+        `run_harness`. On a compile error there are no test results.
         """
         self.check()
         name = normalize_language(language)
@@ -125,15 +128,32 @@ class Sandbox:
         bounds = replace(self.limits, **limits).check() if limits else self.limits
         return self._execute(name, code, list(inputs), check=check, limits=bounds, isolated=bool(self.isolated))
 
-    def run_check(self, code: str, test: str, entry_point: str, **limits: Any) -> RunResult:
-        """HumanEval style: `code`, then `test` (defining `check(candidate)`), then `check(entry_point)`.
+    def run_harness(self, code: str, specs: Sequence[dict[str, Any]],
+                    **limits: Any) -> tuple[RunResult | None, list[RunResult]]:
+        """Python tests that call into `code` (see `harness.py`): one result per spec, `passed` set by the harness.
 
-        `passed` is True only if check() returned; the exit code does not decide it.
+        Each test runs in a process of its own that never runs the candidate's code: that runs in a
+        second process (one per call, kept across its tests), which gets calls and sends back plain
+        values. So nothing the candidate does makes a test pass but returning the right values. A
+        `call` spec's result is its stdout (JSON).
+        """
+        self.check()
+        bounds = replace(self.limits, **limits).check() if limits else self.limits
+        inputs = [marshal.dumps(dict(spec), 4).hex() for spec in specs]
+        prelude = next((spec["prelude"] for spec in specs if spec.get("prelude")), "")
+        return self._execute("python", code, inputs, check=True, harness=True, prelude=prelude, limits=bounds,
+                             isolated=bool(self.isolated))
+
+    def run_check(self, code: str, test: str, entry_point: str, **limits: Any) -> RunResult:
+        """HumanEval style: `check(entry_point)` of `test` against `code`, through the harness.
+
+        `passed` is True only if check() returned; the exit code does not decide it, nor can the
+        candidate's code (it runs in another process than check()).
         """
         if not isinstance(entry_point, str) or not entry_point.isidentifier():
             raise DataError(f"entry_point must be a Python identifier, got {entry_point!r}")
-        program = f"{code}\n\n{test}\n\ncheck({entry_point})\n"
-        compile_result, results = self.run_tests(program, "python", [""], check=True, **limits)
+        spec = {"kind": "check", "test": test, "entry_point": entry_point}
+        compile_result, results = self.run_harness(code, [spec], **limits)
         if not results:
             assert compile_result is not None
             compile_result.passed = False
@@ -147,9 +167,12 @@ class Sandbox:
     # ------------------------------------------------------------ launching
 
     def _execute(self, name: str, code: str, inputs: list[str], *, check: bool, limits: Limits, isolated: bool,
-                 host_timeout_s: float | None = None) -> tuple[RunResult | None, list[RunResult]]:
+                 host_timeout_s: float | None = None, harness: bool = False,
+                 prelude: str = "") -> tuple[RunResult | None, list[RunResult]]:
         entry = TABLE[name]
-        payload = encode_job(make_job(entry, code, inputs, check=check, limits=limits))
+        limits = language_limits(entry, limits)
+        payload = encode_job(make_job(entry, code, inputs, check=check, limits=limits, harness=harness,
+                                      prelude=prelude))
         if host_timeout_s is None:
             host_timeout_s = host_timeout(entry, len(inputs), limits)
         key: SessionKey = (isolated, limits.tmp_mb, limits.max_processes)
@@ -173,7 +196,7 @@ class Sandbox:
             if isolated:
                 uid = stack.enter_context(UIDS.slot()) if self._root else None
                 assert self.bwrap is not None
-                launch = command(self.bwrap, self.python, self._python_binds, uid, tmp_mb, self.seccomp)
+                launch = command(self.bwrap, self.python, self._python_binds + host_binds(), uid, tmp_mb, self.seccomp)
                 workdir = "/tmp"
             else:
                 workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="posttrain-unsandboxed-"))

@@ -2,8 +2,9 @@
 
 bubblewrap loads it (`--seccomp FD`) into every sandbox. Namespaces already contain most of what these
 syscalls could do; the filter takes away kernel attack surface (ptrace, bpf, io_uring, keyrings,
-perf, module loading) and the IPC that would outlive one program in a kept sandbox. Syscall numbers
-differ per architecture, so each has its own table; elsewhere the sandbox runs without a filter.
+perf, module loading, taking another process's fds) and the IPC that would outlive one program in a
+kept sandbox. Syscall numbers differ per architecture, so each has its own table; elsewhere the
+sandbox runs without a filter.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ DENIED_SYSCALLS = ("ptrace", "process_vm_readv", "process_vm_writev", "keyctl", 
                    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "mount",
                    "umount2", "pivot_root", "swapon", "swapoff", "reboot", "acct", "unshare", "setns", "syslog",
                    "quotactl", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick",
-                   "name_to_handle_at", "open_by_handle_at",
+                   "name_to_handle_at", "open_by_handle_at", "pidfd_getfd",
                    # System V and POSIX message-queue IPC live in the IPC namespace, which outlives one program
                    # when a sandbox runs several in turn: refuse them rather than let them carry state across.
                    "shmget", "shmat", "shmctl", "semget", "semop", "semctl", "semtimedop", "msgget", "msgsnd",
@@ -32,7 +33,8 @@ SYSCALLS: dict[str, tuple[int, dict[str, int], int]] = {
         "pivot_root": 155, "swapon": 167, "swapoff": 168, "reboot": 169, "acct": 163, "unshare": 272,
         "setns": 308, "syslog": 103, "quotactl": 179, "open_tree": 428, "move_mount": 429, "fsopen": 430,
         "fsconfig": 431, "fsmount": 432, "fspick": 433, "name_to_handle_at": 303, "open_by_handle_at": 304,
-        "shmget": 29, "shmat": 30, "shmctl": 31, "semget": 64, "semop": 65, "semctl": 66, "semtimedop": 220,
+        "pidfd_getfd": 438, "shmget": 29, "shmat": 30, "shmctl": 31, "semget": 64, "semop": 65, "semctl": 66,
+        "semtimedop": 220,
         "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "mq_open": 240, "mq_unlink": 241,
     }, 0x40000000),
     "aarch64": (0xC00000B7, {
@@ -43,7 +45,8 @@ SYSCALLS: dict[str, tuple[int, dict[str, int], int]] = {
         "pivot_root": 41, "swapon": 224, "swapoff": 225, "reboot": 142, "acct": 89, "unshare": 97,
         "setns": 268, "syslog": 116, "quotactl": 60, "open_tree": 428, "move_mount": 429, "fsopen": 430,
         "fsconfig": 431, "fsmount": 432, "fspick": 433, "name_to_handle_at": 264, "open_by_handle_at": 265,
-        "shmget": 194, "shmat": 196, "shmctl": 195, "semget": 190, "semop": 193, "semctl": 191, "semtimedop": 192,
+        "pidfd_getfd": 438, "shmget": 194, "shmat": 196, "shmctl": 195, "semget": 190, "semop": 193,
+        "semctl": 191, "semtimedop": 192,
         "msgget": 186, "msgsnd": 189, "msgrcv": 188, "msgctl": 187, "mq_open": 180, "mq_unlink": 181,
     }, 0),
 }

@@ -33,6 +33,8 @@ CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGABRT, signal.SIGFPE, signal
 #: The fd on which a check-style Python test gets the token it writes once it has run to its end.
 TOKEN_FD = 3
 EXIT_UNCLEAN = 3  # our exit status when a test left something we cannot remove
+#: The fds on which a harness test talks to its candidate's process (request, reply).
+CANDIDATE_FDS = (5, 6)
 
 
 # ---------------------------------------------------------------- the wire format (the host's half: protocol.py)
@@ -156,11 +158,15 @@ def rlimits(timeout_s: float, memory_mb: int, max_file_mb: int, max_open_files: 
 # ---------------------------------------------------------------- the test process (after fork)
 
 
-def run_python(work: str, code: types.CodeType, token: str) -> int:
-    """Run compiled code as `python main.py` would, in this (forked) process; its exit status."""
+def run_python(work: str, code: types.CodeType, token: str, extra: dict | None = None) -> int:
+    """Run compiled code as `python main.py` would, in this (forked) process; its exit status.
+
+    `extra`: more globals of the module (the harness gets the candidate's code object as CANDIDATE).
+    """
     path = os.path.join(work, "main.py")
     module = types.ModuleType("__main__")
     module.__dict__.update({"__file__": path, "__builtins__": builtins, "__cached__": None})
+    module.__dict__.update(extra or {})
     sys.modules["__main__"] = module
     sys.argv = [path]
     sys.path.insert(0, work)
@@ -226,6 +232,8 @@ class Supervisor:
         self.limits: dict = {}
         self.env: dict = {}
         self.markers: tuple = MEMORY_MARKERS
+        self.harness: tuple = (None, None, None)  # (source, code, namespace) of the last harness compiled
+        self.candidate: tuple | None = None  # (pid, request fd, reply fd) of a harness job's candidate process
 
     def emit(self, record: dict) -> None:
         write_all(self.results, encode_record(record))
@@ -261,17 +269,25 @@ class Supervisor:
                 return
             statuses[pid] = (status, usage)
 
-    def kill_all(self, child: int, statuses: dict) -> None:
-        """Kill and reap every process but us and bubblewrap's init; outside a PID namespace, the child's group."""
+    def kill_all(self, child: int, statuses: dict, keep: int | None = None) -> None:
+        """Kill and reap every process but us and bubblewrap's init (and `keep`, a harness job's candidate process,
+        whose own children go); outside a PID namespace, the child's group."""
         deadline = time.monotonic() + 3.0
         while True:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                if self.pidns:
+                if self.pidns and keep is None:
                     os.kill(-1, signal.SIGKILL)
-                else:
+                elif not self.pidns:
                     os.killpg(child, signal.SIGKILL)
+            for pid in self.others() if self.pidns and keep is not None else ():
+                if pid != keep:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
             self.reap(statuses)
-            left = self.others() if self.pidns else ([child] if child not in statuses else [])
+            if not self.pidns:
+                left = [child] if child not in statuses else []
+            else:
+                left = [p for p in self.others() if p != keep and not (keep and zombie(p))]
             if not left or time.monotonic() > deadline:
                 return
             time.sleep(0.001)
@@ -293,11 +309,18 @@ class Supervisor:
         self.limits, self.env = job["limits"], dict(job["env"])
         self.markers = MEMORY_MARKERS + tuple(job.get("memory_markers", ()))
         source, start = job["source"], time.monotonic()
-        compiled = None
+        compiled = harness = None
         artifacts: dict[str, bytes] = {}
         if job["run"] is None:  # Python, run in a fork of this process: compile here, once
             try:
                 compiled = compile(source, os.path.join(self.work, job["source_name"]), "exec", dont_inherit=True)
+                if job.get("harness"):  # the tests' process runs the harness; it starts the candidate's (harness.py)
+                    if self.harness[0] != job["harness"]:  # the same text every job: compiled once per sandbox
+                        code = compile(job["harness"], "<harness>", "exec", dont_inherit=True)
+                        namespace: dict = {"__name__": "harness"}
+                        exec(code, namespace)  # defines what it needs; runs no test (that is its __main__)
+                        self.harness = (job["harness"], code, namespace)
+                    harness = self.harness[1]
             except BaseException as exc:
                 import traceback
 
@@ -307,7 +330,8 @@ class Supervisor:
                 return
         elif job["compile"]:
             write_file(os.path.join(self.work, job["source_name"]), source.encode("utf-8", "surrogateescape"))
-            outcome = self.run_one(job["compile"], None, b"", self.limits["compile_timeout_s"],
+            compiler = [arg.replace("{dir}", self.work) for arg in job["compile"]]
+            outcome = self.run_one(compiler, None, b"", self.limits["compile_timeout_s"],
                                    self.limits["compile_memory_mb"], check=False, clean=False)
             if outcome["status"] == "ok":
                 try:
@@ -331,12 +355,57 @@ class Supervisor:
             for name, content in artifacts.items():  # afresh: the last test may have changed them
                 write_file(os.path.join(self.work, name), content, 0o755 if job["compile"] else 0o666)
             argv = None if job["run"] is None else [arg.replace("{dir}", self.work) for arg in job["run"]]
+            memory = self.limits["memory_mb"] + job.get("address_space_mb", 0)  # a JVM reserves more than it uses
+            candidate = self.start_candidate(compiled, job) if harness is not None else None
             outcome = self.run_one(argv, compiled, data.encode("utf-8", "surrogateescape"), self.limits["timeout_s"],
-                                   self.limits["memory_mb"], check=job["check"])
+                                   memory, check=job["check"], harness=harness, candidate=candidate)
+            if outcome["status"] != "ok":  # stuck, dead or out of step with its tests: the next test gets a new one
+                self.end_candidate()
             self.emit({"test": index, "result": outcome})
+        self.end_candidate()
+
+    def start_candidate(self, code: types.CodeType, job: dict) -> tuple | None:
+        """A harness job's candidate process (harness.start_candidate: a fresh interpreter that loaded the code),
+        kept from test to test like the reference harnesses' one process per problem; None if it cannot start."""
+        if self.candidate is not None:
+            try:
+                if os.waitpid(self.candidate[0], os.WNOHANG)[0] == 0:
+                    return self.candidate
+            except ChildProcessError:
+                pass
+            self.end_candidate()
+        bounds = rlimits(self.limits["timeout_s"], self.limits["memory_mb"], self.limits["max_file_mb"],
+                         self.limits["max_open_files"])[1:]  # not CPU time: it serves many tests, each bounded
+
+        def limit() -> None:
+            for res, value in bounds:
+                with contextlib.suppress(ValueError, OSError):
+                    resource.setrlimit(res, value)
+
+        try:
+            self.candidate = self.harness[2]["start_candidate"](code, job.get("prelude") or "", self.env, limit)
+        except OSError:
+            self.candidate = None
+        return self.candidate
+
+    def end_candidate(self) -> None:
+        if self.candidate is None:
+            return
+        pid, *fds = self.candidate
+        self.candidate = None
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def run_one(self, argv: list[str] | None, code: types.CodeType | None, data: bytes, timeout_s: float,
-                memory_mb: int, *, check: bool, clean: bool = True) -> dict:
+                memory_mb: int, *, check: bool, clean: bool = True, harness: types.CodeType | None = None,
+                candidate: tuple | None = None) -> dict:
         """Run `argv` (or compiled Python) on `data` in a fresh child, bounded; kill all it left; its result."""
         cap_out, cap_err = self.limits["max_output_bytes"], self.limits["max_stderr_bytes"]
         token = os.urandom(16).hex() if check else ""
@@ -347,7 +416,8 @@ class Supervisor:
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:
-            self.child(argv, code, stdin_fd, out_w, err_w, tok_w, token, timeout_s, memory_mb)
+            self.child(argv, code, stdin_fd, out_w, err_w, tok_w, token, timeout_s, memory_mb, harness,
+                       candidate[1:] if candidate is not None else None)
         for fd in (stdin_fd, out_w, err_w, tok_w):
             if fd is not None:
                 os.close(fd)
@@ -391,7 +461,7 @@ class Supervisor:
                 reason = "output"
                 break
         wall = time.monotonic() - start
-        self.kill_all(pid, statuses)
+        self.kill_all(pid, statuses, keep=candidate[0] if candidate is not None else None)
         end = time.monotonic() + 0.2
         while open_fds and time.monotonic() < end:
             for fd in select.select(open_fds, [], [], 0.05)[0]:
@@ -409,8 +479,9 @@ class Supervisor:
                       streams[out_r].truncated or streams[err_r].truncated)
 
     def child(self, argv: list[str] | None, code: types.CodeType | None, stdin_fd: int, out_w: int, err_w: int,
-              tok_w: int | None, token: str, timeout_s: float, memory_mb: int) -> None:
-        """The test process: never returns (os._exit)."""
+              tok_w: int | None, token: str, timeout_s: float, memory_mb: int,
+              harness: types.CodeType | None = None, candidate: tuple | None = None) -> None:
+        """The test process: never returns (os._exit). A harness test gets its candidate's channel as fds 5 and 6."""
         status = 127
         try:
             os.setpgid(0, 0)
@@ -419,7 +490,14 @@ class Supervisor:
             os.dup2(stdin_fd, 0)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
-            os.closerange(TOKEN_FD + 1 if tok_w is not None else TOKEN_FD, 1 << 16)
+            if candidate is not None:
+                import fcntl
+
+                high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in candidate]  # out of the way, then in place
+                os.dup2(high[0], CANDIDATE_FDS[0])
+                os.dup2(high[1], CANDIDATE_FDS[1])
+            os.closerange(CANDIDATE_FDS[1] + 1 if candidate is not None else TOKEN_FD + 1 if tok_w is not None
+                          else TOKEN_FD, 1 << 16)
             os.chdir(self.work)
             for res, value in rlimits(timeout_s, memory_mb, self.limits["max_file_mb"],
                                       self.limits["max_open_files"]):
@@ -429,7 +507,10 @@ class Supervisor:
                 for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
                 os.execvpe(argv[0], argv, self.env)
-            status = run_python(self.work, code, token)  # type: ignore[arg-type]
+            if harness is not None:
+                status = run_python(self.work, harness, token, {"CANDIDATE_FDS": CANDIDATE_FDS if candidate else None})
+            else:
+                status = run_python(self.work, code, token)  # type: ignore[arg-type]
         except BaseException:
             with contextlib.suppress(BaseException):
                 import traceback
@@ -440,6 +521,15 @@ class Supervisor:
 
 
 # ---------------------------------------------------------------- files
+
+
+def zombie(pid: int) -> bool:
+    """Whether `pid` has exited and waits to be reaped (by a parent of its own: not ours to kill)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def remove(path: str) -> None:

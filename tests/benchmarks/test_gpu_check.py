@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from benchmarks.gpu_check import CHECKS, CPU, Row, main, parse_args, recipe, table
+from posttrain.core.errors import RecipeError
 from posttrain.recipe import parse_recipe
 from posttrain.stages import KINDS
 
@@ -41,8 +42,14 @@ def test_the_table_has_one_aligned_row_per_check() -> None:
     assert lines[2].index("ok") == lines[3].index("skipped")  # columns line up
 
 
-def test_its_recipe_is_a_valid_recipe(tmp_path: Path) -> None:
+def test_its_recipes_are_valid_recipes(tmp_path: Path) -> None:
     rec = parse_recipe(yaml.safe_dump(recipe(tmp_path, CPU, bf16=False)), kinds=KINDS)
+    assert [s.name for s in rec.stages] == ["distill", "sft", "grpo", "sft_zero3", "sft_resume"]
+    vllm_text = yaml.safe_dump(recipe(tmp_path, CPU, bf16=False, vllm=True))
+    with pytest.raises(RecipeError, match=r"model: file not found: .*sft_bf16"):  # the vLLM checks write it
+        parse_recipe(vllm_text, kinds=KINDS)
+    (tmp_path / "sft_bf16").mkdir()
+    rec = parse_recipe(vllm_text, kinds=KINDS)
     assert [s.name for s in rec.stages] == ["distill", "sft", "grpo", "grpo_vllm", "sft_zero3", "sft_resume"]
     assert rec.stage("grpo_vllm").rollout.backend == "vllm"
 

@@ -181,6 +181,20 @@ def test_hf_stops_at_eos(forced: Any) -> None:
     assert row == ["", ""]
 
 
+def test_hf_reports_the_tokens_each_completion_took(forced: Any, hf: HFGenerator) -> None:
+    force, tok = forced
+    gen = force("<think>")
+    gen.generate(["Compute 1+2.", "Compute 3+4."], n=2, sampling=SamplingParams(temperature=0, max_new_tokens=3))
+    assert gen.last_lengths == [[3, 3], [3, 3]]
+    gen = force(tok.eos_token)  # the end-of-sequence token counts, the padding after it does not
+    gen.generate(["Compute 1+2."], n=1, sampling=SamplingParams(temperature=0, max_new_tokens=5))
+    assert gen.last_lengths == [[1]]
+    out = hf.generate(["Compute 12+34.", "Compute 5+6."], n=3,
+                      sampling=SamplingParams(temperature=1.0, max_new_tokens=7, seed=0))
+    assert [len(row) for row in hf.last_lengths] == [3, 3] and all(1 <= n <= 7 for r in hf.last_lengths for n in r)
+    assert len(out) == 2
+
+
 def test_hf_stop_strings_end_the_completion(forced: Any) -> None:
     force, _ = forced
     gen = force("</think>")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from rewards.answer import answer_text, completion_text, last_boxed, last_code_block, split_think
+from rewards.format import FormatReward
 
 
 def test_completion_text_from_chat_list() -> None:
@@ -8,6 +9,15 @@ def test_completion_text_from_chat_list() -> None:
     assert completion_text(chat) == "a"
     assert completion_text([{"role": "assistant", "content": "x"}]) == "x"
     assert completion_text("plain") == "plain"
+
+
+def test_a_parsed_turn_keeps_its_reasoning() -> None:
+    # A template's response schema (TRL's parse_response) moves the reasoning out of `content`: put it back.
+    parsed = [{"role": "assistant", "reasoning_content": "1+2=3", "content": " The answer is 3."}]
+    assert completion_text(parsed) == "<think>1+2=3</think> The answer is 3."
+    assert completion_text({"role": "assistant", "thinking": "x", "content": "y"}) == "<think>x</think>y"
+    assert completion_text([{"role": "assistant", "reasoning_content": "", "content": "y"}]) == "y"
+    assert FormatReward()([parsed]) == [1.0]
 
 
 def test_answer_is_after_think() -> None:

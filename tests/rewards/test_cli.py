@@ -88,7 +88,7 @@ def test_reward_kwargs_and_columns_reach_the_rewards(tmp_path: Path) -> None:
     ])
     dst = tmp_path / "out.jsonl"
     result = posttrain("rewards", "score", "--reward", "language", "--reward", "overlong:2",
-                       "--reward-kwargs", 'overlong={"max_length": 30, "cache_length": 10}',
+                       "--reward-kwargs", 'overlong={"max_length": 30, "cache_length": 10, "unit": "chars"}',
                        "--input", str(src), "--output", str(dst))
     assert result.returncode == 0, result.stderr
     rows = read_rows(dst)

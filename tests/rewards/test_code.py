@@ -21,6 +21,7 @@ from posttrain.core.errors import DataError, PluginError
 from rewards.code import CodeReward, extract_code, parse_tests, same_output
 from rewards.registry import get_reward
 from rewards.sandbox import SandboxUnavailable
+from rewards.sandbox.languages import missing_toolchain
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,14 +56,28 @@ SUM = {
     "c": '#include <stdio.h>\nint main(void) { long a, b; if (scanf("%ld %ld", &a, &b) != 2) return 1;\n'
          '  printf("%ld\\n", a + b); return 0; }',
     "cpp": "#include <iostream>\nint main() { long a, b; std::cin >> a >> b; std::cout << a + b << std::endl; }",
+    "javascript": "const [a, b] = require('fs').readFileSync(0, 'utf8').trim().split(/\\s+/).map(BigInt);\n"
+                  "console.log((a + b).toString());",
+    "java": "import java.util.*;\npublic class Sum { public static void main(String[] x) {\n"
+            "  Scanner s = new Scanner(System.in); System.out.println(s.nextLong() + s.nextLong()); } }",
+    "go": 'package main\nimport "fmt"\nfunc main() { var a, b int64; fmt.Scan(&a, &b); fmt.Println(a + b) }',
+    "rust": "use std::io::Read;\nfn main() { let mut s = String::new();\n"
+            "  std::io::stdin().read_to_string(&mut s).unwrap();\n"
+            "  let v: i64 = s.split_whitespace().map(|x| x.parse::<i64>().unwrap()).sum(); println!(\"{}\", v); }",
+    "bash": "read -r a b\necho $((a + b))",
 }
 SUM_TESTS = [{"input": "1 2\n", "output": "3\n"}, {"input": "-5 5", "output": "0"},
              {"input": "1000000000 1000000000\n", "output": "2000000000"}]
 
 
-@pytest.mark.parametrize("lang", ["python", "c", "cpp"])
+@pytest.mark.parametrize("lang", list(SUM))
 def test_stdin_stdout_problem_in_each_language(reward: CodeReward, lang: str) -> None:
+    """Every language of the sandbox, or (where its toolchain is not installed) no score and how to install it."""
     scores, errors = reward.score_with_errors([answer(SUM[lang], lang)], language=[lang], tests=[SUM_TESTS])
+    if (why := missing_toolchain(lang)) is not None:
+        assert scores == [None] and errors == [why]
+        assert "make setup" in why and "apt-get install" in why
+        return
     assert scores == [1.0], errors
     assert errors == [None]
 
@@ -84,12 +99,19 @@ def test_partial_passes_score_the_fraction_passed(reward: CodeReward) -> None:
     ("c", "int main(void) { return missing_variable; }"),
     ("cpp", "#include <vector>\nint main() { std::vector<int> v = 3; }"),
     ("python", "def f(:\n    return 1"),
+    ("javascript", "function (] {"),  # node has no compile step: a syntax error is a runtime error of each test
+    ("java", "public class Main { public static void main(String[] a) { int x = \"s\"; } }"),
+    ("go", "package main\nfunc main() { x := 1 }"),
+    ("rust", "fn main() { let x: i32 = \"s\"; }"),
 ])
 def test_compile_errors_score_zero_with_the_compiler_message(reward: CodeReward, lang: str, code: str) -> None:
+    if missing_toolchain(lang) is not None:
+        pytest.skip(f"{lang}: no toolchain here (test_stdin_stdout_problem_in_each_language checks the error)")
     scores, errors = reward.score_with_errors([answer(code, lang)], language=[lang], tests=[SUM_TESTS])
     assert scores == [0.0]
     (error,) = errors
-    assert error is not None and error.startswith("compile_error:")
+    assert error is not None
+    assert error.startswith("0/3 tests passed; test 0: runtime_error" if lang == "javascript" else "compile_error:")
 
 
 def test_whitespace_differences_are_ignored_but_tokens_are_not(reward: CodeReward) -> None:
@@ -145,10 +167,10 @@ def test_check_style_passes_only_when_check_returns(reward: CodeReward) -> None:
     programs = {
         "def add(a, b):\n    return a + b": (1.0, None),
         "def add(a, b):\n    return a - b": (0.0, None),  # a failed assertion: a wrong answer, not an error
-        "import sys\ndef add(a, b):\n    return 0\nsys.exit(0)": (0.0, "ended before check() returned"),
-        "import os\ndef add(a, b):\n    return 0\nos._exit(0)": (0.0, "ended before check() returned"),
-        "import sys\nsys.excepthook = lambda *a: None\ndef add(a, b):\n    return 0": (0.0, "runtime_error"),
-        "def add(a, b):\n    raise SystemExit(0)": (0.0, "ended before check() returned"),
+        "import sys\ndef add(a, b):\n    return 0\nsys.exit(0)": (0.0, "failed to load: SystemExit: 0"),
+        "import os\ndef add(a, b):\n    return 0\nos._exit(0)": (0.0, "the candidate's process ended"),
+        "import sys\nsys.excepthook = lambda *a: None\ndef add(a, b):\n    return 0": (0.0, None),  # not check()s
+        "def add(a, b):\n    raise SystemExit(0)": (0.0, "SystemExit: 0"),
         "def add(a, b):\n    while True: pass": (0.0, "timeout"),
         "def add(a, b) return a + b": (0.0, "compile_error"),
         "def plus(a, b):\n    return a + b": (0.0, "NameError"),
@@ -202,7 +224,7 @@ def test_cli_records_reasons_and_nulls(tmp_path: Path) -> None:
         {"completion": answer("print(3)"), "tests": json.dumps(SUM_TESTS)},  # tests as JSON text
         {"completion": "no code at all", "tests": SUM_TESTS},
         {"completion": answer("int main(){ oops }", "c"), "language": "c", "tests": SUM_TESTS},
-        {"completion": answer("print(1)"), "language": "java", "tests": SUM_TESTS},
+        {"completion": answer("print(1)"), "language": "cobol", "tests": SUM_TESTS},
         {"completion": answer("print(1)"), "tests": [{"in": "1"}]},
     ]
     out = _score_with_cli(tmp_path, rows, "--workers", "2")
@@ -210,7 +232,7 @@ def test_cli_records_reasons_and_nulls(tmp_path: Path) -> None:
     assert "errors" not in out[0] and "errors" not in out[1]
     assert out[2]["errors"]["code"] == "no fenced code block in the answer"
     assert out[3]["errors"]["code"].startswith("compile_error:")
-    assert "unsupported language 'java'" in out[4]["errors"]["code"]
+    assert "unsupported language 'cobol'" in out[4]["errors"]["code"]
     assert "test 0" in out[5]["errors"]["code"]
 
 
@@ -221,7 +243,7 @@ def test_rows_without_tests_or_bad_options_are_errors() -> None:
     fn = get_reward("code", workers=1)
     scores, errors = fn.score_with_errors([answer("print(1)")], tests=[[]], test=[None], entry_point=[None])
     assert scores == [None]
-    assert "neither" in errors[0]
+    assert "test list is empty" in errors[0]
     with pytest.raises(DataError, match="needs a `tests` column"):
         fn.verifier([answer("print(1)")])
     with pytest.raises(PluginError, match="timeout_s"):

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import rewards.math
+import rewards.math_answers
 from rewards.math import (
     MathReward,
     VerifierPool,
@@ -216,7 +217,9 @@ def test_registered_as_math_with_a_runnable_docstring() -> None:
     fn = get_reward("math", workers=0)
     assert isinstance(fn.verifier, MathReward) and fn.__name__ == "math"
     result = doctest.testmod(rewards.math)
-    assert result.attempted >= 4 and result.failed == 0
+    assert result.attempted >= 2 and result.failed == 0
+    result = doctest.testmod(rewards.math_answers)
+    assert result.attempted >= 10 and result.failed == 0
 
 
 def test_a_group_with_repeated_answers_goes_to_sympy_once_per_distinct_answer() -> None:

@@ -29,21 +29,38 @@ def test_dapo_schedule() -> None:
         0.0, 0.0, -0.125, -0.5, -1.0, -1.0, -1.0]
 
 
-def test_characters_without_a_tokenizer() -> None:
-    reward = get_reward("overlong", max_length=10, cache_length=4)
+def test_characters_only_when_asked() -> None:
+    reward = get_reward("overlong", max_length=10, cache_length=4, unit="chars")
     assert reward(["x" * 6, "x" * 8, [{"role": "assistant", "content": "x" * 12}]]) == [0.0, -0.5, -1.0]
+    # characters stay characters, whatever ids TRL passes
+    assert reward(["x" * 6], completion_ids=[[1] * 50]) == [0.0]
+
+
+def test_tokens_by_default_from_trl_completion_ids() -> None:
+    """GRPO's max_completion_length is in tokens: a 1,000-token completion (~4,000 characters) under a
+    2,048-token limit is not punished, though it is longer than 2,048 characters."""
+    reward = get_reward("overlong", max_length=2048, cache_length=512)
+    text = "word " * 800  # 4,000 characters
+    assert reward([text, text, text], completion_ids=[[5] * 1000, [5] * 1792, [5] * 3000]) == [0.0, -0.5, -1.0]
+
+
+def test_tokens_without_ids_or_tokenizer_are_an_error_not_a_character_count() -> None:
+    reward = get_reward("overlong", max_length=10, cache_length=4)
+    scores, errors = reward.score_with_errors(["x" * 100, "x"])
+    assert scores == [None, None]
+    assert errors[0] is not None and "completion_ids" in errors[0] and "unit='chars'" in errors[0]
 
 
 def test_tokens_with_a_tokenizer_path(tokenizer_dir: Path) -> None:
     text = "12345678"  # 8 characters, 8 tokens (digits are single tokens)
     long_text = "<think>5+5=10</think>"  # 21 characters, 8 tokens
     by_tokens = get_reward("overlong", max_length=10, cache_length=4, tokenizer=str(tokenizer_dir))
-    by_chars = get_reward("overlong", max_length=10, cache_length=4)
+    by_chars = get_reward("overlong", max_length=10, cache_length=4, unit="chars")
     assert by_tokens([text, long_text]) == [-0.5, -0.5]
     assert by_chars([text, long_text]) == [-0.5, -1.0]
     # TRL's completion_ids are counted as generated, without re-tokenising.
     assert by_tokens([long_text], completion_ids=[[1] * 11]) == [-1.0]
-    assert by_chars([long_text], completion_ids=[[1] * 3]) == [-1.0]  # characters stay characters
+    assert by_tokens([long_text], completion_ids=[[1] * 3]) == [0.0]
 
 
 def test_loaded_tokenizer_object_and_pickling(tokenizer_dir: Path) -> None:
@@ -62,6 +79,8 @@ def test_bad_options_are_clear_errors(tmp_path: Path) -> None:
         get_reward("overlong", max_length=10, cache_length=20)
     with pytest.raises(PluginError, match="bad options"):
         get_reward("overlong")
+    with pytest.raises(PluginError, match="unit must be"):
+        get_reward("overlong", max_length=10, cache_length=4, unit="words")
     reward = get_reward("overlong", max_length=10, cache_length=4, tokenizer=str(tmp_path / "missing"))
     scores, errors = reward.score_with_errors(["abc"])
     assert scores == [None]

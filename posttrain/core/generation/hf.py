@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from posttrain.core.chat import think_opener
 from posttrain.core.generation.base import (
     BaseGenerator,
     DraftStats,
@@ -30,14 +31,19 @@ class HFGenerator(BaseGenerator):
 
     def __init__(self, model: Any, tokenizer: Any, spec: GenerationSpec | None = None):
         """Wrap an already-loaded model and tokenizer (e.g. the policy being trained)."""
+        from posttrain.core.models import without_router_logits
+
         self.spec = spec or GenerationSpec(backend="hf")
-        self.model = model
+        self.model = without_router_logits(model)  # an MoE's router loss crashes cached generation
         self.tokenizer = tokenizer
         self.name = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "hf")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         #: Drafted/accepted token counts of speculative decoding so far.
         self.draft_stats = DraftStats()
+        #: Tokens each completion of the last `generate` call took (same shape as its result), up to and including
+        #: the end-of-sequence token: what an eval's response length counts.
+        self.last_lengths: list[list[int]] = []
         self.speculative = self._speculative()
 
     def _speculative(self) -> bool:
@@ -68,7 +74,9 @@ class HFGenerator(BaseGenerator):
         return cls(model, tokenizer, spec)
 
     def _render(self, prompt: Prompt) -> tuple[str, bool]:
-        """Text to tokenize, and whether the tokenizer should add its special tokens (not after a template)."""
+        """Text to tokenize, and whether the tokenizer should add its special tokens (not after a template).
+
+        A chat-templated prompt that ends by opening `<think>` makes each completion start with that opener."""
         if isinstance(prompt, str) and not self.spec.chat:
             return prompt, True
         if getattr(self.tokenizer, "chat_template", None) is None:
@@ -86,18 +94,23 @@ class HFGenerator(BaseGenerator):
         per_batch = max(1, self.spec.batch_size // n)
         batches = [list(range(i, min(i + per_batch, len(prompts)))) for i in range(0, len(prompts), per_batch)]
         out: list[list[str]] = [[] for _ in prompts]
+        lengths: list[list[int]] = [[] for _ in prompts]
         was_training = self.model.training
         self.model.eval()
         show = self.spec.options.get("progress", len(batches) > 4)
         try:
             for idx in tqdm(batches, desc="generate", unit="batch", disable=not show, leave=False):
-                for i, row in zip(idx, self._batch([self._render(prompts[i]) for i in idx], n, sampling), strict=True):
-                    out[i] = row
+                texts, counts = self._batch([self._render(prompts[i]) for i in idx], n, sampling)
+                for i, row, count in zip(idx, texts, counts, strict=True):
+                    out[i], lengths[i] = row, count
         finally:
             self.model.train(was_training)
+        self.last_lengths = lengths
         return out
 
-    def _batch(self, rendered: list[tuple[str, bool]], n: int, sampling: SamplingParams) -> list[list[str]]:
+    def _batch(self, rendered: list[tuple[str, bool]], n: int,
+               sampling: SamplingParams) -> tuple[list[list[str]], list[list[int]]]:
+        """(completions, their token counts), n per prompt."""
         import torch
 
         tok = self.tokenizer
@@ -129,9 +142,33 @@ class HFGenerator(BaseGenerator):
             new = seqs[:, enc["input_ids"].shape[1]:]
         decoded = tok.batch_decode(new, skip_special_tokens=True)
         decoded = [truncate_at_stop(d, sampling.stop) for d in decoded]
+        counts = self._lengths(new)
+        # A template that opens `<think>` in the prompt: the completion is the whole assistant turn (core/chat.py).
+        openers = [think_opener(text) if not special else "" for text, special in rendered]
         if greedy:
-            return [[d] * n for d in decoded]
-        return [decoded[i * n:(i + 1) * n] for i in range(len(texts))]
+            return [[openers[i] + d] * n for i, d in enumerate(decoded)], [[c] * n for c in counts]
+        return ([[openers[i] + d for d in decoded[i * n:(i + 1) * n]] for i in range(len(texts))],
+                [counts[i * n:(i + 1) * n] for i in range(len(texts))])
+
+    def _eos_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos_ids:
+            eos_ids.append(self.tokenizer.eos_token_id)
+        return eos_ids
+
+    def _lengths(self, new: Any) -> list[int]:
+        """Tokens each sequence generated, up to and including its end-of-sequence token (not the padding after)."""
+        eos, pad = set(self._eos_ids()), self.tokenizer.pad_token_id
+        counts = []
+        for seq in new.tolist() if hasattr(new, "tolist") else new:
+            n = len(seq)
+            for i, token in enumerate(seq):
+                if token in eos or token == pad:
+                    n = i + 1 if token in eos else i
+                    break
+            counts.append(n)
+        return counts
 
     def _speculative_batch(self, enc: Any, copies: int, sampling: SamplingParams) -> list[list[int]]:
         """New tokens per sequence, drafted by the MTP module (`copies` sequences per prompt, in prompt order)."""
@@ -146,10 +183,7 @@ class HFGenerator(BaseGenerator):
                 tail = tok.decode(tokens[-window:], skip_special_tokens=True)
                 return any(s in tail for s in stops)
 
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos_ids:
-            eos_ids.append(self.tokenizer.eos_token_id)
+        eos_ids = self._eos_ids()
         decoder = MTPDecoder(self.model)
         out = decoder.generate(enc["input_ids"].repeat_interleave(copies, 0),
                                enc["attention_mask"].repeat_interleave(copies, 0), sampling.max_new_tokens,

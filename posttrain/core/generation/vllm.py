@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from posttrain.core.chat import think_opener
 from posttrain.core.errors import MissingDependencyError
 from posttrain.core.generation.base import (
     BaseGenerator,
@@ -69,7 +70,11 @@ class VLLMGenerator(BaseGenerator):
         after = self._spec_counts()
         if before is not None and after is not None:
             self.draft_stats.add(DraftStats(drafted=after[0] - before[0], accepted=after[1] - before[1]))
-        return [[truncate_at_stop(o.text, sampling.stop) for o in r.outputs] for r in results]
+        # A template that opens `<think>` in the prompt: the completion is the whole assistant turn (core/chat.py).
+        openers = [think_opener(t) if not (isinstance(p, str) and not self.spec.chat) else ""
+                   for p, t in zip(prompts, texts, strict=True)]
+        return [[opener + truncate_at_stop(o.text, sampling.stop) for o in r.outputs]
+                for opener, r in zip(openers, results, strict=True)]
 
     def _spec_counts(self) -> tuple[int, int] | None:
         """(drafted, accepted) tokens so far from vLLM's speculative-decoding counters (None where unavailable)."""

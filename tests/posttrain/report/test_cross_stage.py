@@ -50,3 +50,32 @@ def test_two_sft_stages_are_compared(tmp_path: Path) -> None:
     comparison = sections(md)["MoE load balancing with and without the bias update"]
     assert f"sft_gamma0 (γ = 0): mean MaxVio over the last third of steps " \
            f"{last_third_mean(sft_rows(0.0), 'moe/max_violation'):.4g}" in comparison
+
+
+def test_accuracy_against_response_length(tmp_path: Path) -> None:
+    run = tmp_path / "lengths"
+    run.mkdir()
+    metrics = {
+        "eval_base": {"accuracy": 0.0, "pass@1": 0.0, "response_length": 256.0, "response_length_wrong": 256.0,
+                      "temperature": 0.6},
+        "eval_sft": {"accuracy": 0.6, "pass@1": 0.5, "response_length": 80.5, "response_length_correct": 60.0,
+                     "response_length_wrong": 101.0, "temperature": 0.6},
+        "eval_old": {"accuracy": 0.7, "pass@1": 0.6},  # from before lengths were measured: left out
+    }
+    stages = [{"name": n, "kind": "eval"} for n in metrics]
+    (run / "resolved_recipe.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    (run / "report.json").write_text(json.dumps({"stages": {
+        n: {"kind": "eval", "status": "done", "seconds": 1.0, "metrics": m} for n, m in metrics.items()}}))
+    md = write_report(run, kinds=KINDS).read_text()
+    section = sections(md)["Accuracy against response length"]
+    assert "| eval_sft | 50.0 % | 80.5 | 60 | 101 |" in section and "| eval_base | 0.0 % | 256 | — | 256 |" in section
+    assert "eval_old" not in section and "at T = 0.6" in section
+    info = png_info(run / "plots" / "accuracy_vs_length.png")
+    assert info["data"]["points"] == {"eval_base": [256.0, 0.0], "eval_sft": [80.5, 0.5]}
+    # The eval section's key figures carry the lengths too.
+    assert "response length: 80.5 tokens on average (60 when correct, 101 when wrong)" in md
+
+
+def test_no_lengths_no_section(full_report: BuiltReport) -> None:
+    assert "Accuracy against response length" not in full_report.md
+    assert not (full_report.run / "plots" / "accuracy_vs_length.png").exists()

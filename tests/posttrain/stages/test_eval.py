@@ -105,6 +105,12 @@ def test_the_tiny_base_model_with_transformers(tmp_path: Path, tiny_base: Path, 
     assert entry["status"] == "done", entry
     assert entry["metrics"]["prompts"] == 8 and entry["metrics"]["model"] == str(tiny_base)
     assert 0.0 <= entry["metrics"]["pass@1"] <= 1.0
+    # Response lengths are the engine's own token counts: at most max_new_tokens, whatever the text decodes to.
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    lengths = [n for r in rows for n in r["sample_lengths"]]
+    assert len(lengths) == 32 and all(1 <= n <= 48 for n in lengths)
+    assert entry["metrics"]["response_length"] == pytest.approx(sum(lengths) / 32, abs=0.05)
+    assert entry["metrics"]["temperature"] == 1.0
 
 
 def test_a_missing_prompt_column_is_a_clear_failure(tmp_path: Path, tiny_base: Path) -> None:
@@ -125,3 +131,92 @@ def _digest(text: str) -> str:
 
 def test_report_section(full_report: BuiltReport) -> None:
     assert "**greedy accuracy: 58.4 %**" in stage_sections(full_report.md)["eval_sft"]
+
+
+def test_several_temperatures_give_pass_at_1_at_each_and_their_mean(
+    tmp_path: Path, tiny_base: Path, held_out: Path
+) -> None:
+    # The scripted teacher slips more at higher temperatures; sampling.temperature is left to the list's first.
+    text = recipe(tmp_path, tiny_base, held_out, SCRIPTED.format(slip=0.4) + "    temperatures: [0.5, 2.0]\n")
+    text = text.replace("temperature: 1.0, ", "")
+    parsed = parse_recipe(text, kinds=KINDS)
+    assert parsed.stages[0].sampling.temperature == 0.5
+    m = run_recipe(parsed)["stages"]["eval"]["metrics"]
+    assert m["temperature"] == 0.5 and m["temperatures"] == [0.5, 2.0]
+    assert m["pass@1"] == m["pass@1/T=0.5"] > m["pass@1/T=2"]
+    assert m["pass@1/mean"] == pytest.approx((m["pass@1/T=0.5"] + m["pass@1/T=2"]) / 2, abs=1e-4)
+    assert m["pass@4"] >= m["pass@1"]  # pass@k is at the sampling temperature
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert all(r["temperature"] == 0.5 and set(r["by_temperature"]) == {"2"} for r in rows)
+    hot = [s for r in rows for s in r["by_temperature"]["2"]["sample_scores"]]
+    assert sum(hot) / len(hot) == pytest.approx(m["pass@1/T=2"], abs=1e-4)
+    assert {"response_length/T=0.5", "response_length/T=2"} <= set(m)
+
+
+def test_response_lengths_count_tokens_overall_correct_and_wrong(
+    tmp_path: Path, tiny_base: Path, held_out: Path
+) -> None:
+    from posttrain.core.models import load_tokenizer
+
+    text = recipe(tmp_path, tiny_base, held_out, SCRIPTED.format(slip=0.3))
+    m = run_recipe(parse_recipe(text, kinds=KINDS))["stages"]["eval"]["metrics"]
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    tok = load_tokenizer(str(tiny_base))  # the scripted engine reports no counts: the model's tokenizer counts
+    pairs = [(len(tok(c, add_special_tokens=False)["input_ids"]), s == 1.0)
+             for r in rows for c, s in zip(r["samples"], r["sample_scores"], strict=True)]
+    right = [n for n, ok in pairs if ok]
+    wrong = [n for n, ok in pairs if not ok]
+    assert right and wrong
+    assert m["response_length"] == pytest.approx(sum(n for n, _ in pairs) / len(pairs), abs=0.05)
+    assert m["response_length_correct"] == pytest.approx(sum(right) / len(right), abs=0.05)
+    assert m["response_length_wrong"] == pytest.approx(sum(wrong) / len(wrong), abs=0.05)
+
+
+def test_summary_without_a_tokenizer_leaves_lengths_out() -> None:
+    rows = [{"greedy_score": 1.0, "samples": ["a", "bb"], "sample_scores": [1.0, 0.0]}]
+    assert "response_length" not in summarize(rows, 1.0, [])
+    assert summarize(rows, 1.0, [], lambda texts: [len(t) for t in texts])["response_length_correct"] == 1.0
+    rows[0]["sample_lengths"] = [5, 7]  # the engine's counts win over counting the text
+    out = summarize(rows, 1.0, [])
+    assert (out["response_length"], out["response_length_correct"], out["response_length_wrong"]) == (6.0, 5.0, 7.0)
+
+
+@pytest.mark.parametrize(("stage", "message"), [
+    ("{name: e, kind: eval}", "give `data` (held-out prompts) or `benchmark`"),
+    ("{name: e, kind: eval, benchmark: math50}", "unknown benchmark 'math50'"),
+    ("{name: e, kind: eval, benchmark: humaneval, benchmark_options: {style: chat}}",
+     "benchmark_options for 'humaneval': style: Input should be 'instruct' or 'complete'"),
+    ("{name: e, kind: eval, data: x.jsonl, benchmark_options: {style: complete}}", "needs a `benchmark`"),
+    ("{name: e, kind: eval, data: x.jsonl, temperatures: [0.6], sampling: {temperature: 1.0}}",
+     "sampling.temperature 1 (the one pass@1 reports) is not among temperatures [0.6]"),
+    ("{name: e, kind: eval, data: x.jsonl, temperatures: [0.0, 1.0]}", "temperatures must be > 0"),
+])
+def test_config_problems_are_found_when_the_recipe_is_validated(stage: str, message: str) -> None:
+    from posttrain.core.errors import RecipeError
+
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(f"model: {{name_or_path: m}}\nstages:\n  - {stage}\n", kinds=KINDS)
+    assert message in str(info.value)
+
+
+def test_a_preset_fills_in_its_rewards_and_stop_strings_and_the_resolved_recipe_shows_them() -> None:
+    from posttrain.eval_presets.code import COMPLETE_STOP
+    from posttrain.runner import stage_hash
+
+    text = """\
+model: {name_or_path: m}
+stages:
+  - {name: he, kind: eval, benchmark: humaneval, benchmark_options: {style: complete}}
+  - {name: he_own, kind: eval, benchmark: humaneval, rewards: [{name: code}], sampling: {stop: ["END"]}}
+  - {name: plain, kind: eval, data: org/heldout}
+"""
+    r = parse_recipe(text, kinds=KINDS)
+    he, own, plain = r.stages
+    assert [x.name for x in he.rewards] == ["posttrain.eval_presets.code:HumanEvalCode"]
+    assert he.rewards[0].kwargs == {"style": "complete"} and he.sampling.stop == COMPLETE_STOP
+    assert [x.name for x in own.rewards] == ["code"] and own.sampling.stop == ["END"]
+    # Reading the resolved recipe back gives the same stages, hashes and all.
+    again = parse_recipe(r.to_yaml(), kinds=KINDS)
+    assert [stage_hash(again, s, "b", {}) for s in again.stages] == [stage_hash(r, s, "b", {}) for s in r.stages]
+    # Unset, the new keys stay out of a stage's config (and hash): older runs keep skipping finished stages.
+    assert not {"benchmark", "benchmark_options", "temperatures"} & set(plain.model_dump())

@@ -2,18 +2,21 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from posttrain.core.models import load_causal_lm
+from posttrain.core.models import load_causal_lm, load_tokenizer
 from posttrain.dynamic_sampling import DynamicSamplingConfig, concat_rollouts, zero_variance_groups
 from posttrain.moe_balance import find_routers
 from posttrain.recipe import parse_recipe
 from posttrain.runner import run_recipe
 from posttrain.stages import KINDS
-from posttrain.stages.grpo import LOSS_PRESETS
+from posttrain.stages.grpo import LOSS_PRESETS, ThinkOpenerMixin
+from rewards.format import FormatReward
 from tests.posttrain.stages.interrupt import last_checkpoint, sigterm_once_written, start_run
 
 PLUGINS = "tests.posttrain.plugins.grpo_rewards"
@@ -203,3 +206,38 @@ def test_sigterm_then_rerun_resumes_from_the_grpo_checkpoint(
     assert report["stages"]["grpo"]["metrics"]["steps"] == 16
     steps = [r["step"] for r in metric_rows(tmp_path / "out") if "loss" in r]
     assert steps[-1] == 16 and stopped_at + 1 in steps  # logging went on from the checkpoint
+
+
+CHAT_PROMPT = [{"role": "user", "content": "Compute 1+2."}]
+
+
+class _Rewards:
+    """What TRL's `_calculate_rewards` does with the completions: hand them to the rewards."""
+
+    def __init__(self, tokenizer: Any, chat_template_kwargs: dict[str, Any] | None = None):
+        self.processing_class = tokenizer
+        self.chat_template_kwargs = chat_template_kwargs or {}
+
+    def _calculate_rewards(self, inputs: Any, prompts: list[Any], completions: list[Any], ids: Any) -> list[float]:
+        return FormatReward()(completions, prompts=prompts)
+
+
+class _GRPO(ThinkOpenerMixin, _Rewards):
+    pass
+
+
+def test_grpo_rewards_see_the_opener_of_conversational_prompts(family_base: Callable[[str], Path]) -> None:
+    completion = [{"role": "assistant", "content": "1+2=3</think> The answer is 3."}]
+    thinking = load_tokenizer(str(family_base("qwen3")))
+    # Without the stage's help the format reward cannot see the `<think>` that ended the rendered prompt.
+    assert _Rewards(thinking)._calculate_rewards([{}], [CHAT_PROMPT], [completion], None) == [0.0]
+    assert _GRPO(thinking)._calculate_rewards([{}], [CHAT_PROMPT], [completion], None) == [1.0]
+    # Non-thinking mode closes an empty block in the prompt: the answer alone is a complete turn.
+    answer = [{"role": "assistant", "content": "The answer is 3."}]
+    assert _GRPO(thinking, {"enable_thinking": False})._calculate_rewards([{}], [CHAT_PROMPT], [answer], None) == [1.0]
+    # A template that opens nothing: `</think>` without an opening tag is not a reasoning block.
+    plain = load_tokenizer(str(family_base("llama")))
+    assert _GRPO(plain)._calculate_rewards([{}], [CHAT_PROMPT], [completion], None) == [0.0]
+    # A completion that opens its own block after the template opened one has two: the format fails.
+    twice = [{"role": "assistant", "content": "<think>1+2=3</think> 3"}]
+    assert _GRPO(thinking)._calculate_rewards([{}], [CHAT_PROMPT], [twice], None) == [0.0]

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,40 @@ def c_program(body: str, includes: str = "") -> str:
 def still_works(sandbox: Sandbox) -> None:
     result = sandbox.run("print(sum(map(int, input().split())))", "python", "20 22")
     assert (result.status, result.stdout) == ("ok", "42\n")
+
+
+class Listener:
+    """A TCP and a UDP socket on the host's 127.0.0.1 that record anything reaching them."""
+
+    def __init__(self) -> None:
+        self.tcp = socket.socket()
+        self.tcp.bind(("127.0.0.1", 0))
+        self.tcp.listen()
+        self.tcp.settimeout(0.2)
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        self.udp.settimeout(0.2)
+        self.seen: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, addr = self.tcp.accept()
+                self.seen.append(f"tcp connection from {addr}")
+                conn.close()
+            except TimeoutError:
+                pass
+            try:
+                data, addr = self.udp.recvfrom(4096)
+                self.seen.append(f"udp {data!r} from {addr}")
+            except TimeoutError:
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.tcp.close()
+        self.udp.close()

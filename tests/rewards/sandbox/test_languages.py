@@ -9,14 +9,16 @@ import pytest
 from posttrain.core.errors import DataError, MissingDependencyError
 from rewards.sandbox import LANGUAGES, Limits, Sandbox, normalize_language
 from rewards.sandbox.languages import TABLE, Language, check_toolchain, missing_toolchain
+from rewards.sandbox.protocol import language_limits, make_job
 from tests.rewards.sandbox.helpers import needs_bwrap
 
 
 def test_names_and_aliases() -> None:
-    assert LANGUAGES == ("python", "c", "cpp")
-    assert [normalize_language(x) for x in ("py", " PYTHON3 ", "gcc", "C++", "cplusplus", "", None)] == [
-        "python", "python", "c", "cpp", "cpp", "python", "python"]
-    with pytest.raises(DataError, match="expected one of python, c, cpp"):
+    assert LANGUAGES == ("python", "c", "cpp", "javascript", "java", "go", "rust", "bash")
+    assert [normalize_language(x) for x in ("py", " PYTHON3 ", "gcc", "C++", "cplusplus", "", None, "JS", "node",
+                                            "golang", "rs", "sh")] == [
+        "python", "python", "c", "cpp", "cpp", "python", "python", "javascript", "javascript", "go", "rust", "bash"]
+    with pytest.raises(DataError, match="expected one of python, c, cpp, javascript, java, go, rust, bash"):
         normalize_language("cobol")
 
 
@@ -32,9 +34,23 @@ def test_the_table_is_consistent() -> None:
 
 
 def test_the_toolchains_of_the_built_in_languages_are_here() -> None:
-    for name in LANGUAGES:
+    for name in ("python", "c", "cpp"):  # always; the others only where installed (see test_code.py)
         assert missing_toolchain(name) is None, missing_toolchain(name)
         check_toolchain(name)
+
+
+def test_java_sources_are_named_after_their_public_class() -> None:
+    java = TABLE["java"]
+    assert java.source_name("import x;\npublic final class Solution {\n}") == "Solution.java"
+    assert java.source_name("class Helper {}\nclass Main {}") == "Main.java"
+    job = make_job(java, "public class Solution {}", [""], check=False, limits=Limits(memory_mb=300))
+    assert job["source_name"] == "Solution.java" and job["run"][-1] == "Solution" and "-Xmx300m" in job["run"]
+    assert job["address_space_mb"] == java.address_space_mb
+    raised = language_limits(java, Limits(max_processes=16, compile_memory_mb=1024))
+    assert raised.max_processes == java.processes and raised.compile_memory_mb == java.compile_memory_mb
+    assert language_limits(java, Limits(max_processes=500)).max_processes == 500  # never lowered
+    assert job["env"]["PATH"] == java.search_path() and make_job(TABLE["go"], "", [], check=False,
+                                                                 limits=Limits())["env"]["GOCACHE"] == "/tmp/.gocache"
 
 
 @pytest.fixture
@@ -84,3 +100,19 @@ def test_a_compiler_that_makes_no_binary_is_a_compile_error(monkeypatch: pytest.
     finally:
         sandbox.close()
     assert result.status == "compile_error" and "no binary" in result.stderr and "/tmp/prog" in result.stderr
+
+
+@needs_bwrap
+@pytest.mark.usefixtures("extra_languages")
+def test_a_row_in_a_language_without_its_toolchain_has_no_score_and_says_how_to_install() -> None:
+    from rewards.code import CodeReward
+
+    reward = CodeReward(workers=1)
+    try:
+        scores, errors = reward.score_with_errors(["```fortran\nend\n```", "```python\nprint(3)\n```"],
+                                                  language=["fortran", "python"],
+                                                  tests=[[{"input": "", "output": "3"}]] * 2)
+    finally:
+        reward.close()
+    assert scores == [None, 1.0]
+    assert errors[0] is not None and "apt-get install gfortran" in errors[0] and errors[1] is None

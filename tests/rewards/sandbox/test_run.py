@@ -52,8 +52,8 @@ def test_languages_and_limits_are_validated() -> None:
                                                                                        "python"]
     from posttrain.core.errors import DataError
 
-    with pytest.raises(DataError, match="unsupported language 'java'"):
-        normalize_language("java")
+    with pytest.raises(DataError, match="unsupported language 'cobol'"):
+        normalize_language("cobol")
     with pytest.raises(DataError, match="timeout_s"):
         Limits(timeout_s=0).check()
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import ast
 import os
 import random
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from tests.rewards.sandbox.helpers import (
     BOUND_S,
     MARK,
     ROOT,
+    Listener,
     c_program,
     needs_bwrap,
     still_works,
@@ -118,43 +117,6 @@ def test_host_secrets_and_environment_do_not_leak(sandbox: Sandbox, tmp_path: Pa
 
 
 # ---------------------------------------------------------------- network
-
-
-class Listener:
-    """A TCP and a UDP socket on the host's 127.0.0.1 that record anything reaching them."""
-
-    def __init__(self) -> None:
-        self.tcp = socket.socket()
-        self.tcp.bind(("127.0.0.1", 0))
-        self.tcp.listen()
-        self.tcp.settimeout(0.2)
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
-        self.udp.settimeout(0.2)
-        self.seen: list[str] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, addr = self.tcp.accept()
-                self.seen.append(f"tcp connection from {addr}")
-                conn.close()
-            except TimeoutError:
-                pass
-            try:
-                data, addr = self.udp.recvfrom(4096)
-                self.seen.append(f"udp {data!r} from {addr}")
-            except TimeoutError:
-                pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-        self.tcp.close()
-        self.udp.close()
 
 
 NET_PY = """
@@ -288,3 +250,87 @@ def test_no_privileges_inside(sandbox: Sandbox) -> None:
     assert lines["mount"].startswith("-1")
     assert int(lines["pids"]) <= 3  # bubblewrap's init, the supervisor, this program: no host process visible
     assert lines["usr"] in ("30", "13")  # EROFS or EACCES
+
+
+# ---------------------------------------------------------------- the pass decision of the test harness
+
+#: Each tries to make check() "pass" without a right answer. Before the harness ran check() in a process
+#: of its own, two of them passed: the pass token was in the caller's frame (and fd 3 writable), and
+#: `==` ran the candidate's __eq__.
+FORGERIES = {
+    "the token from the caller's frame": """
+import os, sys
+frame = sys._getframe(1)
+while frame is not None:
+    if 'token' in frame.f_locals and frame.f_locals['token']:
+        os.write(3, frame.f_locals['token'].encode())
+        os._exit(0)
+    frame = frame.f_back
+def add(a, b):
+    return 0
+""",
+    "the token from memory with ctypes, written to every fd": """
+import ctypes, gc, os, re
+found = set()
+for obj in gc.get_objects():
+    if isinstance(obj, dict):
+        for value in obj.values():
+            if isinstance(value, str) and re.fullmatch('[0-9a-f]{32}', value):
+                found.add(value)
+for fd in range(3, 64):
+    for token in found | {'pass'}:
+        try:
+            os.write(fd, token.encode())
+        except OSError:
+            pass
+ctypes.CDLL(None)._exit(0)
+def add(a, b):
+    return 0
+""",
+    "the test process's fds and memory through /proc": """
+import os
+for pid in [p for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()]:
+    for path in [f'/proc/{pid}/mem'] + [f'/proc/{pid}/fd/{n}' for n in range(8)]:
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            os.write(fd, b'pass')
+            print('WROTE', path)
+        except OSError:
+            pass
+def add(a, b):
+    return 0
+""",
+    "an answer equal to everything": """
+class Equal:
+    def __eq__(self, other):
+        return True
+    __hash__ = object.__hash__
+def add(a, b):
+    return Equal()
+""",
+    "stopping or killing the other processes": """
+import os, signal
+def add(a, b):
+    for pid in [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()]:
+        try:
+            os.kill(pid, signal.SIGSTOP if pid % 2 else signal.SIGKILL)
+        except OSError:
+            pass
+    return 3
+""",
+    "replacing check() through builtins": """
+import builtins
+builtins.AssertionError = type('Quiet', (Exception,), {})
+def add(a, b):
+    return 0
+""",
+}
+ADD_CHECK = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0\n"
+
+
+def test_the_check_harness_cannot_be_forged_from_the_candidate(sandbox: Sandbox) -> None:
+    assert sandbox.run_check("def add(a, b):\n    return a + b", ADD_CHECK, "add").passed is True
+    verdicts = {name: sandbox.run_check(program, ADD_CHECK, "add") for name, program in FORGERIES.items()}
+    assert {name: bool(r.passed) for name, r in verdicts.items()} == dict.fromkeys(FORGERIES, False), verdicts
+    assert "WROTE" not in verdicts["the test process's fds and memory through /proc"].stdout
+    still_works(sandbox)

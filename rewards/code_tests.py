@@ -1,0 +1,284 @@
+"""The test formats of public code data sets, read into one list of `Case`s per row.
+
+Every shape a row may come in, and what it becomes:
+
+- `tests`: `[{input, output}]` or `{inputs, outputs}` (CodeContests, most SFT/RL sets): stdin/stdout.
+- `tests`: `{fn_name, inputs: [[args…]…], outputs}` (APPS/TACO-style, call-based): calls.
+- `tests`: `[{input, output, testtype}]` + `fn_name` or `metadata` (LiveCodeBench): stdin, or calls with
+  LCB's one JSON argument per line.
+- `input_output` (JSON text, `fn_name` optional; APPS, TACO): stdin, or calls.
+- `public_test_cases` + `private_test_cases` (+ `metadata` with `func_name`; LiveCodeBench): stdin, or calls.
+- `tests`: `["assert …", …]`, or `test_list` (+ `test_imports`, `test_setup_code`; MBPP): a program per assert.
+- `test` without `entry_point` (KodCode: `from solution import …`, pytest-style `test_*` functions):
+  a program per test function.
+- `test` + `entry_point` (`def check(candidate)`; HumanEval, EvalPlus): check.
+
+A call case's expected value is compared with the function's result as JSON values (tuples are
+lists), as APPS, TACO and LiveCodeBench do; APPS/TACO also accept `x` for an expected `[x]`. A
+missing or null expected output, an unknown key, an empty test list or a malformed cell raises
+DataError naming the column and the test: the row gets no score, never a silent 0.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import io
+import json
+import pickle
+import zlib
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from posttrain.core.errors import DataError
+
+#: Imports LeetCode-style solutions assume (LiveCodeBench prepends the like): run before the candidate's code.
+PRELUDE = ("from typing import *\nfrom collections import *\nfrom heapq import *\nfrom bisect import *\n"
+           "from itertools import *\nfrom functools import *\nfrom math import *\n"
+           "import bisect, collections, functools, heapq, itertools, math, re, string, sys\n"
+           "sys.setrecursionlimit(50000)\n")
+_CASE_KEYS = frozenset({"input", "output", "testtype"})
+_IO_KEYS = frozenset({"inputs", "outputs", "fn_name", "input", "output"})
+_MAX_DECOMPRESSED = 256 << 20
+
+
+class Case(NamedTuple):
+    """One test of a row. `kind`: "stdin" (payload: the input; expected: the output text) or a harness
+    kind, "call" / "check" / "program" (payload: the spec as JSON; expected: the JSON of the value a
+    call must return, else None). `alt`: a second accepted value (APPS's unwrapped `[x]`)."""
+
+    kind: str
+    payload: str
+    expected: str | None = None
+    alt: str | None = None
+
+
+def load_json(value: Any, where: str) -> Any:
+    """A cell that may hold JSON text, decoded; other values as they are."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise DataError(f"{where}: not valid JSON ({exc})") from None
+    return value
+
+
+def _text(value: Any, where: str) -> str:
+    if value is None:
+        raise DataError(f"{where} is null: a test needs a value (a null output would pass a program that "
+                        "prints nothing)")
+    if isinstance(value, list):  # some data sets store lines
+        return "\n".join(map(str, value))
+    return str(value)
+
+
+def _canonical(value: Any) -> str:
+    """A JSON value's canonical text (tuples as lists, keys sorted): what call results are compared by."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _call(fn_name: str, args: Any, expected: Any, where: str, *, unwrap: bool = False) -> Case:
+    if expected is None:
+        raise DataError(f"{where}: the expected output is null (a function returning None would pass)")
+    if not isinstance(args, list):
+        raise DataError(f"{where}: the arguments of a call must be a JSON list, got {str(args)[:80]!r}")
+    spec = {"kind": "call", "fn_name": fn_name, "args": args, "prelude": PRELUDE}
+    alt = _canonical(expected[0]) if unwrap and isinstance(expected, list) and len(expected) == 1 else None
+    return Case("call", json.dumps(spec), _canonical(expected), alt)
+
+
+def _program(test: str, function: str | None = None) -> Case:
+    return Case("program", json.dumps({"kind": "program", "test": test, "function": function}))
+
+
+def _fn_name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.isidentifier():
+        raise DataError(f"{where}: a function name must be an identifier, got {value!r}")
+    return value
+
+
+def io_cases(value: Any, where: str, fn_name: str | None = None, unwrap: bool = False) -> list[Case]:
+    """`{inputs, outputs[, fn_name]}` (APPS/TACO's `input_output`, or a `tests` cell) as cases."""
+    unknown = set(value) - _IO_KEYS
+    if unknown:
+        raise DataError(f"{where}: unknown key(s) {sorted(unknown)}; expected inputs, outputs and optionally fn_name")
+    inputs, outputs = value.get("inputs", value.get("input")), value.get("outputs", value.get("output"))
+    if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) != len(outputs):
+        raise DataError(f"{where}: inputs and outputs must be two lists of the same length")
+    name = value.get("fn_name") or fn_name
+    if name is not None:
+        name = _fn_name(name, f"{where}, fn_name")
+        return [_call(name, args, out, f"{where}, test {i}", unwrap=unwrap)
+                for i, (args, out) in enumerate(zip(inputs, outputs, strict=True))]
+    return [Case("stdin", _text(i, f"{where}, test {k} input"), _text(o, f"{where}, test {k} output"))
+            for k, (i, o) in enumerate(zip(inputs, outputs, strict=True))]
+
+
+def case_list(value: list[Any], where: str, fn_name: str | None = None) -> list[Case]:
+    """`[{input, output[, testtype]}]` (LiveCodeBench's testtype "functional": one JSON argument per line)."""
+    cases = []
+    for i, case in enumerate(value):
+        here = f"{where}, test {i}"
+        if not isinstance(case, dict) or "input" not in case or "output" not in case:
+            raise DataError(f"{here}: expected {{\"input\": ..., \"output\": ...}}, got {str(case)[:100]!r}")
+        unknown = set(case) - _CASE_KEYS
+        if unknown:
+            raise DataError(f"{here}: unknown key(s) {sorted(unknown)}; expected input, output and optionally testtype")
+        kind = case.get("testtype", "stdin")
+        if kind == "functional":
+            if fn_name is None:
+                raise DataError(f"{here}: a functional test needs the function's name (column `fn_name`, or "
+                                "`metadata` with func_name)")
+            if case["input"] is None or case["output"] is None:
+                raise DataError(f"{here}: input or expected output is null")
+            lines = [line for line in str(case["input"]).split("\n") if line.strip()]
+            args = [load_json(line, f"{here}, an argument") for line in lines]
+            cases.append(_call(fn_name, args, load_json(case["output"], f"{here}, output"), here))
+        elif kind == "stdin":
+            cases.append(Case("stdin", _text(case["input"], f"{here}, input"),
+                              _text(case["output"], f"{here}, output")))
+        else:
+            raise DataError(f"{here}: unknown testtype {kind!r} (expected 'stdin' or 'functional')")
+    return cases
+
+
+def asserts(value: Sequence[Any], where: str, setup: str = "") -> list[Case]:
+    """A list of assert statements (MBPP's test_list): one program per assert, after `setup`."""
+    cases = []
+    for i, line in enumerate(value):
+        if not isinstance(line, str) or not line.strip().startswith("assert"):
+            raise DataError(f"{where}, test {i}: expected an assert statement, got {str(line)[:100]!r}")
+        cases.append(_program(f"{setup}{line}\n"))
+    return cases
+
+
+def test_program(test: str, where: str) -> list[Case]:
+    """A test program run after the solution (KodCode): one case per `test_*` function, or the whole program."""
+    try:
+        tree = ast.parse(test)
+    except SyntaxError as exc:
+        raise DataError(f"{where}: the test program does not parse ({exc.msg}, line {exc.lineno})") from None
+    names = [node.name for node in tree.body
+             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test")]
+    return [_program(test, name) for name in names] or [_program(test)]
+
+
+def lcb_cases(value: Any, where: str) -> list[Any]:
+    """LiveCodeBench's test cases: JSON text, or its compressed form base64(zlib(pickle(JSON text)))."""
+    if isinstance(value, str) and value.strip() and value.strip()[0] not in "[{":
+        try:
+            packed = zlib.decompressobj().decompress(base64.b64decode(value), _MAX_DECOMPRESSED)
+            value = _StringsOnly(io.BytesIO(packed)).load()
+        except Exception as exc:
+            raise DataError(f"{where}: neither JSON nor LiveCodeBench's compressed cases ({exc})") from None
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+    value = load_json(value, where)
+    if not isinstance(value, list):
+        raise DataError(f"{where}: expected a list of test cases, got {type(value).__name__}")
+    return value
+
+
+class _StringsOnly(pickle.Unpickler):
+    """Unpickles plain data only: any class or function in the stream is refused (nothing runs)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def row_cases(language: str, *, tests: Any = None, test: Any = None, entry_point: Any = None, input_output: Any = None,
+              public_test_cases: Any = None, private_test_cases: Any = None, metadata: Any = None, fn_name: Any = None,
+              test_list: Any = None, test_imports: Any = None, test_setup_code: Any = None) -> list[Case]:
+    """Every test of one row as cases, whichever columns hold them (see the module's table); DataError if none."""
+    meta = load_json(metadata, "column `metadata`") if metadata is not None else {}
+    if not isinstance(meta, dict):
+        raise DataError(f"column `metadata`: expected an object, got {str(metadata)[:100]!r}")
+    name = fn_name if fn_name is not None else meta.get("func_name", meta.get("fn_name"))
+    if name is not None:
+        name = _fn_name(name, "column `fn_name`" if fn_name is not None else "column `metadata`, func_name")
+    harness_only = "call-, assert- and check-style tests are Python only"
+    given = {k: v for k, v in (("tests", tests), ("input_output", input_output), ("public", public_test_cases),
+                               ("private", private_test_cases), ("test_list", test_list), ("test", test))
+             if v is not None and not (isinstance(v, list | tuple | str | dict) and len(v) == 0)}
+    if not given and any(isinstance(v, list | tuple | str | dict) for v in (tests, input_output, public_test_cases,
+                                                                         private_test_cases, test_list, test)):
+        raise DataError("the row's test list is empty: nothing to score against")
+    tests, input_output, test_list, test = (given.get(k) for k in ("tests", "input_output", "test_list", "test"))
+    public_test_cases, private_test_cases = given.get("public"), given.get("private")
+    if tests is not None:
+        where = "column `tests`"
+        value = tests
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                if language != "python" or "assert" not in value:
+                    raise DataError(f"{where}: not valid JSON, nor a Python test program") from None
+                return test_program(value, where)
+        if isinstance(value, dict):
+            cases = io_cases(value, where, name)
+        elif isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+            cases = asserts(value, where)
+        elif isinstance(value, list | tuple):
+            cases = case_list(list(value), where, name)
+        else:
+            raise DataError(f"{where}: expected a list of tests, got {str(value)[:100]!r}")
+    elif input_output is not None:
+        value = load_json(input_output, "column `input_output`")
+        if not isinstance(value, dict):
+            raise DataError(f"column `input_output`: expected an object with inputs and outputs, got "
+                            f"{str(value)[:80]!r}")
+        cases = io_cases(value, "column `input_output`", name, unwrap=True)
+    elif public_test_cases is not None or private_test_cases is not None:
+        cases = []
+        for column, cell in (("public_test_cases", public_test_cases), ("private_test_cases", private_test_cases)):
+            if cell is not None:
+                cases += case_list(lcb_cases(cell, f"column `{column}`"), f"column `{column}`", name)
+    elif test_list is not None:
+        imports = test_imports if isinstance(test_imports, list | tuple) else ([test_imports] if test_imports else [])
+        setup = "".join(f"{line}\n" for line in imports) + (f"{test_setup_code}\n" if test_setup_code else "")
+        value = load_json(test_list, "column `test_list`")
+        if not isinstance(value, list | tuple):
+            raise DataError("column `test_list`: expected a list of assert statements")
+        cases = asserts(value, "column `test_list`", setup)
+    elif test is not None:
+        if not isinstance(test, str) or not test.strip():
+            raise DataError("column `test` must be Python source: check(candidate), or test functions / asserts")
+        if entry_point is not None or "def check(" in test:
+            if "def check" not in test:
+                raise DataError("column `test` must define check(candidate) when `entry_point` is given")
+            if not isinstance(entry_point, str) or not entry_point.isidentifier():
+                raise DataError(f"column `entry_point` must name the function to check, got {entry_point!r}")
+            cases = [Case("check", json.dumps({"kind": "check", "test": test, "entry_point": entry_point}))]
+        else:
+            cases = test_program(test, "column `test`")
+    else:
+        raise DataError("row has no tests: give `tests`, `input_output`, `public_test_cases`/`private_test_cases`, "
+                        "`test_list`, or `test` (+ `entry_point`)")
+    if not cases:
+        raise DataError("the row's test list is empty: nothing to score against")
+    if language != "python" and any(c.kind != "stdin" for c in cases):
+        raise DataError(f"{harness_only}, got language {language!r}")
+    return cases
+
+
+def parse_tests(value: Any) -> list[tuple[str, str]]:
+    """(input, expected output) pairs of a stdin/stdout `tests` cell; DataError for anything else.
+
+    >>> parse_tests('[{"input": "1 2", "output": "3"}]'), parse_tests({"inputs": ["x"], "outputs": ["y"]})
+    ([('1 2', '3')], [('x', 'y')])
+    """
+    cases = row_cases("python", tests=value)
+    if any(c.kind != "stdin" for c in cases):
+        raise DataError("column `tests`: expected stdin/stdout tests")
+    return [(c.payload, c.expected or "") for c in cases]
+
+
+def call_passed(stdout: str, case: Case) -> bool:
+    """Whether a call case's result (the harness's JSON on stdout) is the expected value."""
+    try:
+        got = json.loads(stdout)
+    except ValueError:
+        return False
+    return bool(got == json.loads(case.expected or "null")
+                or (case.alt is not None and got == json.loads(case.alt)))

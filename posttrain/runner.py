@@ -120,7 +120,7 @@ def _run_locked(recipe: Recipe, run_dir: Path, only: list[str] | None, lock_fd: 
                 if stamp is not None:
                     stamps[stage.name] = stamp
             report.stages[stage.name] = entry
-            _write_report(run_dir, recipe, report)
+            _write_report(run_dir, recipe, report, plots=False)  # plots once, below: they cost seconds per build
             failed = entry.status == "failed"
     except BaseException:
         _try(lambda: _write_report(run_dir, recipe, report))
@@ -345,12 +345,14 @@ def _summary(metrics: dict[str, Any]) -> str:
     return (": " + ", ".join(shown[:6])) if shown else ""
 
 
-def _write_report(run_dir: Path, recipe: Recipe, report: RunReport) -> None:
+def _write_report(run_dir: Path, recipe: Recipe, report: RunReport, plots: bool = True) -> None:
+    """report.json, and report.md with its plots (`plots`: when the run ends, fails or is interrupted) or without
+    them (after each stage: drawing every plot again took most of a tiny run's time)."""
     report.write(run_dir, recipe.stage_names())
     try:
         from posttrain.report import write_report
 
-        write_report(run_dir, kinds=KINDS)
+        write_report(run_dir, kinds=KINDS, plots=plots)
     except Exception as exc:  # the report is a view; never lose a run over it
         message = user_os_error(exc, run_dir)
         if message is not None:

@@ -389,13 +389,28 @@ class GenRMReward(Verifier):
             return None, "genrm: the judge returned no text"
         return None, f"genrm: unparseable verdict ({len(problems)}/{len(texts)} samples): {problems[0]}"
 
-    def _generate(self, judge_prompts: list[str]) -> tuple[list[list[str]], list[str | None]]:
+    def setup(self) -> None:
+        """Check the judge now: an `hf` or `vllm` judge whose `model` is neither a model folder nor a hub model
+        fails in one line naming the path; an `hf` or `scripted` judge is loaded (a vLLM engine and an OpenAI
+        server are started or asked on the first batch)."""
+        if self.spec.backend in ("hf", "vllm"):
+            from posttrain.core.hub import check_model_source
+
+            check_model_source(str(self.spec.model), f"genrm ({self.spec.backend} judge)",
+                               "`model` is a stage's name, a model folder or a hub model")
+        if self.spec.backend in ("hf", "scripted"):
+            self._judge_generator()
+
+    def _judge_generator(self) -> Any:
         with self._lock:
             if self._generator is None:
                 from posttrain.core.generation import make_generator
 
                 self._generator = make_generator(self.spec)
-        return self._generator.generate_with_errors(judge_prompts, self.n, self.sampling)
+            return self._generator
+
+    def _generate(self, judge_prompts: list[str]) -> tuple[list[list[str]], list[str | None]]:
+        return self._judge_generator().generate_with_errors(judge_prompts, self.n, self.sampling)
 
 
 def _column(kwargs: dict[str, Any], name: str, rows: int) -> list[Any] | None:

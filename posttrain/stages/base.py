@@ -113,7 +113,8 @@ class StageContext:
         return datasets.Dataset.from_list(rows)
 
     def build_rewards(self, specs: list[RewardSpec]) -> list[tuple[Any, float]]:
-        """(reward function, weight) per spec, with `model:` kwargs naming a stage resolved to its model."""
+        """(reward function, weight) per spec, with `model:` kwargs naming a stage resolved to its model, each
+        set up (its model loaded) so that one that cannot load fails the stage before it starts."""
         from rewards.registry import get_reward
 
         out = []
@@ -121,7 +122,9 @@ class StageContext:
             kwargs = dict(spec.kwargs)
             if isinstance(kwargs.get("model"), str) and kwargs["model"] in self.recipe.stage_names():
                 kwargs["model"] = self.resolve_model(kwargs["model"])
-            out.append((get_reward(spec.name, **kwargs), spec.weight))
+            reward = get_reward(spec.name, **kwargs)
+            reward.setup()  # a reward model or judge that cannot load fails the stage here, not row by row
+            out.append((reward, spec.weight))
         return out
 
     def append_metrics(self, row: dict[str, Any]) -> None:

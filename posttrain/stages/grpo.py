@@ -13,11 +13,12 @@ report looks for them.
 from __future__ import annotations
 
 import importlib.util
+from collections import deque
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, model_serializer, model_validator
 
-from posttrain.core.errors import MissingDependencyError
+from posttrain.core.errors import MissingDependencyError, StageError
 from posttrain.core.generation import SpeculativeSpec
 from posttrain.dynamic_sampling import DynamicSamplingConfig
 from posttrain.recipe import RewardSpec, for_identity
@@ -116,7 +117,13 @@ class Config(TrainerConfig):
     loss: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"] | None = None
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    #: Stop the stage when more than this share of one reward's rows failed over the last `reward_error_window`
+    #: scoring rounds (one per generation batch); the error names that reward's first failure. 1 never stops.
+    max_reward_error_rate: float = Field(0.5, ge=0, le=1)
+    reward_error_window: int = Field(10, ge=1)
 
+    omit_when_default: ClassVar[tuple[str, ...]] = (*TrainerConfig.omit_when_default, "max_reward_error_rate",
+                                                    "reward_error_window")
     trl_config: ClassVar[str | None] = "trl:GRPOConfig"
     trl_defaults: ClassVar[dict[str, Any]] = {
         "logging_steps": 5,
@@ -144,8 +151,8 @@ class GRPOStage(TrainerStage):
         from posttrain.dynamic_sampling import DynamicSamplingMixin
         from posttrain.mtp import SpeculativeRolloutMixin
 
-        mixins: tuple[type, ...] = (ThinkOpenerMixin, DynamicSamplingMixin, SpeculativeRolloutMixin,
-                                    *super().mixins())
+        mixins: tuple[type, ...] = (RewardErrorGuardMixin, ThinkOpenerMixin, DynamicSamplingMixin,
+                                    SpeculativeRolloutMixin, *super().mixins())
         if getattr(self.args, "use_vllm", False):
             from posttrain.vllm_sync import VLLMSyncMixin
 
@@ -168,6 +175,7 @@ class GRPOStage(TrainerStage):
         from posttrain.core.models import without_router_logits
 
         without_router_logits(trainer.model)  # rollouts call `generate`: an MoE's router loss must stay off there
+        trainer.setup_reward_error_guard(self.cfg.max_reward_error_rate, self.cfg.reward_error_window)
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
         trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)
         if hasattr(trainer, "logp_diff_callback"):
@@ -185,6 +193,44 @@ class GRPOStage(TrainerStage):
 
 def run(ctx: StageContext) -> StageResult:
     return GRPOStage(ctx).run()
+
+
+class RewardErrorGuardMixin:
+    """Stop GRPO when a reward keeps failing, instead of training to the end on what the other rewards say.
+
+    A failed row scores None (TRL leaves it out of the advantage), so a judge server that went down or a sandbox
+    that broke would otherwise train silently on a different objective. After each scoring round, each reward's
+    share of failed rows over the last `window` rounds (fewer at the start) is compared with `max_rate`; above
+    it, the stage fails with a `StageError` naming the reward, the rate and the reward's first error (a rerun
+    resumes from the last checkpoint). Counted per process, from the `rewards.registry.Reward` counters.
+    """
+
+    _error_guard: tuple[float, int, dict[str, deque[tuple[int, int]]]] | None = None
+
+    def setup_reward_error_guard(self, max_rate: float, window: int) -> None:
+        self._error_guard = (max_rate, window, {})
+
+    def _calculate_rewards(self, inputs: Any, prompts: list[Any], completions: list[Any],
+                           completion_ids_list: Any) -> Any:
+        guarded = [f for f in getattr(self, "reward_funcs", []) if hasattr(f, "error_count") and hasattr(f, "rows")]
+        before = [(f.rows, f.error_count) for f in guarded]
+        out = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # type: ignore[misc]
+        if self._error_guard is not None:
+            for fn, (rows, errors) in zip(guarded, before, strict=True):
+                self._check_error_rate(fn, fn.rows - rows, fn.error_count - errors)
+        return out
+
+    def _check_error_rate(self, fn: Any, rows: int, errors: int) -> None:
+        assert self._error_guard is not None
+        max_rate, window, history = self._error_guard
+        rounds = history.setdefault(fn.name, deque(maxlen=window))
+        rounds.append((rows, errors))
+        scored, failed = sum(r for r, _ in rounds), sum(e for _, e in rounds)
+        if not scored or failed / scored <= max_rate:
+            return
+        raise StageError(f"reward {fn.name}: {failed} of {scored} rows failed over the last {len(rounds)} scoring "
+                         f"round(s), more than max_reward_error_rate {max_rate:g}; its first error: "
+                         f"{(fn.first_error or '?')[:1000]}")
 
 
 class ThinkOpenerMixin:

@@ -314,6 +314,6 @@ def report_figures(doc: Document, stage: StageView) -> None:
     if stage.log.has("accuracy"):
         figures.append(f"- pairwise accuracy on training batches: {trend(*stage.log.series('accuracy'))}")
     doc.key_figures(figures)
-    doc.image(plot_panels(doc.plot_path(stage, "accuracy"), stage, _CURVES, "pairwise accuracy and margin"),
-              f"{stage.name}: pairwise accuracy")
+    doc.plot(f"{stage.name}: pairwise accuracy",
+             lambda: plot_panels(doc.plot_path(stage, "accuracy"), stage, _CURVES, "pairwise accuracy and margin"))
     training_plots(doc, stage)

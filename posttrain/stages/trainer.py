@@ -79,13 +79,19 @@ class TrainerConfig(StageConfig):
 
     ref_fields: ClassVar[tuple[str, ...]] = ("model", "data")
     required_outputs: ClassVar[tuple[str, ...]] = (f"{MODEL_DIR}/config.json",)
+    #: Options added after stages were written out: left out of the dump (and so of the config hash) while they
+    #: keep their defaults, so that a finished stage is not retrained because posttrain learned a new option.
+    omit_when_default: ClassVar[tuple[str, ...]] = ("mtp",)
 
     @model_serializer(mode="wrap")
-    def _without_default_mtp(self, handler: Any) -> Any:
-        """Leave `mtp` out while it is the default: stages written before it existed keep their config hash."""
+    def _without_default_new_options(self, handler: Any) -> Any:
+        """Leave out the `omit_when_default` options that keep their defaults: older stages keep their hash."""
         data = handler(self)
-        if isinstance(data, dict) and self.mtp == MTPConfig():
-            data.pop("mtp", None)
+        if isinstance(data, dict):
+            fields = type(self).model_fields
+            for name in self.omit_when_default:
+                if getattr(self, name) == fields[name].get_default(call_default_factory=True):
+                    data.pop(name, None)
         return data
 
 

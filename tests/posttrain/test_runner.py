@@ -13,7 +13,7 @@ from posttrain.core.errors import PosttrainError
 from posttrain.recipe import parse_recipe
 from posttrain.run_folder import StageState
 from posttrain.runner import run_recipe
-from posttrain.stages import KINDS
+from posttrain.stages import KINDS, register_stage_kind
 
 RECIPE = """\
 output_dir: {out}
@@ -177,3 +177,42 @@ def test_where_a_stage_runs_is_no_part_of_its_identity() -> None:
     assert RolloutSpec().model_dump(mode="json", context=identity) == {
         "backend": "auto", "mode": "colocate", "server_host": "127.0.0.1", "server_port": 8000,
         "gpu_memory_utilization": 0.3}
+
+
+# --------------------------------------------------------------------------------------------------
+# The report while a run goes on: text after every stage, plots once at the end (or on failure, Ctrl-C)
+
+register_stage_kind("peeking", "tests.posttrain.plugins.peeking_stage")
+PEEKING = """\
+output_dir: {out}
+seed: 0
+model:
+  name_or_path: {base}
+stages:
+  - {{name: one, kind: peeking}}
+  - {{name: two, kind: peeking, then: {then}}}
+"""
+
+
+@pytest.mark.parametrize("then", ["finish", "fail", "interrupt"])
+def test_plots_are_drawn_once_when_the_run_ends_fails_or_is_interrupted(
+        then: str, tmp_path: Path, tiny_base: Path) -> None:
+    from posttrain.report import PLOTS_LATER
+
+    out = tmp_path / "run"
+    recipe = parse_recipe(PEEKING.format(out=out, base=tiny_base, then=then), kinds=KINDS)
+    if then == "interrupt":
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(recipe)
+    else:
+        run_recipe(recipe)
+    # When stage two started, report.md already said stage one was done, without drawing any plot.
+    seen = json.loads((out / "two" / "peek.json").read_text())
+    assert seen["plots"] == []
+    assert PLOTS_LATER in seen["report_md"] and "## 1. one (`peeking`)" in seen["report_md"]
+    assert json.loads((out / "report.json").read_text())["stages"]["one"]["status"] == "done"
+    # At the end, whatever the end, the plots are there and report.md shows them.
+    md = (out / "report.md").read_text()
+    assert PLOTS_LATER not in md
+    assert (out / "plots" / "one_loss.png").is_file() and "](plots/one_loss.png)" in md
+    assert (out / "plots" / "two_loss.png").is_file() == (then == "finish")  # failed stages get no figures

@@ -19,6 +19,7 @@ from posttrain.core.models import load_causal_lm, load_tokenizer, with_sequence_
 from posttrain.recipe import parse_recipe
 from posttrain.runner import run_recipe
 from posttrain.stages import KINDS
+from posttrain.stages.base import StageContext
 
 #: The families whose forward computes a load-balancing loss when `output_router_logits` is on.
 WITH_ROUTER_LOSS = ["qwen2_moe", "qwen3_moe", "mixtral", "olmoe"]
@@ -159,3 +160,30 @@ def test_stages_load_the_trusted_tokenizer_and_pass_it_on(remote_ckpt: Path, tmp
     assert json.loads((saved / "tokenizer_config.json").read_text())["tokenizer_class"] == "RemoteTokenizer"
     assert (saved / "tokenization_remote.py").exists()
     assert "auto_map" not in json.loads((saved / "config.json").read_text())
+
+
+def test_rewards_that_load_a_tokenizer_follow_the_recipes_flag(remote_ckpt: Path, tmp_path: Path) -> None:
+    """An overlong reward counting tokens with the checkpoint's own tokenizer class: trusted when the recipe's model
+    is, refused (one error per row, no score) when it is not; a reward given the flag itself keeps it."""
+    def rewards(trusted: bool, kwargs: str = "") -> list:
+        recipe = parse_recipe(f"""\
+output_dir: {tmp_path / "run"}
+model: {{name_or_path: {remote_ckpt}, trust_remote_code: {str(trusted).lower()}}}
+stages:
+  - name: e
+    kind: eval
+    data: org/heldout
+    rewards: [{{name: overlong, kwargs: {{max_length: 8, cache_length: 4, tokenizer: {remote_ckpt}{kwargs}}}}}]
+""", kinds=KINDS)
+        ctx = StageContext(recipe, recipe.stages[0], tmp_path / "run", str(remote_ckpt), logging.getLogger("test"))
+        return [reward for reward, _ in ctx.build_rewards(recipe.stages[0].rewards)]
+
+    [trusted] = rewards(True)
+    assert type(trusted.verifier._tok()).__name__ == "RemoteTokenizer"
+    scores, errors = trusted.score_with_errors(["1 + 1 = 2"])
+    assert scores[0] is not None and errors == [None]
+    [untrusted] = rewards(False)
+    scores, errors = untrusted.score_with_errors(["1 + 1 = 2"])
+    assert scores == [None] and "cannot load tokenizer" in errors[0]
+    [own_choice] = rewards(True, ", trust_remote_code: false")
+    assert own_choice.score_with_errors(["1 + 1 = 2"])[0] == [None]

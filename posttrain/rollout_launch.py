@@ -87,7 +87,8 @@ def rollout_server_for(recipe: Recipe, stage: StageConfig, run_dir: Path,
     log.info("  starting the rollout server on GPU(s) %s: %s (log: %s)", ",".join(server_gpus),
              shlex.join(command), stage_dir / SERVER_LOG)
     with open(stage_dir / SERVER_LOG, "ab") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_stop_with_parent)
     try:
         _wait_started(proc, url, wait_s, stage, stage_dir / SERVER_LOG)
         log.info("  rollout server up at %s; training on GPU(s) %s", url, ",".join(trainer_gpus) or "(none)")
@@ -95,6 +96,16 @@ def rollout_server_for(recipe: Recipe, stage: StageConfig, run_dir: Path,
     finally:
         terminate(proc)
         log.info("  rollout server stopped")
+
+
+def _stop_with_parent() -> None:
+    """In the server's process before it starts: SIGTERM when the run dies, even by SIGKILL (Linux), so no
+    server is left holding the GPUs and the port."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the run's own `finally` is all there is
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def server_command(stage: StageConfig, run_dir: Path) -> list[str]:

@@ -7,6 +7,7 @@ on 127.0.0.1 the way vLLM's does; what the run would start instead is checked ag
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -212,3 +213,37 @@ def test_a_run_whose_rollout_port_is_taken_fails_the_grpo_stage_and_says_why(tmp
     assert entry["status"] == "failed"
     assert "something already answers" in entry["metrics"]["error"]
     assert not (tmp_path / "run" / "grpo" / SERVER_LOG).exists()
+
+
+CHILD = """\
+import sys, time
+from pathlib import Path
+from tests.posttrain.test_rollout_launch import grpo_recipe, stand_in
+from posttrain.rollout_launch import rollout_server_for
+tmp, port, record = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+recipe = grpo_recipe(tmp, port)
+with rollout_server_for(recipe, recipe.stage("grpo"), tmp / "run", command=stand_in(port, "--record", record)):
+    print("up", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_the_server_stops_when_the_run_is_killed(tmp_path: Path) -> None:
+    """SIGKILL gives the run no `finally`: the server still goes (the kernel's parent-death signal), port and all."""
+    port, record = free_port(), tmp_path / "started.json"
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), str(port), str(record)], cwd=root,
+                           stdout=subprocess.PIPE, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "4,5"})
+    try:
+        assert run.stdout is not None and run.stdout.readline().strip() == "up"
+        server_pid = json.loads(record.read_text())["pid"]
+        assert pid_alive(server_pid) and healthy(f"http://127.0.0.1:{port}/health")
+        run.kill()
+        run.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while pid_alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not pid_alive(server_pid), "the rollout server outlived the killed run"
+        assert not healthy(f"http://127.0.0.1:{port}/health")
+    finally:
+        run.kill()

@@ -39,6 +39,7 @@ class RewardModelReward(Verifier):
         std: float | None = None,
         device: str | None = None,
         max_length: int | None = None,
+        trust_remote_code: bool = False,
     ):
         if normalize not in ("none", "sigmoid", "zscore"):
             raise PluginError(f"reward_model: normalize must be none, sigmoid or zscore, got {normalize!r}")
@@ -53,6 +54,7 @@ class RewardModelReward(Verifier):
         self.mean, self.std = mean, std
         self.device = device
         self.max_length = max_length
+        self.trust_remote_code = trust_remote_code  # the checkpoint's own tokenizer/model classes may run
         self._model: Any = None
         self._tokenizer: Any = None
 
@@ -100,7 +102,8 @@ class RewardModelReward(Verifier):
             self.std = stats["std"] if self.std is None else self.std
         if self.std is not None and self.std <= 0:
             raise PluginError(f"reward_model: std must be positive, got {self.std}")
-        self._model, self._tokenizer = load_reward_model(self.model_path, self.device, local_files_only=local_only)
+        self._model, self._tokenizer = load_reward_model(self.model_path, self.device, local_files_only=local_only,
+                                                           trust_remote_code=self.trust_remote_code)
 
 
 def _read_stats(path: Path) -> dict[str, float] | None:
@@ -111,7 +114,8 @@ def _read_stats(path: Path) -> dict[str, float] | None:
         return None
 
 
-def load_reward_model(path: str, device: str | None = None, local_files_only: bool = False) -> tuple[Any, Any]:
+def load_reward_model(path: str, device: str | None = None, local_files_only: bool = False,
+                      trust_remote_code: bool = False) -> tuple[Any, Any]:
     """A sequence-classification model with one label (in eval mode) and its right-padding tokenizer.
 
     `local_files_only`: a cached hub model while the hub is out of reach (no retries against it)."""
@@ -123,8 +127,8 @@ def load_reward_model(path: str, device: str | None = None, local_files_only: bo
     try:
         hub = {"local_files_only": True} if local_files_only else {}
         with_sequence_classification(path, **hub)  # families transformers ships without a head class (OLMoE)
-        tokenizer = AutoTokenizer.from_pretrained(path, **hub)
-        model = AutoModelForSequenceClassification.from_pretrained(path, **hub)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **hub)
+        model = AutoModelForSequenceClassification.from_pretrained(path, **hub)  # built-in architectures only
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PluginError(f"reward_model: cannot load a reward model from {path!r}: {first}") from None

@@ -135,11 +135,14 @@ class RewardModelStage(TrainerStage):
         return train
 
     def trl_overrides(self) -> dict[str, Any]:
+        from posttrain.core.models import model_remote_code
+
         extra: dict[str, Any] = {} if len(self.held_out) else {"eval_strategy": "no"}
         if self.cfg.model in (None, "base") and self.cfg.lora is None:
             spec = self.ctx.recipe.model
             extra["model_init_kwargs"] = {"dtype": spec.dtype, "revision": spec.revision,
-                                          "trust_remote_code": spec.trust_remote_code}
+                                          "trust_remote_code": model_remote_code(self.ctx.base_model,
+                                                                                 spec.trust_remote_code)}
         return extra
 
     def load_model(self, path: str) -> Any:

@@ -137,6 +137,48 @@ if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
 
 
+IDENTITY_RECIPE = """\
+output_dir: /tmp/identity
+model: {{name_or_path: /models/base}}
+stages:
+  - name: grpo
+    kind: grpo
+    data: prompts.jsonl
+    rewards: [{{name: math}}]
+    launch: {launch}
+    rollout: {rollout}
+"""
+
+
+def _grpo_identity(launch: str = "{}", rollout: str = "{}") -> str:
+    from posttrain.runner import stage_hash
+
+    recipe = parse_recipe(IDENTITY_RECIPE.format(launch=launch, rollout=rollout), kinds=KINDS, check=False)
+    return stage_hash(recipe, recipe.stages[0], "base", {})
+
+
+def test_where_a_stage_runs_is_no_part_of_its_identity() -> None:
+    """Ports, hosts, a machine's rank and who starts the rollout server never retrain a stage; what changes the
+    training (the number of processes: the batch) does. Defaults hash as they did before these options existed."""
+    plain = _grpo_identity()
+    elsewhere = _grpo_identity(
+        launch="{num_processes: 16, num_machines: 2, machine_rank: 1, main_process_ip: 10.0.0.1, "
+               "main_process_port: 29555, gpu_memory_gb: 40}",
+        rollout="{backend: vllm, mode: server, server_host: 10.0.0.2, server_port: 9000, start: true, gpus: [7]}")
+    assert elsewhere == _grpo_identity(launch="{num_processes: 16, num_machines: 2, main_process_ip: 10.0.0.9}",
+                                       rollout="{backend: vllm, mode: server}")
+    assert elsewhere != plain and _grpo_identity(launch="{num_processes: 2}") != plain
+    from posttrain.recipe import LaunchSpec
+    from posttrain.stages.grpo import RolloutSpec
+
+    identity = {"identity": True}
+    assert LaunchSpec().model_dump(mode="json", context=identity) == {"num_processes": 1, "config_file": None,
+                                                                       "main_process_port": None}
+    assert RolloutSpec().model_dump(mode="json", context=identity) == {
+        "backend": "auto", "mode": "colocate", "server_host": "127.0.0.1", "server_port": 8000,
+        "gpu_memory_utilization": 0.3}
+
+
 # --------------------------------------------------------------------------------------------------
 # The report while a run goes on: text after every stage, plots once at the end (or on failure, Ctrl-C)
 

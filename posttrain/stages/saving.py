@@ -77,7 +77,11 @@ def save_final(trainer: Any, tokenizer: Any, ctx: StageContext, base: str) -> Pa
         trust = ctx.recipe.model.trust_remote_code
 
         def save(path: Path) -> None:
-            merged = merge_on_reload(base, lora, trained_part(model, state or {}), trained_dtypes(model), trust)
+            merged = merge_on_reload(base, lora, trained_part(model, state or {}), trained_dtypes(model), trust,
+                                     task_type=_task_type(model), num_labels=model.config.num_labels)
+            pad = model.config.get_text_config().pad_token_id  # a reward model scores padded batches with it
+            if pad is not None:
+                merged.config.get_text_config().pad_token_id = pad
             merged.config.use_cache = True  # trainers switch the KV cache off; generation from this model needs it
             merged.save_pretrained(path)
             tokenizer.save_pretrained(path)
@@ -109,18 +113,26 @@ def _plain_name(name: str) -> str:
 
 
 def merge_on_reload(base: str, lora: Any, trained: dict[str, Any], dtypes: dict[str, Any],
-                    trust_remote_code: bool = False) -> Any:
+                    trust_remote_code: bool = False, task_type: str = "CAUSAL_LM", num_labels: int = 1) -> Any:
     """`base` loaded in float32 (unpartitioned), wrapped with LoRA exactly as for training (`apply_lora`, so the
     fused experts' adapters nest the same way), the trained tensors loaded, the adapter merged in, and each
-    parameter cast back to the dtype it trained in (`dtypes`)."""
+    parameter cast back to the dtype it trained in (`dtypes`). `task_type` SEQ_CLS: a reward model, reloaded
+    with its score head (which LoRA trains whole, as modules_to_save)."""
     import torch
 
-    from posttrain.core.models import load_causal_lm
+    from posttrain.core.models import load_causal_lm, with_sequence_classification
     from posttrain.lora import apply_lora
 
     with loading_unsharded():
-        full = load_causal_lm(base, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    peft_model = apply_lora(full, lora)
+        if task_type == "SEQ_CLS":
+            from transformers import AutoModelForSequenceClassification
+
+            with_sequence_classification(base, trust_remote_code=trust_remote_code)
+            full = AutoModelForSequenceClassification.from_pretrained(
+                base, num_labels=num_labels, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        else:
+            full = load_causal_lm(base, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    peft_model = apply_lora(full, lora, task_type=task_type)
     unexpected = peft_model.load_state_dict(trained, strict=False).unexpected_keys
     if unexpected:
         raise RuntimeError(f"merging LoRA: {len(unexpected)} trained tensors have no place in the reloaded model, "
@@ -130,6 +142,13 @@ def merge_on_reload(base: str, lora: Any, trained: dict[str, Any], dtypes: dict[
         if name in dtypes and param.dtype != dtypes[name]:
             param.data = param.data.to(dtypes[name])
     return merged
+
+
+def _task_type(model: Any) -> str:
+    """The peft task the model was wrapped for (CAUSAL_LM unless said otherwise)."""
+    config = getattr(model, "peft_config", {}).get("default")
+    task = getattr(config, "task_type", None)
+    return str(getattr(task, "value", task) or "CAUSAL_LM")
 
 
 def _save_atomically(trainer: Any, out: Path, save: Callable[[Path], None]) -> None:

@@ -261,7 +261,8 @@ class Fp32RouterBiases(TrainerCallback):
 
         from posttrain.moe_balance import find_routers
 
-        low = sorted({str(r.e_score_correction_bias.dtype) for _, r in find_routers(model)} - {str(torch.float32)})
+        biases = [r.e_score_correction_bias for _, r in find_routers(model) if hasattr(r, "e_score_correction_bias")]
+        low = sorted({str(b.dtype) for b in biases} - {str(torch.float32)})
         if low:
             raise StageError(
                 f"the MoE router biases (e_score_correction_bias) are {', '.join(low)} after the trainer set up its "

@@ -135,6 +135,8 @@ def recipe(work: Path, s: Sizes, bf16: bool, vllm: bool = False) -> dict[str, An
                 "rollout": {"backend": "vllm", "mode": "colocate", "gpu_memory_utilization": 0.3},
                 "trl": {**grpo_trl, "max_steps": 3, "vllm_max_model_length": 512}}] if vllm else []),
             {"name": "sft_zero3", "kind": "sft", "model": "sft", "data": "distill", "lora": {"r": 8},
+             "moe_balance": {"bias_update_speed": 0.01},
+             "launch": {"num_processes": 1, "config_file": str(ROOT / "recipes/accelerate/zero3.yaml")},
              "trl": {**sft_trl, "max_steps": 4}},
             {"name": "sft_resume", "kind": "sft", "model": "sft", "data": "distill",
              "trl": {**sft_trl, "max_steps": s.resume_steps}},
@@ -227,15 +229,8 @@ def check_zero3(work: Path, s: Sizes, device: str) -> str:
     from safetensors.torch import load_file
 
     from posttrain.core.models import load_causal_lm
-    from posttrain.runner import _free_port
 
-    run_stages(work, ["sft"])  # also writes the resolved recipe the worker reads
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-           "--main_process_port", str(_free_port()), "--config_file", str(ROOT / "recipes/accelerate/zero3.yaml"),
-           "-m", "posttrain.worker", str(work / RUN), "sft_zero3"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=s.child_timeout_s)
-    if done.returncode != 0:
-        raise RuntimeError(f"accelerate launch exited {done.returncode}: {done.stderr[-800:]}")
+    run_stages(work, ["sft", "sft_zero3"])  # sft_zero3 runs under `accelerate launch` with the ZeRO-3 config
     out = work / RUN / "sft_zero3" / "model"
     tensors: dict[str, torch.Tensor] = {}
     for f in sorted(out.glob("*.safetensors")):

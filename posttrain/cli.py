@@ -90,25 +90,35 @@ def cmd_validate(args: argparse.Namespace) -> int:
     quick = " and its --quick variant" if has_quick else ""
     print(f"{args.recipe}{quick}: ok ({len(recipe.stages)} stages: {', '.join(recipe.stage_names())})")
     for note in notes:
-        print(f"note: {note}")
+        print(note if note.startswith("warning:") else f"note: {note}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from posttrain.core.log import setup_logging
+    from posttrain.launch import follow, follower_rank
     from posttrain.recipe import load_recipe
     from posttrain.run_folder import prepare_run_dir, user_os_errors
     from posttrain.run_lock import run_lock
     from posttrain.runner import run_recipe
     from posttrain.stages import KINDS
 
-    recipe = load_recipe(args.recipe, args.overrides, output_dir=args.output_dir, quick=args.quick, kinds=KINDS)
+    notes: list[str] = []
+    recipe = load_recipe(args.recipe, args.overrides, output_dir=args.output_dir, quick=args.quick, kinds=KINDS,
+                         notes=notes)
     out = Path(recipe.output_dir)
     only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+    if follower_rank(recipe, only) > 0:  # another machine of a multi-machine stage: machine 0 runs the recipe
+        setup_logging(None, logging.DEBUG if args.verbose else logging.INFO)
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        return follow(recipe, only)
     prepare_run_dir(out)
     # Locked before anything is written there (the log too): a second run refuses at once.
     with user_os_errors(out), run_lock(out):
         setup_logging(out, logging.DEBUG if args.verbose else logging.INFO)
+        for note in notes:
+            if note.startswith("warning:"):
+                logging.getLogger("posttrain.recipe").warning(note.removeprefix("warning: "))
         signal.signal(signal.SIGTERM, _raise_interrupt)
         report = run_recipe(recipe, only)
     failed = [name for name, entry in report["stages"].items() if entry["status"] == "failed"]

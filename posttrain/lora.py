@@ -104,8 +104,9 @@ def find_targets(model: Any) -> dict[str, PartTargets]:
             if part is not None:
                 found[part].modules.append(name)
         elif name.rpartition(".")[2] == "experts" and part_of(name) == "routed_experts":
+            # ZeRO-3 loads partitioned: a parameter is then an empty stand-in, its real shape in `ds_shape`.
             found["routed_experts"].parameters += [f"{name}.{p}" for p, t in module.named_parameters(recurse=False)
-                                                   if t.dim() == 3]
+                                                   if len(getattr(t, "ds_shape", t.shape)) == 3]
     return found
 
 

@@ -16,10 +16,21 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializeAsAny,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from posttrain.core.errors import RecipeError
 from posttrain.recipe_check import check_recipe, resolve_override, resolve_paths, stage_names_of
+from posttrain.recipe_limits import check_limits
 from posttrain.recipe_problems import (
     Loader,
     Loc,
@@ -91,13 +102,65 @@ class RewardSpec(StrictModel):
         return self.name.rpartition(":")[2].rpartition(".")[2]
 
 
-class LaunchSpec(StrictModel):
-    """Run the stage in several processes with `accelerate launch` (DDP, or DeepSpeed/FSDP by config file)."""
+#: `model_dump(context={IDENTITY: True})`: the dump a stage's identity (its config hash) is computed from. Options
+#: that say where or how a stage runs, never what it computes (ports, hosts, a machine's rank), are left out or
+#: pinned to their old defaults there, so changing them never retrains a stage.
+IDENTITY = "identity"
 
+
+def for_identity(info: SerializationInfo) -> bool:
+    return bool(info.context) and bool(info.context.get(IDENTITY))
+
+
+class LaunchSpec(StrictModel):
+    """Run the stage in several processes with `accelerate launch` (DDP, or DeepSpeed/FSDP by config file), on one
+    machine or several (accelerate's own multi-node launch: run `posttrain run` on every machine, each with its
+    `machine_rank`; recipes/README.md has a SLURM script)."""
+
+    #: Processes in all, over every machine (accelerate's --num_processes): GPUs per machine x machines.
     num_processes: int = Field(1, ge=1)
     #: An accelerate config file, e.g. accelerate/zero2.yaml next to a recipe in recipes/.
     config_file: str | None = None
-    main_process_port: int | None = None
+    #: Rendezvous port of the main process (one machine: a free one by default; several: 29500 by default).
+    main_process_port: int | None = Field(None, ge=1, le=65535)
+    num_machines: int = Field(1, ge=1)
+    #: This machine's rank (0: the main machine, which runs the other stages and writes the run folder).
+    machine_rank: int = Field(0, ge=0)
+    #: Address of machine 0, reachable from the others (several machines only).
+    main_process_ip: str | None = None
+    #: GPU memory per process in GB, for `posttrain validate`'s estimate of a micro-batch's logits (default 80).
+    gpu_memory_gb: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _machines(self) -> LaunchSpec:
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"machine_rank {self.machine_rank} is not below num_machines {self.num_machines}")
+        if self.num_machines > 1:
+            if not self.main_process_ip:
+                raise ValueError("several machines need main_process_ip: the address of machine 0")
+            if self.num_processes % self.num_machines:
+                raise ValueError(f"num_processes ({self.num_processes}) counts the processes of all machines: "
+                                 f"give a multiple of num_machines ({self.num_machines})")
+        return self
+
+    @property
+    def processes_per_machine(self) -> int:
+        return self.num_processes // self.num_machines
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any, info: SerializationInfo) -> Any:
+        """New options are left out at their defaults (stages written before them keep their hash); where this
+        machine is and what GPU memory it has never count for the identity."""
+        data = handler(self)
+        if not isinstance(data, dict):
+            return data
+        defaults = {"num_machines": 1, "machine_rank": 0, "main_process_ip": None, "gpu_memory_gb": None}
+        for key, default in defaults.items():
+            if data.get(key) == default or (for_identity(info) and key != "num_machines"):
+                data.pop(key, None)
+        if for_identity(info):
+            data["main_process_port"] = None
+        return data
 
 
 class StageConfig(StrictModel):
@@ -252,6 +315,7 @@ def parse_recipe(
     assert recipe is not None
     if check:
         check_recipe(recipe, problems, hub=hub)
+        check_limits(recipe, problems, hub=hub)
         problems.raise_if_any()
     if notes is not None:
         notes += problems.notes

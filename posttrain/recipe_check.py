@@ -17,14 +17,12 @@ import functools
 import inspect
 import math
 import os
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from posttrain.core.errors import PosttrainError
+from posttrain.core.hub import hub_repo_exists, hub_unreachable
 from posttrain.recipe_problems import Loc, Problems, did_you_mean
 
 #: Keys whose string value is a local file (or folder).
@@ -288,45 +286,7 @@ def _check_trl_values(trl: dict[str, Any], loc: Loc, problems: Problems) -> None
 
 
 # --------------------------------------------------------------------------------------------------
-# The hub (only where it can be reached; never a long wait)
-
-HUB_TIMEOUT_S = 5.0
-
-
-def hub_unreachable() -> str | None:
-    """Why the hub cannot be asked (offline mode, no connection), or None when it can."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE is set"
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    found: list[str | None] = []
-
-    def probe() -> None:  # in a thread: a name lookup has no timeout of its own
-        try:
-            socket.create_connection((host, port), timeout=HUB_TIMEOUT_S).close()
-            found.append(None)
-        except OSError as exc:
-            found.append(f"no connection to {host} ({exc.strerror or exc})")
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(HUB_TIMEOUT_S + 1)
-    return found[0] if found else f"no answer from {host} within {HUB_TIMEOUT_S:g} s"
-
-
-def hub_repo_exists(name: str, kind: str) -> bool | None:
-    """True/False when the hub answered; None when it could not say (timeout, server error)."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    api = HfApi()
-    try:
-        (api.dataset_info if kind == "dataset" else api.model_info)(name, timeout=HUB_TIMEOUT_S)
-    except RepositoryNotFoundError:
-        return False
-    except Exception:
-        return None
-    return True
+# The hub (only where it can be reached; never a long wait: posttrain/core/hub.py)
 
 
 def _check_hub(names: list[tuple[Loc, str, str]], problems: Problems) -> None:

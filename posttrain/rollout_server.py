@@ -35,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument("--data-parallel-size", type=int, default=1)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let the checkpoint's own config and tokenizer code run (default: the recipe's "
+                        "model.trust_remote_code)")
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     p.add_argument("--vllm-args", default="", help="more `vllm serve` options, e.g. '--max-model-len 4096'")
     p.set_defaults(func=cmd_rollout_server)
@@ -49,16 +52,19 @@ def server_command(args: argparse.Namespace) -> list[str]:
     `build_command`, so the flags are those the pinned TRL's client relies on."""
     from trl.scripts.vllm_serve import ScriptArguments, build_command
 
-    host, port, model = args.host, args.port, args.model
+    from posttrain.stages.grpo import DEFAULT_PORT
+
+    host, port, model, trust = args.host, args.port, args.model, args.trust_remote_code
     if args.recipe:
-        stage_model, stage_host, stage_port = _from_recipe(args)
-        model, host, port = model or stage_model, host or stage_host, port or stage_port
+        stage_model, stage_host, stage_port, stage_trust = _from_recipe(args)
+        model, host, port, trust = model or stage_model, host or stage_host, port or stage_port, trust or stage_trust
     if not model:
         raise RecipeError(["rollout-server: give a RECIPE with a grpo stage, or --model PATH"])
-    script = ScriptArguments(model=model, host=host or "127.0.0.1", port=port or 8000,
+    script = ScriptArguments(model=model, host=host or "127.0.0.1", port=port or DEFAULT_PORT,
                              tensor_parallel_size=args.tensor_parallel_size,
                              data_parallel_size=args.data_parallel_size,
-                             gpu_memory_utilization=args.gpu_memory_utilization)
+                             gpu_memory_utilization=args.gpu_memory_utilization,
+                             trust_remote_code=trust)
     return build_command(script, shlex.split(args.vllm_args))
 
 
@@ -76,7 +82,7 @@ def cmd_rollout_server(args: argparse.Namespace) -> int:
     os.execve(cmd[0], cmd, {**os.environ, **SERVER_ENV})
 
 
-def _from_recipe(args: argparse.Namespace) -> tuple[str, str, int]:
+def _from_recipe(args: argparse.Namespace) -> tuple[str, str, int, bool]:
     from posttrain.recipe import load_recipe
     from posttrain.stages import KINDS
     from posttrain.stages.base import resolve_model
@@ -96,4 +102,4 @@ def _from_recipe(args: argparse.Namespace) -> tuple[str, str, int]:
                               f"the rollout server of stage {stage.name!r}")
     except StageError as exc:
         raise RecipeError([f"{args.recipe}: {exc}"]) from None
-    return model, stage.rollout.server_host, stage.rollout.server_port
+    return model, stage.rollout.server_host, stage.rollout.server_port, recipe.model.trust_remote_code

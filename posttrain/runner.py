@@ -19,21 +19,18 @@ import hashlib
 import json
 import logging
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from posttrain.core.errors import PosttrainError, RunFolderError, StageError
-from posttrain.recipe import Recipe, StageConfig
+from posttrain.core.errors import PosttrainError, RunFolderError
+from posttrain.launch import needs_launch, run_launched
+from posttrain.recipe import IDENTITY, Recipe, StageConfig
+from posttrain.rollout_launch import rollout_server_for
 from posttrain.run_folder import (
     PREV_SUFFIX,
     RESOLVED_RECIPE,
-    RESULT_FILE,
     TMP_SUFFIX,
     UNFINISHED_SUFFIX,
     ReportEntry,
@@ -44,9 +41,9 @@ from posttrain.run_folder import (
     user_os_error,
     write_text_atomic,
 )
-from posttrain.run_lock import HOLDER_ENV, run_lock
+from posttrain.run_lock import run_lock
 from posttrain.stages import KINDS
-from posttrain.stages.base import StageContext, StageResult
+from posttrain.stages.base import StageContext
 from posttrain.tracking import check_installed, log_final_metrics
 from posttrain.tracking import names as tracker_names
 
@@ -123,7 +120,7 @@ def _run_locked(recipe: Recipe, run_dir: Path, only: list[str] | None, lock_fd: 
                 if stamp is not None:
                     stamps[stage.name] = stamp
             report.stages[stage.name] = entry
-            _write_report(run_dir, recipe, report)
+            _write_report(run_dir, recipe, report, plots=False)  # plots once, below: they cost seconds per build
             failed = entry.status == "failed"
     except BaseException:
         _try(lambda: _write_report(run_dir, recipe, report))
@@ -145,7 +142,7 @@ def _run_locked(recipe: Recipe, run_dir: Path, only: list[str] | None, lock_fd: 
 def stage_hash(recipe: Recipe, stage: StageConfig, base_hash: str, earlier: dict[str, str]) -> str:
     """A stage's identity: its config, the seed, the base model, the stamps of the earlier stages' outputs it
     reads (`earlier`: stage -> stamp; a stage missing there has no current outputs) and the local files it reads."""
-    config = stage.model_dump(mode="json")
+    config = stage.model_dump(mode="json", context={IDENTITY: True})
     deps = {name: earlier.get(name) for name in stage_dependencies(recipe, stage)}
     run_dir = Path(recipe.output_dir).absolute()
     base = recipe.model_dump(mode="json", include={"model", "tokenizer"})
@@ -233,11 +230,15 @@ def _run_stage(recipe: Recipe, stage: StageConfig, run_dir: Path, base_model: st
     StageState(stage.kind, identity, "running").write(stage_dir)
     start = time.perf_counter()
     try:
-        if stage.launch.num_processes > 1:
-            result = _run_launched(stage, run_dir, lock_fd)
-        else:
-            ctx = StageContext(recipe, stage, run_dir, base_model, logging.getLogger(f"posttrain.{stage.name}"))
-            result = KINDS.get(stage.kind).run(ctx)
+        with rollout_server_for(recipe, stage, run_dir) as env:
+            if needs_launch(stage) or env:  # a stage confined to some GPUs needs a process of its own
+                result = run_launched(stage, run_dir, lock_fd, env)
+            else:
+                ctx = StageContext(recipe, stage, run_dir, base_model, logging.getLogger(f"posttrain.{stage.name}"))
+                try:
+                    result = KINDS.get(stage.kind).run(ctx)
+                finally:
+                    _free_gpu_memory()
     except KeyboardInterrupt:
         seconds = time.perf_counter() - start
         StageState(stage.kind, identity, "interrupted", seconds).write(stage_dir)
@@ -314,75 +315,21 @@ def _failed(stage: StageConfig, stage_dir: Path, identity: str, start: float, er
     return _entry(stage, "failed", seconds, {"error": error})
 
 
+def _free_gpu_memory() -> None:
+    """After a stage in this process: what it held on the GPU (a vLLM engine, a model) goes before the next one."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def _try(action: Any) -> None:
     """Best effort, while another error is on its way to the user."""
     with contextlib.suppress(Exception):
         action()
-
-
-# --------------------------------------------------------------------------------------------------
-# Several processes
-
-
-def _run_launched(stage: StageConfig, run_dir: Path, lock_fd: int) -> StageResult:
-    """Run one stage in N processes with `accelerate launch`, under this run's lock; rank 0 writes the result."""
-    result_file = run_dir / stage.name / RESULT_FILE
-    result_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch_args(stage),
-           "-m", "posttrain.worker", str(run_dir), stage.name]
-    log.info("  launching %d processes: %s", stage.launch.num_processes, " ".join(cmd[2:]))
-    env = dict(os.environ)
-    env[HOLDER_ENV] = str(os.getpid())
-    if not stage.launch.config_file and not _has_cuda():
-        env["ACCELERATE_USE_CPU"] = "true"  # torchrun ranks + gloo; without it every rank thinks it is alone
-    # The launcher inherits the locked file: the folder stays locked while it runs, even if we are killed.
-    proc = subprocess.Popen(cmd, start_new_session=True, env=env, pass_fds=(lock_fd,))
-    try:
-        code = proc.wait()
-    except KeyboardInterrupt:
-        _terminate(proc)
-        raise
-    if code != 0 or not result_file.exists():
-        raise StageError(f"stage {stage.name!r}: launched processes exited with code {code} (see the log above)")
-    data = json.loads(result_file.read_text())
-    return StageResult(metrics=data.get("metrics", {}), outputs=data.get("outputs", {}))
-
-
-def launch_args(stage: StageConfig) -> list[str]:
-    spec = stage.launch
-    args = ["--num_processes", str(spec.num_processes), "--num_machines", "1",
-            "--main_process_port", str(spec.main_process_port or _free_port())]
-    if spec.config_file:
-        args += ["--config_file", spec.config_file]
-    else:
-        # torchrun under the hood; without CUDA, accelerate falls back to gloo on the CPU.
-        args += ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",
-                 "--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // spec.num_processes))]
-    return args
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _terminate(proc: subprocess.Popen[Any]) -> None:
-    """Stop a launched process group: SIGTERM, then SIGKILL if it does not go within 30 s."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,12 +345,14 @@ def _summary(metrics: dict[str, Any]) -> str:
     return (": " + ", ".join(shown[:6])) if shown else ""
 
 
-def _write_report(run_dir: Path, recipe: Recipe, report: RunReport) -> None:
+def _write_report(run_dir: Path, recipe: Recipe, report: RunReport, plots: bool = True) -> None:
+    """report.json, and report.md with its plots (`plots`: when the run ends, fails or is interrupted) or without
+    them (after each stage: drawing every plot again took most of a tiny run's time)."""
     report.write(run_dir, recipe.stage_names())
     try:
         from posttrain.report import write_report
 
-        write_report(run_dir, kinds=KINDS)
+        write_report(run_dir, kinds=KINDS, plots=plots)
     except Exception as exc:  # the report is a view; never lose a run over it
         message = user_os_error(exc, run_dir)
         if message is not None:

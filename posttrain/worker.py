@@ -1,4 +1,4 @@
-"""Entry point of one process of a stage run under `accelerate launch` (see runner._run_launched).
+"""Entry point of one process of a stage run under `accelerate launch` (see launch.py).
 
 `python -m posttrain.worker RUN_DIR STAGE` rebuilds the stage's context from the resolved recipe;
 rank 0 writes DIR/<stage>/result.json for the runner. Workers run under the lock of the run that
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _work(run_dir: str, stage_name: str) -> int:
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
     from posttrain.core.log import setup_logging
     from posttrain.recipe import parse_recipe
@@ -38,7 +39,9 @@ def _work(run_dir: str, stage_name: str) -> int:
     from posttrain.tiny import base_model_ref
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    state = PartialState()
+    # Without CUDA the launcher asks for CPU ranks (ACCELERATE_USE_CPU); a bare PartialState() ignores that and
+    # every rank would think it is alone (each the main process, no process group).
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     setup_logging(None, rank=state.process_index)
     resolved = Path(run_dir) / RESOLVED_RECIPE
     # Already resolved and checked by the run that launched us: paths are absolute, plugins import.

@@ -21,8 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.core.errors import DataError, PluginError, PosttrainError
+from rewards.protocol import NOT_COLUMNS
 
 _OUTPUT_KEYS = ("rewards", "reward", "errors")
+#: Names a reward call gives its own meaning (TRL's arguments): a data column with one of them is kept in the
+#: output rows but never passed to a reward, where it would replace the argument (or collide with it).
+RESERVED_COLUMNS = frozenset({"completions", "prompts", "completion_ids"}) | NOT_COLUMNS
+#: Exit status when a reward failed on every row it was given (the rows are still written).
+EXIT_ALL_FAILED = 1
 
 
 def add_parser(subparsers: Any) -> None:
@@ -162,16 +168,34 @@ def _kept_rows(path: Path) -> int:
     return data[:end].count(b"\n")
 
 
-def score_batch(rows: list[dict[str, Any]], rewards: list[tuple[RewardArg, Any]]) -> list[dict[str, Any]]:
-    """Score rows with every reward as GRPOTrainer calls them; return the rows with rewards/reward/errors."""
+def passed_columns(keys: set[str], arg: RewardArg) -> tuple[dict[str, str], set[str]]:
+    """({argument name: column} a reward gets, the columns it does not get): `prompt` goes as `prompts`, as TRL
+    passes it; a column named like an argument of the call (`completions`, `trainer_state`, ...) or like one
+    of the reward's own options (`--reward-kwargs`) is held back, so data can never replace an argument.
+
+    >>> passed_columns({"prompt", "solution", "completions"}, RewardArg("math"))
+    ({'prompts': 'prompt', 'solution': 'solution'}, {'completions'})
+    """
+    held = {k for k in keys if k in RESERVED_COLUMNS or k in arg.kwargs}
+    return {("prompts" if k == "prompt" else k): k for k in sorted(keys - held)}, held
+
+
+def score_batch(rows: list[dict[str, Any]], rewards: list[tuple[RewardArg, Any]],
+                held_back: set[str] | None = None) -> list[dict[str, Any]]:
+    """Score rows with every reward as GRPOTrainer calls them; return the rows with rewards/reward/errors.
+
+    `held_back` collects the columns no reward was given (see `passed_columns`)."""
     from rewards.registry import combine
 
     completions = [row["completion"] for row in rows]
     keys = {k for row in rows for k in row if k not in ("completion", *_OUTPUT_KEYS)}
-    columns = {("prompts" if k == "prompt" else k): [row.get(k) for row in rows] for k in keys}
     scores: dict[str, list[float | None]] = {}
     errors: dict[str, list[str | None]] = {}
     for arg, fn in rewards:
+        names, held = passed_columns(keys, arg)
+        if held_back is not None:
+            held_back |= held
+        columns = {name: [row.get(k) for row in rows] for name, k in names.items()}
         scores[arg.name], errors[arg.name] = fn.score_with_errors(completions, **columns)
     totals = combine(scores, {arg.name: arg.weight for arg, _ in rewards})
     out = []
@@ -187,14 +211,14 @@ def score_batch(rows: list[dict[str, Any]], rewards: list[tuple[RewardArg, Any]]
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from rewards.registry import get_reward
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     src, dst = Path(args.input), Path(args.output)
     if not src.is_file():
-        raise DataError(f"--input {src}: no such file")
+        raise DataError(f"--input {src}: " + ("a directory, not a file" if src.is_dir() else "no such file"))
+    if dst.is_dir():
+        raise DataError(f"--output {dst} is a directory: give a file, e.g. {dst / 'scores.jsonl'}")
     if dst.exists() and dst.resolve() == src.resolve():
         raise DataError(f"--output {dst} is the input file: write the scores to another file")
     if args.batch_size < 1:
@@ -204,6 +228,17 @@ def cmd_score(args: argparse.Namespace) -> int:
         if args.workers is not None and "workers" not in spec.kwargs and _takes_workers(spec.name):
             spec.kwargs["workers"] = args.workers
     rewards = [(spec, get_reward(spec.name, **spec.kwargs)) for spec in specs]
+    try:
+        for _, fn in rewards:
+            fn.setup()  # a reward model or judge that cannot load: one line naming its path, before any row
+        return _score_file(args, src, dst, rewards)
+    finally:
+        for _, fn in rewards:
+            fn.close()
+
+
+def _score_file(args: argparse.Namespace, src: Path, dst: Path, rewards: list[tuple[RewardArg, Any]]) -> int:
+    from tqdm import tqdm
 
     malformed: list[int] = []
 
@@ -211,11 +246,12 @@ def cmd_score(args: argparse.Namespace) -> int:
         malformed.append(lineno)
         tqdm.write(f"{src}:{lineno}: skipped: {why}", file=sys.stderr)
 
-    skip = _kept_rows(dst) if args.resume else 0
-    dst.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    stats: dict[str, list[float]] = {spec.name: [0.0, 0, 0] for spec in specs}  # sum, scored, null
+    stats: dict[str, list[float]] = {spec.name: [0.0, 0, 0] for spec, _ in rewards}  # sum, scored, null
+    held_back: set[str] = set()
     try:
+        skip = _kept_rows(dst) if args.resume else 0
+        dst.parent.mkdir(parents=True, exist_ok=True)
         with open(dst, "a" if skip else "w", encoding="utf-8") as out, \
                 tqdm(total=_count_lines(src), unit="row", desc="scoring", file=sys.stderr, disable=None) as bar:
             batch: list[dict[str, Any]] = []
@@ -226,15 +262,29 @@ def cmd_score(args: argparse.Namespace) -> int:
                     continue
                 batch.append(row)
                 if len(batch) >= args.batch_size:
-                    written += _write(out, score_batch(batch, rewards), bar, stats)
+                    written += _write(out, score_batch(batch, rewards, held_back), bar, stats)
                     batch = []
             if batch:
-                written += _write(out, score_batch(batch, rewards), bar, stats)
-    finally:
-        for _, fn in rewards:
-            fn.close()
+                written += _write(out, score_batch(batch, rewards, held_back), bar, stats)
+    except OSError as exc:  # a folder in the way, read-only, disk full (a reward's own errors never get here)
+        why = ("a file is in the way of a folder" if isinstance(exc, FileExistsError | NotADirectoryError)
+               else exc.strerror or str(exc))
+        raise DataError(f"{exc.filename or dst}: {why}"
+                        + ("; run again with --resume to keep the rows written" if written else "")) from None
+    if held_back:
+        print(f"columns not passed to the rewards (their names are arguments of the reward call or options of a "
+              f"reward; they are kept in the output): {', '.join(sorted(held_back))}", file=sys.stderr)
     _summary(rewards, stats, written, skip, malformed, src, dst)
-    return 0
+    return _all_failed(rewards)
+
+
+def _all_failed(rewards: list[tuple[RewardArg, Any]]) -> int:
+    """EXIT_ALL_FAILED when some reward failed on every row it scored (a broken reward, not bad rows), else 0."""
+    broken = [(arg, fn) for arg, fn in rewards if fn.rows and fn.error_count >= fn.rows]
+    for arg, fn in broken:
+        print(f"error: reward {arg.name} failed on all {fn.rows} rows; first error: {fn.first_error}",
+              file=sys.stderr)
+    return EXIT_ALL_FAILED if broken else 0
 
 
 def _write(out: Any, rows: list[dict[str, Any]], bar: Any, stats: dict[str, list[float]]) -> int:

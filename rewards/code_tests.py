@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from posttrain.core.errors import DataError
+from rewards.sandbox.protocol import AST_LOCK
 
 #: Imports LeetCode-style solutions assume (LiveCodeBench prepends the like): run before the candidate's code.
 PRELUDE = ("from typing import *\nfrom collections import *\nfrom heapq import *\nfrom bisect import *\n"
@@ -155,7 +156,8 @@ def asserts(value: Sequence[Any], where: str, setup: str = "") -> list[Case]:
 def test_program(test: str, where: str) -> list[Case]:
     """A test program run after the solution (KodCode): one case per `test_*` function, or the whole program."""
     try:
-        tree = ast.parse(test)
+        with AST_LOCK:  # rows are read on several threads (see AST_LOCK)
+            tree = ast.parse(test)
     except SyntaxError as exc:
         raise DataError(f"{where}: the test program does not parse ({exc.msg}, line {exc.lineno})") from None
     names = [node.name for node in tree.body

@@ -410,7 +410,22 @@ class GenRMReward(Verifier):
             return None, "genrm: the judge returned no text"
         return None, f"genrm: unparseable verdict ({len(problems)}/{len(texts)} samples): {problems[0]}"
 
-    def _generate(self, judge_prompts: list[str]) -> tuple[list[list[str]], list[str | None]]:
+    def setup(self) -> None:
+        """Check the judge now: an `hf` or `vllm` judge whose `model` is neither a model folder nor a hub model
+        fails in one line naming the path; an `hf` or `scripted` judge is loaded (a vLLM engine and an OpenAI
+        server are started or asked on the first batch). A `policy` judge has nothing to check: the trainer binds
+        the live policy when it starts."""
+        if self.backend == "policy":
+            return
+        if self.spec.backend in ("hf", "vllm"):
+            from posttrain.core.hub import check_model_source
+
+            check_model_source(str(self.spec.model), f"genrm ({self.spec.backend} judge)",
+                               "`model` is a stage's name, a model folder or a hub model")
+        if self.spec.backend in ("hf", "scripted"):
+            self._judge_generator()
+
+    def _judge_generator(self) -> Any:
         with self._lock:
             if self._generator is None and self.backend == "policy":
                 raise PluginError("genrm: backend 'policy' judges with the policy being trained, and none is bound: "
@@ -419,13 +434,17 @@ class GenRMReward(Verifier):
                 from posttrain.core.generation import make_generator
 
                 self._generator = make_generator(self.spec)
+            return self._generator
+
+    def _generate(self, judge_prompts: list[str]) -> tuple[list[list[str]], list[str | None]]:
+        generator = self._judge_generator()
         if self.backend != "policy":
-            return self._generator.generate_with_errors(judge_prompts, self.n, self.sampling)
+            return generator.generate_with_errors(judge_prompts, self.n, self.sampling)
         import torch
 
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):  # seeded judge sampling must not reseed the trainer's stream
-            return self._generator.generate_with_errors(judge_prompts, self.n, self.sampling)
+            return generator.generate_with_errors(judge_prompts, self.n, self.sampling)
 
 
 def _column(kwargs: dict[str, Any], name: str, rows: int) -> list[Any] | None:

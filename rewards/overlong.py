@@ -56,7 +56,8 @@ class OverlongReward(RowVerifier):
 
     columns = ("completion_ids",)
 
-    def __init__(self, max_length: int, cache_length: int, tokenizer: Any = None, unit: str = "tokens"):
+    def __init__(self, max_length: int, cache_length: int, tokenizer: Any = None, unit: str = "tokens",
+                 trust_remote_code: bool = False):
         if not (isinstance(max_length, int) and isinstance(cache_length, int) and 0 < cache_length <= max_length):
             raise PluginError(f"overlong reward: need integers 0 < cache_length <= max_length, got "
                               f"max_length={max_length!r}, cache_length={cache_length!r}")
@@ -67,6 +68,7 @@ class OverlongReward(RowVerifier):
         self.cache_length = cache_length
         self.unit = unit
         self.tokenizer = tokenizer
+        self.trust_remote_code = trust_remote_code  # a tokenizer path whose own tokenizer class may run
         self._loaded: Any = None if isinstance(tokenizer, str) else tokenizer
 
     def _tok(self) -> Any:
@@ -74,7 +76,7 @@ class OverlongReward(RowVerifier):
             from transformers import AutoTokenizer
 
             try:
-                self._loaded = AutoTokenizer.from_pretrained(self.tokenizer)
+                self._loaded = AutoTokenizer.from_pretrained(self.tokenizer, trust_remote_code=self.trust_remote_code)
             except Exception as exc:
                 raise PluginError(f"overlong reward: cannot load tokenizer {self.tokenizer!r}: {exc}") from exc
         return self._loaded

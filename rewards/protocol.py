@@ -201,6 +201,11 @@ class Verifier:
     def row_key(self, completion: Any, **row: Any) -> Hashable | None:
         return default_row_key(completion, **row)
 
+    def setup(self) -> None:
+        """Load what scoring needs (a model, a judge) now. A trainer calls this before its first step, so a
+        reward that cannot load fails the stage at once, naming the path it tried, instead of scoring every
+        row null. Rewards that need nothing keep this no-op; scoring without it loads lazily as before."""
+
     def score_with_errors(self, completions: Sequence[Any], **kwargs: Any) -> tuple[list[float | None],
                                                                                      list[str | None]]:
         """(scores, errors) of a batch, deduplicated and fanned out; an exception of the verifier propagates."""
@@ -282,6 +287,12 @@ class FunctionVerifier:
 
     def score_rows(self, completions: Sequence[Any], **kwargs: Any) -> list[Scored]:
         return [Scored(s) for s in self.fn(completions=completions, **kwargs)]
+
+    def setup(self) -> None:
+        """The function's own `setup()` if it has one (a callable class that loads a model)."""
+        setup = getattr(self.fn, "setup", None)
+        if callable(setup):
+            setup()
 
     def close(self) -> None:
         close = getattr(self.fn, "close", None)

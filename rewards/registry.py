@@ -56,6 +56,8 @@ class Reward:
         self.calls = 0
         self.rows = 0
         self.error_count = 0
+        #: The first failed row's message: what a trainer that stops on too many errors reports.
+        self.first_error: str | None = None
         self._lock = threading.Lock()
 
     def __call__(self, completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
@@ -88,6 +90,8 @@ class Reward:
             self.rows += len(errors)
             before = self.error_count
             self.error_count += len(failed)
+            if failed and self.first_error is None:
+                self.first_error = failed[0]
         for k, message in enumerate(failed, before + 1):
             if k > _MAX_LOGGED_ERRORS:
                 if k == _MAX_LOGGED_ERRORS + 1:
@@ -96,6 +100,13 @@ class Reward:
             log.warning("reward %s: row failed: %s", self.name, message[:500])
         if log_metric is not None and errors:
             log_metric(f"rewards/{self.name}/error_rate", len(failed) / len(errors))
+
+    def setup(self) -> None:
+        """Load what the reward needs now (see `Verifier.setup`): a model that cannot load raises a one-line
+        `PluginError` naming the path, before any row is scored."""
+        setup = getattr(self.verifier, "setup", None)
+        if callable(setup):
+            setup()
 
     def close(self) -> None:
         """Stop what the verifier started (worker processes, thread pools, sandboxes)."""

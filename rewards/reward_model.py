@@ -39,6 +39,7 @@ class RewardModelReward(Verifier):
         std: float | None = None,
         device: str | None = None,
         max_length: int | None = None,
+        trust_remote_code: bool = False,
     ):
         if normalize not in ("none", "sigmoid", "zscore"):
             raise PluginError(f"reward_model: normalize must be none, sigmoid or zscore, got {normalize!r}")
@@ -53,6 +54,7 @@ class RewardModelReward(Verifier):
         self.mean, self.std = mean, std
         self.device = device
         self.max_length = max_length
+        self.trust_remote_code = trust_remote_code  # the checkpoint's own tokenizer/model classes may run
         self._model: Any = None
         self._tokenizer: Any = None
 
@@ -79,13 +81,18 @@ class RewardModelReward(Verifier):
             return (score - self.mean) / self.std
         return score
 
+    def setup(self) -> None:
+        """Load the model now: a wrong `model` fails before training, in one line naming the path."""
+        self._load()
+
     def _load(self) -> None:
         if self._model is not None:
             return
+        from posttrain.core.hub import check_model_source
+
         path = Path(self.model_path)
-        if path.exists() and not (path / "config.json").exists():
-            raise PluginError(f"reward_model: {path} has no config.json; point `model` at a saved reward model "
-                              "(DIR/<reward_model stage>/model)")
+        local_only = check_model_source(self.model_path, "reward_model", "`model` is a reward_model stage's name, "
+                                        "its DIR/<stage>/model folder, or a hub model")
         if self.normalize == "zscore" and (self.mean is None or self.std is None):
             stats = _read_stats(path)
             if stats is None:
@@ -95,7 +102,8 @@ class RewardModelReward(Verifier):
             self.std = stats["std"] if self.std is None else self.std
         if self.std is not None and self.std <= 0:
             raise PluginError(f"reward_model: std must be positive, got {self.std}")
-        self._model, self._tokenizer = load_reward_model(self.model_path, self.device)
+        self._model, self._tokenizer = load_reward_model(self.model_path, self.device, local_files_only=local_only,
+                                                           trust_remote_code=self.trust_remote_code)
 
 
 def _read_stats(path: Path) -> dict[str, float] | None:
@@ -106,19 +114,24 @@ def _read_stats(path: Path) -> dict[str, float] | None:
         return None
 
 
-def load_reward_model(path: str, device: str | None = None) -> tuple[Any, Any]:
-    """A sequence-classification model with one label (in eval mode) and its right-padding tokenizer."""
+def load_reward_model(path: str, device: str | None = None, local_files_only: bool = False,
+                      trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """A sequence-classification model with one label (in eval mode) and its right-padding tokenizer.
+
+    `local_files_only`: a cached hub model while the hub is out of reach (no retries against it)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from posttrain.core.models import with_sequence_classification
 
     try:
-        with_sequence_classification(path)  # families transformers ships without a head class (OLMoE)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path)
-    except OSError as exc:
-        raise PluginError(f"reward_model: cannot load a reward model from {path!r}: {exc}") from None
+        hub = {"local_files_only": True} if local_files_only else {}
+        with_sequence_classification(path, **hub)  # families transformers ships without a head class (OLMoE)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **hub)
+        model = AutoModelForSequenceClassification.from_pretrained(path, **hub)  # built-in architectures only
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PluginError(f"reward_model: cannot load a reward model from {path!r}: {first}") from None
     if model.config.num_labels != 1:
         raise PluginError(f"reward_model: {path} has num_labels={model.config.num_labels}; a Bradley-Terry reward "
                           "model has one output (train it with the reward_model stage)")

@@ -33,6 +33,8 @@ __all__ = ["DESCRIBE_HOOK", "FIGURES_HOOK", "Document", "MetricsLog", "ReportKin
 
 log = logging.getLogger("posttrain.report")
 
+#: Said at the top of a report written while the run goes on (no plots yet).
+PLOTS_LATER = "_The run is in progress: plots are drawn when it ends (or fails, or is interrupted)._"
 #: Names of the optional functions a stage module defines for its section (see the module docstring).
 DESCRIBE_HOOK = "report_describe"
 FIGURES_HOOK = "report_figures"
@@ -52,13 +54,19 @@ class ReportKinds(Protocol):
     def get(self, kind: str) -> KindHooks: ...
 
 
-def write_report(run_dir: Path, *, kinds: ReportKinds) -> Path:
-    """Write DIR/report.md and DIR/plots/*.png; returns the path of report.md."""
+def write_report(run_dir: Path, *, kinds: ReportKinds, plots: bool = True) -> Path:
+    """Write DIR/report.md and DIR/plots/*.png; returns the path of report.md.
+
+    `plots=False` writes the text alone (a fraction of a second instead of seconds): the runner rewrites
+    report.md so after every stage and draws the plots once, when the run ends, fails or is interrupted."""
     run_dir = Path(run_dir)
     stages = load_stages(run_dir)
-    doc = Document(run_dir)
-    doc.plots_dir.mkdir(parents=True, exist_ok=True)
+    doc = Document(run_dir, draw=plots)
+    if plots:
+        doc.plots_dir.mkdir(parents=True, exist_ok=True)
     doc.add(f"# posttrain run report: `{run_dir.name}`", "")
+    if not plots:
+        doc.add(PLOTS_LATER, "")
     doc.attempt("the accuracy-by-stage summary", lambda: accuracy_section(doc, stages))
     doc.attempt("accuracy against response length", lambda: length_section(doc, stages))
     doc.attempt("the stage overview", lambda: overview(doc, stages))
@@ -66,7 +74,8 @@ def write_report(run_dir: Path, *, kinds: ReportKinds) -> Path:
         doc.add(f"## {i}. {stage.name} (`{stage.kind}`)", "")
         doc.attempt(f"the section of stage {stage.name!r}", lambda stage=stage: _stage_section(doc, stage, kinds))
     doc.attempt("the MaxVio comparison", lambda: maxvio_comparison_section(doc, stages))
-    _remove_stale_plots(doc)
+    if plots:
+        _remove_stale_plots(doc)
     out = run_dir / REPORT_MD
     tmp = run_dir / (REPORT_MD + ".tmp")
     tmp.write_text(doc.text())

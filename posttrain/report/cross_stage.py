@@ -54,7 +54,7 @@ def accuracy_section(doc: Document, stages: list[StageView]) -> None:
         why = "no eval stage in this recipe" if not rows else "no eval stage has reported accuracy yet"
         doc.add(f"_No accuracy-by-stage plot: {why}._", "")
         return
-    doc.image(plot_accuracy(doc.plots_dir / ACCURACY_PLOT, scored), "Accuracy by stage")
+    doc.plot("Accuracy by stage", lambda: plot_accuracy(doc.plots_dir / ACCURACY_PLOT, scored))
     k = next((s.metrics.get("k") for s, _ in scored if is_number(s.metrics.get("k"))), None)
     k_text = f"k = {k}" if k is not None else "k"
     doc.add("| eval stage | model | greedy accuracy | sampled pass@1 | pass@k |",
@@ -156,7 +156,7 @@ def plot_length(path: Path, points: list[StageView]) -> Path:
 def maxvio_comparison_section(doc: Document, stages: list[StageView]) -> None:
     """One plot of every stage's MaxVio when more than one stage logged it (e.g. SFT and GRPO, or γ = 0 vs γ > 0)."""
     curves = [s for s in stages if s.log.has(MAX_VIOLATION)]
-    if len(curves) < 2:
+    if len(curves) < 2 or not doc.draw:
         return
     plt = pyplot()
     fig, ax = plt.subplots(figsize=FIGSIZE)

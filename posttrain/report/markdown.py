@@ -26,6 +26,9 @@ class Document:
     run_dir: Path
     lines: list[str] = field(default_factory=list)
     plots: list[Path] = field(default_factory=list)
+    #: False while a run goes on: the text is rewritten after every stage, the plots (matplotlib: seconds per
+    #: build) are drawn only when the run ends, fails or is interrupted; `plot` then draws nothing.
+    draw: bool = True
 
     @property
     def plots_dir(self) -> Path:
@@ -42,6 +45,14 @@ class Document:
         """A "Key figures:" list (markdown bullets), when there is any."""
         if figures:
             self.add("Key figures:", "", *figures, "")
+
+    def plot(self, alt: str, draw: Callable[[], Path | None]) -> Path | None:
+        """Draw a plot with `draw` and reference it; with `draw` off, neither (None)."""
+        if not self.draw:
+            return None
+        path = draw()
+        self.image(path, alt)
+        return path
 
     def image(self, path: Path | None, alt: str) -> None:
         """Reference a plot (None: a plot that had nothing to show, left out)."""

@@ -28,6 +28,8 @@ def training_plots(doc: Document, stage: StageView, moe: bool = False) -> None:
         return
     if lg.bad_lines:
         doc.add(f"_{lg.bad_lines} line(s) of {lg.path.name} were not JSON and were skipped._", "")
+    if not doc.draw:
+        return
     loss_plot = plot_loss(doc.plot_path(stage, "loss"), stage)
     if loss_plot is None:
         doc.missing("No loss curve", f"no `{LOSS}` in metrics.jsonl")

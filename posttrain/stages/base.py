@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.core.errors import StageError
+from posttrain.core.generation.base import GenerationSpec
 from posttrain.recipe import Recipe, RewardSpec, StageConfig
 from posttrain.run_folder import DATA_FILE, METRICS_FILE, MODEL_DIR, append_jsonl, read_jsonl
 
@@ -68,6 +69,13 @@ class StageContext:
         """`None`/`"base"` → the base model; an earlier stage's name → its `model/`; else a path or hub name."""
         return resolve_model(self.recipe, self.run_dir, self.base_model, ref, f"stage {self.config.name!r}")
 
+    def with_remote_code(self, spec: GenerationSpec, ours: bool) -> GenerationSpec:
+        """`spec` with `trust_remote_code` decided: unset, it follows the recipe's `model.trust_remote_code` when the
+        generator loads `ours` (the base model or an earlier stage's, which keep the base's tokenizer), else off."""
+        if spec.trust_remote_code is not None:
+            return spec
+        return spec.model_copy(update={"trust_remote_code": ours and self.recipe.model.trust_remote_code})
+
     def resolve_data(self, ref: str, filename: str = DATA_FILE) -> Path:
         """An earlier stage's name → its `filename`; else a local file path."""
         if ref in self.recipe.stage_names():
@@ -105,18 +113,34 @@ class StageContext:
         return datasets.Dataset.from_list(rows)
 
     def build_rewards(self, specs: list[RewardSpec]) -> list[tuple[Any, float]]:
-        """(reward function, weight) per spec, with `model:` kwargs naming a stage resolved to its model."""
-        from rewards.registry import get_reward
+        """(reward function, weight) per spec, with `model:` kwargs naming a stage resolved to its model, each
+        set up (its model loaded) so that one that cannot load fails the stage before it starts."""
+        from rewards.registry import get_reward, resolve
 
         out = []
         for spec in specs:
             kwargs = dict(spec.kwargs)
             if isinstance(kwargs.get("model"), str) and kwargs["model"] in self.recipe.stage_names():
                 kwargs["model"] = self.resolve_model(kwargs["model"])
-            out.append((get_reward(spec.name, **kwargs), spec.weight))
+            if self.recipe.model.trust_remote_code and "trust_remote_code" not in kwargs and \
+                    _accepts(resolve(spec.name), "trust_remote_code"):
+                kwargs["trust_remote_code"] = True  # a reward's tokenizer/model follows the recipe's choice
+            reward = get_reward(spec.name, **kwargs)
+            reward.setup()  # a reward model or judge that cannot load fails the stage here, not row by row
+            out.append((reward, spec.weight))
         return out
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         """One JSON line per logging step in DIR/<stage>/metrics.jsonl (main process only)."""
         if self.is_main_process:
             append_jsonl(self.stage_dir / METRICS_FILE, row)
+
+
+def _accepts(target: Any, option: str) -> bool:
+    """Whether a reward class (or function) takes the keyword `option`."""
+    import inspect
+
+    try:
+        return option in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False

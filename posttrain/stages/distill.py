@@ -292,19 +292,21 @@ def _build_sampler(cfg: Config, ctx: StageContext, eval_rows: list[dict[str, Any
     teachers = []
     for spec in cfg.teachers:
         model = spec.model
-        if spec.backend in ("hf", "vllm") and (model is None or model == "base" or model in ctx.recipe.stage_names()):
+        ours = spec.backend in ("hf", "vllm") and (model in (None, "base") or model in ctx.recipe.stage_names())
+        if ours:
             model = ctx.resolve_model(model)
         seed = cfg.sampling.seed if cfg.sampling.seed is not None else derive_seed(ctx.seed, cfg.name, spec.label())
         sampling = cfg.sampling.model_copy(update={"seed": seed})
-        teachers.append(Teacher(spec.label(), make_generator(spec.generation_spec(), model), spec.n or cfg.n,
-                                sampling, system_prompt=spec.system_prompt, accepts=spec.accepts(),
-                                reasoning=spec.reasoning))
+        gen = ctx.with_remote_code(spec.generation_spec(), ours)
+        teachers.append(Teacher(spec.label(), make_generator(gen, model), spec.n or cfg.n, sampling,
+                                system_prompt=spec.system_prompt, accepts=spec.accepts(), reasoning=spec.reasoning))
     labels = reward_labels([r.label for r in cfg.rewards])
     rewards = [(label, fn, weight) for label, (fn, weight) in zip(labels, ctx.build_rewards(cfg.rewards), strict=True)]
 
     count_tokens = None
     if cfg.filters.max_tokens is not None or cfg.prefer_shorter:
-        count_tokens = _token_counter(cfg.filters.tokenizer or ctx.base_model, cfg.name)
+        count_tokens = _token_counter(cfg.filters.tokenizer or ctx.base_model, cfg.name,
+                                      ctx.recipe.model.trust_remote_code)
     contaminated = None
     if cfg.decontamination is not None and "completion" in cfg.decontamination.fields:
         deco = Decontaminator(_eval_texts(cfg, eval_rows), cfg.decontamination.ngram)
@@ -319,11 +321,11 @@ def _build_sampler(cfg: Config, ctx: StageContext, eval_rows: list[dict[str, Any
     )
 
 
-def _token_counter(name_or_path: str, stage: str) -> Any:
+def _token_counter(name_or_path: str, stage: str, trust_remote_code: bool = False) -> Any:
     from posttrain.core.models import load_tokenizer
 
     try:
-        tok = load_tokenizer(name_or_path)
+        tok = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise StageError(f"stage {stage!r}: cannot load tokenizer {name_or_path!r} to measure lengths "
                          f"(set filters.tokenizer): {exc}") from None

@@ -61,8 +61,8 @@ def report_figures(doc: Document, stage: StageView) -> None:
     else:
         doc.add("_No rejections recorded._", "")
     hist = _histogram(stats)
-    doc.image(_plot(doc.plot_path(stage, "distill"), stage.name, kept, rejected, hist),
-              f"{stage.name}: kept and rejected")
+    doc.plot(f"{stage.name}: kept and rejected",
+             lambda: _plot(doc.plot_path(stage, "distill"), stage.name, kept, rejected, hist))
     if hist is None:
         doc.add("_No pass-rate histogram in stats.json._", "")
 

@@ -158,7 +158,8 @@ def run(ctx: StageContext) -> StageResult:
     todo = [r for r in rows if r["id"] not in done]
     if done:
         ctx.log.info("resuming: %d of %d prompts already evaluated", len(done), len(rows))
-    generator = make_generator(cfg.generation, model=model) if todo else None
+    spec = ctx.with_remote_code(cfg.generation, ours=local or not cfg.generation.model)
+    generator = make_generator(spec, model=model) if todo else None
     sampling = cfg.sampling.model_copy(update={"seed": cfg.sampling.seed if cfg.sampling.seed is not None
                                                 else ctx.seed})
     temperatures = cfg.all_temperatures() if cfg.samples else []
@@ -334,7 +335,7 @@ def _token_counter(ctx: StageContext, cfg: Config, generator: Any) -> TokenCount
 
             ref = ctx.resolve_model(cfg.model)
             try:
-                tokenizer = load_tokenizer(ref)
+                tokenizer = load_tokenizer(ref, trust_remote_code=ctx.recipe.model.trust_remote_code)
             except Exception as exc:
                 missing = True
                 ctx.log.warning("response lengths not measured: no tokenizer for %s (%s: %s)", ref,

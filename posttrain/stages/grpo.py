@@ -13,14 +13,15 @@ report looks for them.
 from __future__ import annotations
 
 import importlib.util
+from collections import deque
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, model_serializer, model_validator
 
-from posttrain.core.errors import MissingDependencyError
+from posttrain.core.errors import MissingDependencyError, StageError
 from posttrain.core.generation import SpeculativeSpec
 from posttrain.dynamic_sampling import DynamicSamplingConfig
-from posttrain.recipe import RewardSpec
+from posttrain.recipe import RewardSpec, for_identity
 from posttrain.run_folder import (
     GROUPS_DROPPED,
     METRICS_FILE,
@@ -52,6 +53,11 @@ LOSS_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The rollout server's port unless the recipe says: not 8000, where `vllm serve` (a distillation teacher on this
+#: machine, say) listens by default.
+DEFAULT_PORT = 8001
+
+
 class RolloutSpec(BaseModel):
     """Where completions come from during GRPO."""
 
@@ -59,26 +65,50 @@ class RolloutSpec(BaseModel):
 
     #: `auto`: vLLM when it is installed and a GPU is present, else transformers in process.
     backend: Literal["auto", "vllm", "transformers"] = "auto"
-    #: vLLM mode: `colocate` (same GPUs as training) or `server` (`posttrain rollout-server` elsewhere).
+    #: vLLM mode: `colocate` (same GPUs as training) or `server` (`posttrain rollout-server` on GPUs of its own).
     mode: Literal["colocate", "server"] = "colocate"
     server_host: str = "127.0.0.1"
-    server_port: int = 8000
+    #: Not 8000, where `vllm serve` (a distillation teacher on this machine, say) listens by default.
+    server_port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    #: Server mode: `posttrain run` starts the rollout server for this stage on `gpus`, trains on the other GPUs
+    #: of the machine, and stops the server after. Off: start it yourself (the run says how when it is not up).
+    start: bool = False
+    #: The GPUs the started server uses: indices among those the machine shows (CUDA_VISIBLE_DEVICES order);
+    #: several run vLLM data-parallel.
+    gpus: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    #: More `posttrain rollout-server` options for the started server, e.g. "--tensor-parallel-size 2".
+    server_args: str = ""
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     #: In-process rollouts: speculative decoding drafted by the model's MTP module (`speculative: {mtp: true}`).
     speculative: SpeculativeSpec | None = None
     #: A logging step whose mean per-token |log p_trainer - log p_vLLM| exceeds this logs a WARNING (vLLM only).
     max_logp_diff: float = Field(0.05, gt=0)
 
+    @model_validator(mode="after")
+    def _start_needs_server_mode(self) -> RolloutSpec:
+        if self.start and (self.mode != "server" or self.backend == "transformers"):
+            raise ValueError("start: true starts a vLLM rollout server: set backend: vllm (or auto) and mode: server")
+        return self
+
     @model_serializer(mode="wrap")
-    def _without_unset_new_options(self, handler: Any) -> Any:
+    def _without_unset_new_options(self, handler: Any, info: SerializationInfo) -> Any:
         """Leave options added after a stage was written out while they keep their defaults: such a stage keeps
-        its config hash (and `max_logp_diff` only sets when to warn, never what is trained)."""
+        its config hash (and `max_logp_diff` only sets when to warn, never what is trained). Where the server
+        runs and who starts it are no part of the stage's identity (pinned to the old defaults there)."""
         data = handler(self)
         if isinstance(data, dict):
             if self.speculative is None:
                 data.pop("speculative", None)
             if self.max_logp_diff == 0.05:
                 data.pop("max_logp_diff", None)
+            if not self.start or for_identity(info):
+                data.pop("start", None)
+            if self.gpus == [0] or for_identity(info):
+                data.pop("gpus", None)
+            if not self.server_args or for_identity(info):
+                data.pop("server_args", None)
+            if for_identity(info):
+                data.update(server_host="127.0.0.1", server_port=8000)
         return data
 
 
@@ -90,7 +120,13 @@ class Config(TrainerConfig):
     loss: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"] | None = None
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    #: Stop the stage when more than this share of one reward's rows failed over the last `reward_error_window`
+    #: scoring rounds (one per generation batch); the error names that reward's first failure. 1 never stops.
+    max_reward_error_rate: float = Field(0.5, ge=0, le=1)
+    reward_error_window: int = Field(10, ge=1)
 
+    omit_when_default: ClassVar[tuple[str, ...]] = (*TrainerConfig.omit_when_default, "max_reward_error_rate",
+                                                    "reward_error_window")
     trl_config: ClassVar[str | None] = "trl:GRPOConfig"
     trl_defaults: ClassVar[dict[str, Any]] = {
         "logging_steps": 5,
@@ -118,8 +154,8 @@ class GRPOStage(TrainerStage):
         from posttrain.dynamic_sampling import DynamicSamplingMixin
         from posttrain.mtp import SpeculativeRolloutMixin
 
-        mixins: tuple[type, ...] = (ThinkOpenerMixin, DynamicSamplingMixin, SpeculativeRolloutMixin,
-                                    *super().mixins())
+        mixins: tuple[type, ...] = (RewardErrorGuardMixin, ThinkOpenerMixin, DynamicSamplingMixin,
+                                    SpeculativeRolloutMixin, *super().mixins())
         if getattr(self.args, "use_vllm", False):
             from posttrain.vllm_sync import VLLMSyncMixin
 
@@ -142,6 +178,7 @@ class GRPOStage(TrainerStage):
         from posttrain.core.models import without_router_logits
 
         without_router_logits(trainer.model)  # rollouts call `generate`: an MoE's router loss must stay off there
+        trainer.setup_reward_error_guard(self.cfg.max_reward_error_rate, self.cfg.reward_error_window)
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
         trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)
         if hasattr(trainer, "logp_diff_callback"):
@@ -169,6 +206,44 @@ class GRPOStage(TrainerStage):
 
 def run(ctx: StageContext) -> StageResult:
     return GRPOStage(ctx).run()
+
+
+class RewardErrorGuardMixin:
+    """Stop GRPO when a reward keeps failing, instead of training to the end on what the other rewards say.
+
+    A failed row scores None (TRL leaves it out of the advantage), so a judge server that went down or a sandbox
+    that broke would otherwise train silently on a different objective. After each scoring round, each reward's
+    share of failed rows over the last `window` rounds (fewer at the start) is compared with `max_rate`; above
+    it, the stage fails with a `StageError` naming the reward, the rate and the reward's first error (a rerun
+    resumes from the last checkpoint). Counted per process, from the `rewards.registry.Reward` counters.
+    """
+
+    _error_guard: tuple[float, int, dict[str, deque[tuple[int, int]]]] | None = None
+
+    def setup_reward_error_guard(self, max_rate: float, window: int) -> None:
+        self._error_guard = (max_rate, window, {})
+
+    def _calculate_rewards(self, inputs: Any, prompts: list[Any], completions: list[Any],
+                           completion_ids_list: Any) -> Any:
+        guarded = [f for f in getattr(self, "reward_funcs", []) if hasattr(f, "error_count") and hasattr(f, "rows")]
+        before = [(f.rows, f.error_count) for f in guarded]
+        out = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # type: ignore[misc]
+        if self._error_guard is not None:
+            for fn, (rows, errors) in zip(guarded, before, strict=True):
+                self._check_error_rate(fn, fn.rows - rows, fn.error_count - errors)
+        return out
+
+    def _check_error_rate(self, fn: Any, rows: int, errors: int) -> None:
+        assert self._error_guard is not None
+        max_rate, window, history = self._error_guard
+        rounds = history.setdefault(fn.name, deque(maxlen=window))
+        rounds.append((rows, errors))
+        scored, failed = sum(r for r, _ in rounds), sum(e for _, e in rounds)
+        if not scored or failed / scored <= max_rate:
+            return
+        raise StageError(f"reward {fn.name}: {failed} of {scored} rows failed over the last {len(rounds)} scoring "
+                         f"round(s), more than max_reward_error_rate {max_rate:g}; its first error: "
+                         f"{(fn.first_error or '?')[:1000]}")
 
 
 class ThinkOpenerMixin:

@@ -68,9 +68,9 @@ def report_figures(doc: Document, stage: StageView) -> None:
     if not lg.rows:
         doc.missing("No curves", lg.problem)
         return
-    doc.image(plot_rewards(doc.plot_path(stage, "rewards"), stage), f"{stage.name}: rewards")
-    doc.image(plot_panels(doc.plot_path(stage, "dynamics"), stage, DYNAMICS, "training dynamics"),
-              f"{stage.name}: training dynamics")
+    doc.plot(f"{stage.name}: rewards", lambda: plot_rewards(doc.plot_path(stage, "rewards"), stage))
+    doc.plot(f"{stage.name}: training dynamics",
+             lambda: plot_panels(doc.plot_path(stage, "dynamics"), stage, DYNAMICS, "training dynamics"))
     training_plots(doc, stage, moe=True)
 
 

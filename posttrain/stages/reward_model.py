@@ -135,11 +135,14 @@ class RewardModelStage(TrainerStage):
         return train
 
     def trl_overrides(self) -> dict[str, Any]:
+        from posttrain.core.models import model_remote_code
+
         extra: dict[str, Any] = {} if len(self.held_out) else {"eval_strategy": "no"}
         if self.cfg.model in (None, "base") and self.cfg.lora is None:
             spec = self.ctx.recipe.model
             extra["model_init_kwargs"] = {"dtype": spec.dtype, "revision": spec.revision,
-                                          "trust_remote_code": spec.trust_remote_code}
+                                          "trust_remote_code": model_remote_code(self.ctx.base_model,
+                                                                                 spec.trust_remote_code)}
         return extra
 
     def load_model(self, path: str) -> Any:
@@ -311,6 +314,6 @@ def report_figures(doc: Document, stage: StageView) -> None:
     if stage.log.has("accuracy"):
         figures.append(f"- pairwise accuracy on training batches: {trend(*stage.log.series('accuracy'))}")
     doc.key_figures(figures)
-    doc.image(plot_panels(doc.plot_path(stage, "accuracy"), stage, _CURVES, "pairwise accuracy and margin"),
-              f"{stage.name}: pairwise accuracy")
+    doc.plot(f"{stage.name}: pairwise accuracy",
+             lambda: plot_panels(doc.plot_path(stage, "accuracy"), stage, _CURVES, "pairwise accuracy and margin"))
     training_plots(doc, stage)

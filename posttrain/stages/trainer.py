@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,14 +28,13 @@ from pydantic import Field, model_serializer
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from posttrain.core.errors import DataError
+from posttrain.core.errors import DataError, StageError
 from posttrain.data_mix import DataSource, source_refs
 from posttrain.lora import LoraSpec
 from posttrain.moe_balance import MoEBalanceConfig
 from posttrain.mtp import MTPConfig
 from posttrain.recipe import StageConfig
 from posttrain.run_folder import (
-    ADAPTER_DIR,
     CHECKPOINT_DIR,
     DATA_FILE,
     LOSS,
@@ -46,9 +44,7 @@ from posttrain.run_folder import (
     MTP_LOSS,
     REWARD,
     STEP,
-    TMP_SUFFIX,
     read_jsonl,
-    replace_dir,
     trim_jsonl,
 )
 from posttrain.stages.base import StageContext, StageResult
@@ -60,6 +56,7 @@ from posttrain.stages.checkpoints import (
     load_train_result,
     save_train_result,
 )
+from posttrain.stages.saving import is_sharded, save_final
 from posttrain.tracking import trainer_settings, training_env
 
 log = logging.getLogger("posttrain.training")
@@ -86,15 +83,19 @@ class TrainerConfig(StageConfig):
 
     ref_fields: ClassVar[tuple[str, ...]] = ("model", "data")
     required_outputs: ClassVar[tuple[str, ...]] = (f"{MODEL_DIR}/config.json",)
+    #: Options added after stages were written out: left out of the dump (and so of the config hash) while they
+    #: keep their defaults, so that a finished stage is not retrained because posttrain learned a new option.
+    omit_when_default: ClassVar[tuple[str, ...]] = ("mtp", "mix_size")
 
     @model_serializer(mode="wrap")
-    def _without_default_mtp(self, handler: Any) -> Any:
-        """Leave `mtp` (and `mix_size`) out while default: stages written before they existed keep their config hash."""
+    def _without_default_new_options(self, handler: Any) -> Any:
+        """Leave out the `omit_when_default` options that keep their defaults: older stages keep their hash."""
         data = handler(self)
-        if isinstance(data, dict) and self.mtp == MTPConfig():
-            data.pop("mtp", None)
-        if isinstance(data, dict) and self.mix_size is None:
-            data.pop("mix_size", None)
+        if isinstance(data, dict):
+            fields = type(self).model_fields
+            for name in self.omit_when_default:
+                if getattr(self, name) == fields[name].get_default(call_default_factory=True):
+                    data.pop(name, None)
         return data
 
     def data_refs(self) -> list[str]:
@@ -161,7 +162,11 @@ class TrainerStage:
         from posttrain.core.models import load_causal_lm
         from posttrain.lora import apply_lora
 
-        model = load_causal_lm(path, self.ctx.recipe.model if self.cfg.model in (None, "base") else None)
+        spec = self.ctx.recipe.model
+        if self.cfg.model in (None, "base"):
+            model = load_causal_lm(path, spec)
+        else:  # an earlier stage's model keeps the base's architecture (and its remote code, if that was used)
+            model = load_causal_lm(path, trust_remote_code=spec.trust_remote_code)
         return apply_lora(model, self.cfg.lora) if self.cfg.lora is not None else model
 
     def trainer_kwargs(self, dataset: Any) -> dict[str, Any]:
@@ -187,19 +192,25 @@ class TrainerStage:
 
         ctx, cfg = self.ctx, self.cfg
         model_path = ctx.resolve_model(cfg.model)
-        self.tokenizer = load_tokenizer(model_path, padding_side=self.padding_side)
+        self.tokenizer = load_tokenizer(model_path, padding_side=self.padding_side,
+                                        trust_remote_code=ctx.recipe.model.trust_remote_code)
         dataset = self.prepare_data(self.load_data())
         if cfg.max_samples is not None:
             dataset = dataset.select(range(min(cfg.max_samples, len(dataset))))
         extra = {**trainer_settings(ctx.recipe, cfg), **self.trl_overrides(),
                  **({} if "seed" in cfg.trl else {"seed": ctx.seed})}
+        if ctx.recipe.model.trust_remote_code and "trust_remote_code" in trl_fields(cfg):
+            extra.setdefault("trust_remote_code", True)  # TRL's own loads: GRPO's colocated vLLM (config, tokenizer)
         self.args = build_trl_config(cfg, checkpoint_dir(ctx), **{k: v for k, v in extra.items() if k not in cfg.trl})
         model = self.load_model(model_path)
+        _log_partitioned(model, ctx)
         trainer_cls = type("Trainer", (AtomicCheckpointMixin, *self.mixins(), self.trainer_class()), {})
         with training_env(ctx.stage_dir, self.args.report_to):  # trackers log under DIR/<stage>/
             trainer = trainer_cls(model=model, args=self.args, processing_class=self.tokenizer,
                                   **self.trainer_kwargs(dataset))
             tracker = trainer.setup_moe_balance(cfg.moe_balance) if hasattr(trainer, "setup_moe_balance") else None
+            if tracker is not None and tracker.enabled and cfg.moe_balance.bias_update_speed > 0:
+                trainer.add_callback(Fp32RouterBiases())
             if hasattr(trainer, "setup_mtp"):
                 trainer.setup_mtp(cfg.mtp)
             self.after_init(trainer, dataset)
@@ -210,7 +221,7 @@ class TrainerStage:
         without_router_logits(trainer.accelerator.unwrap_model(trainer.model))
         metrics: dict[str, Any] = {"train_loss": round(result.training_loss, 5), "steps": result.global_step}
         metrics.update(self.summary(trainer, result, dataset))  # before saving, which merges a LoRA adapter away
-        out = save_final(trainer, self.tokenizer, ctx)
+        out = save_final(trainer, self.tokenizer, ctx, base=model_path)
         if self.mix_counts:
             metrics["data_mix"] = self.mix_counts
         metrics["model"] = str(out)
@@ -218,6 +229,29 @@ class TrainerStage:
         if tracker is not None and ctx.num_processes > 1:
             metrics["bias_sync_max_diff"] = trainer.moe_callback.bias_sync_max_diff
         return StageResult(metrics=metrics, outputs={"model": str(out)})
+
+
+def _log_partitioned(model: Any, ctx: StageContext) -> None:
+    """Say so when ZeRO-3 loaded the model partitioned (the TRL config, built first, switched that on)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return
+    params = list(model.parameters())
+    sharded = sum(p.ds_numel for p in params if hasattr(p, "ds_id"))
+    whole = sum(p.ds_numel if hasattr(p, "ds_id") else p.numel() for p in params)
+    ctx.log.info("ZeRO-3 loaded the model partitioned: %d of its %d parameters sharded over %d process(es)", sharded,
+                 whole, ctx.num_processes)
+
+
+def trl_fields(cfg: StageConfig) -> set[str]:
+    """The option names of the stage's TRL config class."""
+    import dataclasses
+
+    from posttrain.recipe import trl_config_class
+
+    ref = type(cfg).trl_config
+    return {f.name for f in dataclasses.fields(trl_config_class(ref))} if ref else set()
 
 
 def require_columns(dataset: Any, columns: list[str], stage: StageConfig, what: str, hint: str) -> None:
@@ -247,6 +281,37 @@ class MetricsFileCallback(TrainerCallback):
         shown = [f"{k}={row[k]:.4g}" for k in self.keys if isinstance(row.get(k), float | int)]
         if shown:
             self.ctx.log.info("step %d/%d %s", state.global_step, state.max_steps, " ".join(shown))
+
+
+class Fp32RouterBiases(TrainerCallback):
+    """Stops a run whose router biases the distributed engine cast below float32: bf16 keeps 8 significant bits, so
+    from a bias of 0.25 on its neighbours are 0.002 apart (from 1.0 on, 0.008) and γ = 0.001 steps round away:
+    balancing would stop without a word."""
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        import torch
+
+        from posttrain.moe_balance import find_routers
+
+        biases = [r.e_score_correction_bias for _, r in find_routers(model) if hasattr(r, "e_score_correction_bias")]
+        low = sorted({str(b.dtype) for b in biases} - {str(torch.float32)})
+        if low:
+            raise StageError(
+                f"the MoE router biases (e_score_correction_bias) are {', '.join(low)} after the trainer set up its "
+                "engine, too coarse for the aux-loss-free bias update. DeepSpeed keeps them float32 from 0.19.8 on "
+                "(pip install 'posttrain[deepspeed]'); FSDP1's mixed precision casts buffers: use FSDP2 "
+                "(recipes/accelerate/fsdp.yaml); or set moe_balance.bias_update_speed: 0")
+
+
+class _Loaded(Exception):
+    """The trainer has built its engine and loaded the checkpoint: nothing is left to train."""
+
+
+class _StopOnceLoaded(TrainerCallback):
+    """Ends `train()` before its first step (it would train one past `max_steps`), after the checkpoint is loaded."""
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        raise _Loaded
 
 
 class GracefulStop(TrainerCallback):
@@ -318,13 +383,19 @@ def train_resumably(trainer: Any, ctx: StageContext) -> Any:
     if last and done is not None:
         ctx.log.info("training finished earlier (step %d of %d): loading %s to save the model", done.global_step,
                      done.max_steps, last)
-        trainer._load_from_checkpoint(str(last))
-        restore_model_weights(trainer.model, str(last))
+        if is_sharded(trainer):  # only the engine DeepSpeed/FSDP build in train() can load their sharded checkpoint
+            trainer.add_callback(_StopOnceLoaded())
+            with contextlib.suppress(_Loaded):
+                trainer.train(resume_from_checkpoint=str(last))
+        else:
+            trainer._load_from_checkpoint(str(last))
+            restore_model_weights(trainer.model, str(last))
         trainer.state = done
         return load_train_result(ctx.stage_dir, done)
     if last:
         ctx.log.info("resuming from %s", last)
-        restore_model_weights(trainer.model, str(last))
+        if not is_sharded(trainer):  # a sharded checkpoint is in the engine's own layout, which it loads itself
+            restore_model_weights(trainer.model, str(last))
     with graceful_stop(trainer):
         result = trainer.train(resume_from_checkpoint=str(last) if last else None)
         if main:
@@ -350,38 +421,6 @@ def restore_model_weights(model: Any, checkpoint: str) -> None:
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     if missing or unexpected:
         log.warning("checkpoint %s: %d missing, %d unexpected keys", checkpoint, len(missing), len(unexpected))
-
-
-def save_final(trainer: Any, tokenizer: Any, ctx: StageContext) -> Path:
-    """Save the trained model (LoRA merged in) and its tokenizer to DIR/<stage>/model/, written as model.tmp/ and
-    renamed when complete: a folder named model/ is always a whole model."""
-    out = ctx.stage_dir / MODEL_DIR
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "merge_and_unload"):
-        _save_atomically(trainer, ctx.stage_dir / ADAPTER_DIR, model.save_pretrained, all_processes=True)
-        model = model.merge_and_unload()
-    model.config.use_cache = True  # trainers switch the KV cache off; generation from this model needs it
-
-    def save(path: Path) -> None:
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-
-    _save_atomically(trainer, out, save)
-    return out
-
-
-def _save_atomically(trainer: Any, out: Path, save: Any, all_processes: bool = False) -> None:
-    tmp = out.with_name(out.name + TMP_SUFFIX)
-    main = trainer.accelerator.is_main_process
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    if main or all_processes:
-        save(tmp)
-    trainer.accelerator.wait_for_everyone()
-    if main:
-        replace_dir(tmp, out)
-    trainer.accelerator.wait_for_everyone()
 
 
 def checkpoint_dir(ctx: StageContext) -> Path:

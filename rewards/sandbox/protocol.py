@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import functools
 import marshal
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -74,10 +75,17 @@ def host_timeout(language: Language, n_inputs: int, limits: Limits) -> float:
     return 5.0 + budget + (limits.compile_timeout_s if language.compile else 0.0) + 0.5 * n_inputs
 
 
+#: CPython 3.11 keeps the AST builder's recursion depth per interpreter, not per thread: two threads parsing at
+#: once fail with "SystemError: AST constructor recursion depth mismatch". The code reward reads records on
+#: a thread per row, so they take turns.
+AST_LOCK = threading.Lock()
+
+
 def decode_record(line: bytes) -> dict[str, Any] | None:
     """One record from a line of the supervisor, or None for anything that is not the repr() of a dict."""
     try:
-        record = ast.literal_eval(line.decode("utf-8", "replace"))
+        with AST_LOCK:
+            record = ast.literal_eval(line.decode("utf-8", "replace"))
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         return None
     return record if isinstance(record, dict) else None

@@ -6,7 +6,8 @@ import shutil
 import pytest
 
 from benchmarks.run import normalise
-from benchmarks.sandbox import humaneval, program, run
+from benchmarks.sandbox import SQUARES, humaneval, program, run
+from rewards.sandbox.languages import missing_toolchain
 
 
 def test_programs_are_the_humaneval_canonical_solutions() -> None:
@@ -23,10 +24,15 @@ def test_quick_run_returns_well_formed_rows() -> None:
     if "skipped" in result:  # bubblewrap present but unable to create namespaces here
         pytest.skip(result["skipped"])
     table = normalise("sandbox", result)
-    assert len(table["rows"]) == 4
-    for row in table["rows"]:
+    installed = [lang for lang in SQUARES if missing_toolchain(lang) is None]
+    measured = [row for row in table["rows"] if row["ours"] is not None]
+    assert len(table["rows"]) == 4 + len(SQUARES) and len(measured) == 4 + len(installed)
+    for row in measured:
         assert row["ours"] > 0 and row["reference"] > 0 and row["unit"] in ("runs/s", "tests/s")
         assert row["higher_is_better"] and row["ratio"] == pytest.approx(row["ours"] / row["reference"])
+    for lang in installed:  # every language's squares program passes all its tests, sandboxed and plain
+        (row,) = [r for r in measured if r["name"].startswith(f"{lang} stdin/stdout")]
+        assert "passed: ours 5/5, plain 5/5" in row["note"], row
     passed = result["details"]["passed"]
     assert passed == {"ours_serial": 4, "ours_fresh": 4, "ours_reward": 4, "plain_serial": 4, "plain_pool": 4,
                       "ours_c_tests": 3, "plain_c_tests": 3}

@@ -154,12 +154,12 @@ def read_jsonl(path: Path) -> list[dict]:
 
 @pytest.fixture
 def report_at_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
-    """report.json after each stage as usual, but report.md and its plots only when the test asks (drawing them
-    after every stage is two thirds of a tiny run's time; the report has its own tests)."""
+    """report.json as usual, but report.md and its plots only when the test asks (the plots are seconds per
+    family; the report has its own tests)."""
     import posttrain.runner
 
     monkeypatch.setattr(posttrain.runner, "_write_report",
-                        lambda run_dir, recipe, report: report.write(run_dir, recipe.stage_names()))
+                        lambda run_dir, recipe, report, plots=True: report.write(run_dir, recipe.stage_names()))
 
 
 class Records(logging.Handler):

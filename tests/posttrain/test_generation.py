@@ -21,6 +21,7 @@ from posttrain.core.generation import (
     sample_rng,
     truncate_at_stop,
 )
+from posttrain.core.generation.openai import with_think
 
 # --------------------------------------------------------------------------------------------------
 # scripted
@@ -263,7 +264,28 @@ def _handler(state: _Server) -> type[BaseHTTPRequestHandler]:
             message: dict[str, Any] = {"role": "assistant", "content": f"echo {prompt} #{body.get('seed')}"}
             if prompt.startswith("reason"):
                 message = {"role": "assistant", "content": "The answer is 4.", "reasoning_content": "2+2=4"}
+            if prompt.startswith("inline"):  # no reasoning parser: R1's think text, its opening tag in the prompt
+                message = {"role": "assistant", "content": "\n2+2=4\n</think>\n\nThe answer is 4."}
+            if prompt.startswith("stream") and body.get("stream"):
+                return self._stream(prompt)
             return self._send(200, {"choices": [{"index": 0, "message": message}]})
+
+        def _stream(self, prompt: str) -> None:
+            """Server-sent events, a chunk every 0.4 s: 2 s in all, longer than the client's 1.5 s timeout."""
+            deltas = [{"role": "assistant"}, {"reasoning_content": "2+2"}, {"reasoning_content": "=4"},
+                      {"content": "The answer"}, {"content": " is 4."}]
+            finish = "stop"
+            if prompt.startswith("stream cut"):  # the token limit reached while still thinking
+                deltas, finish = deltas[:3], "length"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for i, delta in enumerate(deltas):
+                time.sleep(0.4)
+                choice = {"index": 0, "delta": delta, "finish_reason": finish if i == len(deltas) - 1 else None}
+                self.wfile.write(f"data: {json.dumps({'choices': [choice]})}\n\n".encode())
+                self.wfile.flush()
+            self.wfile.write(b"data: [DONE]\n\n")
 
         def _send(self, code: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
             data = json.dumps(payload).encode()
@@ -296,8 +318,9 @@ def server() -> Iterator[tuple[str, _Server]]:
 
 
 def _openai(url: str, **kwargs: Any) -> Any:
-    spec = GenerationSpec(backend="openai", model="teacher-x", base_url=url, timeout_s=0.5, max_retries=2,
-                          concurrency=4, options={"backoff_s": 0.01}, **kwargs)
+    kwargs = {"timeout_s": 0.5, **kwargs}
+    spec = GenerationSpec(backend="openai", model="teacher-x", base_url=url, max_retries=2, concurrency=4,
+                          options={"backoff_s": 0.01}, **kwargs)
     return make_generator(spec)
 
 
@@ -357,6 +380,35 @@ def test_openai_puts_reasoning_content_back_in_think_tags(server: tuple[str, _Se
     url, _ = server
     (row,) = _openai(url).generate(["reason"], n=1)
     assert row == ["<think>2+2=4</think>\nThe answer is 4."]
+
+
+def test_openai_streams_long_answers_past_the_timeout_and_rebuilds_the_think_block(
+    server: tuple[str, _Server]
+) -> None:
+    """`timeout_s` bounds the silence between chunks, not the answer: an 8k-token answer takes minutes."""
+    url, state = server
+    gen = _openai(url, timeout_s=1.5)
+    assert gen.generate(["stream me"], n=1)[0] == ["<think>2+2=4</think>\nThe answer is 4."]
+    assert state.hits["stream me"] == 1 and state.bodies[0]["stream"] is True
+    assert gen.generate(["stream cut"], n=1)[0] == ["<think>2+2=4"]  # cut off while thinking: left open
+
+
+def test_openai_gives_inline_think_text_its_opening_tag(server: tuple[str, _Server]) -> None:
+    url, _ = server
+    assert _openai(url).generate(["inline"], n=1)[0] == ["<think>\n2+2=4\n</think>\n\nThe answer is 4."]
+
+
+def test_openai_without_streaming_reads_one_body(server: tuple[str, _Server]) -> None:
+    url, state = server
+    gen = make_generator(GenerationSpec(backend="openai", model="m", base_url=url, options={"stream": False}))
+    assert gen.generate(["reason"], n=1)[0] == ["<think>2+2=4</think>\nThe answer is 4."]
+    assert "stream" not in state.bodies[0]
+
+
+def test_think_blocks_are_left_alone_when_whole() -> None:
+    assert with_think("<think>a</think> b", "ignored") == "<think>a</think> b"
+    assert with_think("plain answer", None) == "plain answer"
+    assert with_think("answer", "", "stop") == "answer"
 
 
 def test_openai_needs_a_base_url() -> None:

@@ -77,3 +77,14 @@ def test_a_recipe_without_grpo_is_a_clear_error(tmp_path: Path, capsys) -> None:
 def test_without_vllm_it_says_how_to_get_it(capsys) -> None:
     assert main(["rollout-server", "--model", "/models/x"]) == 2
     assert "pip install 'posttrain[vllm]'" in capsys.readouterr().err
+
+
+def test_a_trusting_recipe_lets_vllm_load_the_checkpoints_own_tokenizer(recipe: Path, tmp_path: Path, capsys) -> None:
+    model = tmp_path / "run" / "sft" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    assert main(["rollout-server", str(recipe), "--dry-run"]) == 0
+    assert "--trust-remote-code" not in capsys.readouterr().out
+    recipe.write_text(recipe.read_text().replace("/models/base}", "/models/base, trust_remote_code: true}"))
+    assert main(["rollout-server", str(recipe), "--dry-run"]) == 0
+    assert "--trust-remote-code" in shlex.split(capsys.readouterr().out)

@@ -13,7 +13,7 @@ from posttrain.core.errors import PosttrainError
 from posttrain.recipe import parse_recipe
 from posttrain.run_folder import StageState
 from posttrain.runner import run_recipe
-from posttrain.stages import KINDS
+from posttrain.stages import KINDS, register_stage_kind
 
 RECIPE = """\
 output_dir: {out}
@@ -135,3 +135,84 @@ def test_cli_run_exit_codes(tmp_path: Path, tiny_base: Path, python: str) -> Non
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+IDENTITY_RECIPE = """\
+output_dir: /tmp/identity
+model: {{name_or_path: /models/base}}
+stages:
+  - name: grpo
+    kind: grpo
+    data: prompts.jsonl
+    rewards: [{{name: math}}]
+    launch: {launch}
+    rollout: {rollout}
+"""
+
+
+def _grpo_identity(launch: str = "{}", rollout: str = "{}") -> str:
+    from posttrain.runner import stage_hash
+
+    recipe = parse_recipe(IDENTITY_RECIPE.format(launch=launch, rollout=rollout), kinds=KINDS, check=False)
+    return stage_hash(recipe, recipe.stages[0], "base", {})
+
+
+def test_where_a_stage_runs_is_no_part_of_its_identity() -> None:
+    """Ports, hosts, a machine's rank and who starts the rollout server never retrain a stage; what changes the
+    training (the number of processes: the batch) does. Defaults hash as they did before these options existed."""
+    plain = _grpo_identity()
+    elsewhere = _grpo_identity(
+        launch="{num_processes: 16, num_machines: 2, machine_rank: 1, main_process_ip: 10.0.0.1, "
+               "main_process_port: 29555, gpu_memory_gb: 40}",
+        rollout="{backend: vllm, mode: server, server_host: 10.0.0.2, server_port: 9000, start: true, gpus: [7]}")
+    assert elsewhere == _grpo_identity(launch="{num_processes: 16, num_machines: 2, main_process_ip: 10.0.0.9}",
+                                       rollout="{backend: vllm, mode: server}")
+    assert elsewhere != plain and _grpo_identity(launch="{num_processes: 2}") != plain
+    from posttrain.recipe import LaunchSpec
+    from posttrain.stages.grpo import RolloutSpec
+
+    identity = {"identity": True}
+    assert LaunchSpec().model_dump(mode="json", context=identity) == {"num_processes": 1, "config_file": None,
+                                                                       "main_process_port": None}
+    assert RolloutSpec().model_dump(mode="json", context=identity) == {
+        "backend": "auto", "mode": "colocate", "server_host": "127.0.0.1", "server_port": 8000,
+        "gpu_memory_utilization": 0.3}
+
+
+# --------------------------------------------------------------------------------------------------
+# The report while a run goes on: text after every stage, plots once at the end (or on failure, Ctrl-C)
+
+register_stage_kind("peeking", "tests.posttrain.plugins.peeking_stage")
+PEEKING = """\
+output_dir: {out}
+seed: 0
+model:
+  name_or_path: {base}
+stages:
+  - {{name: one, kind: peeking}}
+  - {{name: two, kind: peeking, then: {then}}}
+"""
+
+
+@pytest.mark.parametrize("then", ["finish", "fail", "interrupt"])
+def test_plots_are_drawn_once_when_the_run_ends_fails_or_is_interrupted(
+        then: str, tmp_path: Path, tiny_base: Path) -> None:
+    from posttrain.report import PLOTS_LATER
+
+    out = tmp_path / "run"
+    recipe = parse_recipe(PEEKING.format(out=out, base=tiny_base, then=then), kinds=KINDS)
+    if then == "interrupt":
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(recipe)
+    else:
+        run_recipe(recipe)
+    # When stage two started, report.md already said stage one was done, without drawing any plot.
+    seen = json.loads((out / "two" / "peek.json").read_text())
+    assert seen["plots"] == []
+    assert PLOTS_LATER in seen["report_md"] and "## 1. one (`peeking`)" in seen["report_md"]
+    assert json.loads((out / "report.json").read_text())["stages"]["one"]["status"] == "done"
+    # At the end, whatever the end, the plots are there and report.md shows them.
+    md = (out / "report.md").read_text()
+    assert PLOTS_LATER not in md
+    assert (out / "plots" / "one_loss.png").is_file() and "](plots/one_loss.png)" in md
+    assert (out / "plots" / "two_loss.png").is_file() == (then == "finish")  # failed stages get no figures

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -161,3 +163,74 @@ def test_a_pathological_answer_scores_zero_with_an_error_in_the_output(tmp_path:
     assert [r["rewards"]["math"] for r in rows] == [0.0, 1.0]
     assert "timed out" in rows[0]["errors"]["math"] and "errors" not in rows[1]
     assert "1 failed" in result.stderr
+
+
+def test_a_reward_that_fails_on_every_row_exits_1_with_its_first_error(tmp_path: Path) -> None:
+    # No `solution` column: the math reward cannot score any row. The rows are still written, with errors.
+    src = write_lines(tmp_path / "in.jsonl", [json.dumps({"completion": "\\boxed{1}"}),
+                                              json.dumps({"completion": "\\boxed{2}"})])
+    dst = tmp_path / "out.jsonl"
+    result = posttrain("rewards", "score", "--reward", "math", "--reward", "format", "--input", str(src),
+                       "--output", str(dst))
+    assert result.returncode == 1, result.stderr
+    assert "reward math failed on all 2 rows; first error: DataError: the math reward needs a `solution`" \
+        in result.stderr
+    assert "Traceback" not in result.stderr
+    rows = read_rows(dst)
+    assert [r["rewards"]["math"] for r in rows] == [None, None] and all("math" in r["errors"] for r in rows)
+    assert all(r["rewards"]["format"] is not None for r in rows)
+
+
+def test_data_columns_never_replace_the_arguments_of_the_reward_call(tmp_path: Path) -> None:
+    # Columns named like TRL's arguments (`completions`, `prompts`, `trainer_state`, `log_metric`) or like a bound
+    # option of a reward (`scale`) stay in the rows but never reach a reward; the other columns do.
+    row = {"completion": "abcd", "solution": "abcd", "completions": ["x"], "prompts": "p", "trainer_state": 3,
+           "log_metric": 1, "scale": 100}
+    src = write_lines(tmp_path / "in.jsonl", [json.dumps(row)])
+    dst = tmp_path / "out.jsonl"
+    result = posttrain("rewards", "score", "--reward", "tests.rewards.plugins:scaled_length",
+                       "--reward-kwargs", 'tests.rewards.plugins:scaled_length={"scale": 2}',
+                       "--reward", "tests.rewards.plugins:column_reward", "--input", str(src), "--output", str(dst))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "completions, log_metric, prompts, scale, trainer_state" in result.stderr  # named once, as kept back
+    (out,) = read_rows(dst)
+    assert out["rewards"] == {"tests.rewards.plugins:scaled_length": 8.0, "tests.rewards.plugins:column_reward": 1.0}
+    assert {k: out[k] for k in row} == row and "errors" not in out
+
+
+def test_an_output_that_is_a_directory_or_under_a_file_is_one_line_exit_2(tmp_path: Path) -> None:
+    src = write_lines(tmp_path / "in.jsonl", [json.dumps(ROWS[0])])
+    (tmp_path / "a_file").write_text("")
+    for output, message in [(tmp_path, f"--output {tmp_path} is a directory"),
+                            (tmp_path / "a_file" / "o.jsonl", f"{tmp_path / 'a_file'}: a file is in the way")]:
+        result = posttrain("rewards", "score", "--reward", "math", "--input", str(src), "--output", str(output))
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: ") and message in line
+
+
+@pytest.mark.parametrize(
+    ("reward", "model"),
+    [("reward_model", "{tmp}/runs/tiny/reward_modle/model"), ("reward_model", "runs/tiny/reward_modle/model"),
+     ("reward_model", "someone/reward-modle"), ("genrm", "{tmp}/judge_modle")],
+)
+def test_a_reward_model_that_cannot_load_fails_before_any_row_naming_the_path(
+        tmp_path: Path, reward: str, model: str) -> None:
+    model = model.format(tmp=tmp_path)
+    options = {"model": model, **({"backend": "hf"} if reward == "genrm" else {})}
+    src = write_lines(tmp_path / "in.jsonl", [json.dumps(ROWS[0])])
+    dst = tmp_path / "out.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    if "/" in model and not model.startswith(("/", "runs")):
+        env["HF_HUB_OFFLINE"] = "1"  # a hub name: offline, so the answer is certain and quick
+    start = time.monotonic()
+    result = posttrain("rewards", "score", "--reward", reward, "--reward-kwargs", f"{reward}={json.dumps(options)}",
+                       "--input", str(src), "--output", str(dst), env=env)
+    seconds = time.monotonic() - start
+    assert result.returncode == 2, result.stderr
+    (line,) = [ln for ln in result.stderr.strip().splitlines() if "Warning" not in ln and ln.strip()]
+    assert line.startswith(f"error: {reward}") and (str(Path(model).absolute()) in line or repr(model) in line), line
+    assert not dst.exists()  # failed before scoring a row
+    assert seconds < 20  # no hub retries (they took 25-75 s)

@@ -85,6 +85,8 @@ class GenerationSpec(BaseModel):
     base_url: str | None = None
     #: openai: environment variable holding the API key (no key sent when it is unset).
     api_key_env: str = "OPENAI_API_KEY"
+    #: openai: seconds to wait for the server's next chunk of a streamed answer (the whole answer may take longer;
+    #: unstreamed, `max_new_tokens` / 10 seconds are added).
     timeout_s: float = Field(60, gt=0)
     max_retries: int = Field(3, ge=0)
     concurrency: int = Field(8, ge=1)
@@ -97,13 +99,19 @@ class GenerationSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     #: hf, vllm: speculative decoding with the model's MTP module (`speculative: {mtp: true}`).
     speculative: SpeculativeSpec | None = None
+    #: hf, vllm: let the checkpoint's own tokenizer (and, where transformers has no built-in architecture, model)
+    #: code run. Unset: the recipe's `model.trust_remote_code` when the model is the base or a stage's.
+    trust_remote_code: bool | None = None
 
     @model_serializer(mode="wrap")
-    def _without_unset_speculative(self, handler: Any) -> Any:
-        """Leave `speculative` out until it is set: specs written before it existed hash as they did."""
+    def _without_unset_options(self, handler: Any) -> Any:
+        """Leave `speculative` and `trust_remote_code` out until set: specs written before they existed hash as
+        they did."""
         data = handler(self)
-        if isinstance(data, dict) and self.speculative is None:
-            data.pop("speculative", None)
+        if isinstance(data, dict):
+            for key in ("speculative", "trust_remote_code"):
+                if getattr(self, key) is None:
+                    data.pop(key, None)
         return data
 
 

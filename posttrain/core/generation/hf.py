@@ -64,9 +64,10 @@ class HFGenerator(BaseGenerator):
         spec = spec or GenerationSpec(backend="hf", model=name_or_path)
         device = spec.options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
         kwargs = {k: v for k, v in spec.options.items() if k not in {"device", "progress"}}
+        trust = bool(kwargs.pop("trust_remote_code", spec.trust_remote_code))
         try:  # load_causal_lm keeps a DeepSeek-V3 checkpoint's MTP module (speculative decoding drafts with it)
-            model = load_causal_lm(name_or_path, dtype=torch_dtype(spec.dtype), **kwargs)
-            tokenizer = load_tokenizer(name_or_path, padding_side="left")
+            model = load_causal_lm(name_or_path, dtype=torch_dtype(spec.dtype), trust_remote_code=trust, **kwargs)
+            tokenizer = load_tokenizer(name_or_path, padding_side="left", trust_remote_code=trust)
         except OSError as exc:
             raise GenerationError(f"hf backend: cannot load model {name_or_path!r}: {exc}") from exc
         model.to(device)

@@ -37,10 +37,16 @@ class _Retryable(Exception):
 class OpenAIGenerator(BaseGenerator):
     """An OpenAI-compatible `/chat/completions` endpoint: one request per sample, `concurrency` in flight.
 
+    Answers are streamed (`options.stream`, default true): a reasoning model's 8k-token answer takes minutes,
+    and `timeout_s` then bounds the silence between two chunks, not the whole answer. Without streaming a
+    request may take `timeout_s` plus one second per `MIN_TOKENS_PER_S` tokens of `max_new_tokens`. A server
+    that ignores `stream` and answers with one JSON body is read as such.
     Retries 429, 5xx, connection errors and timeouts with exponential backoff (`options.backoff_s`,
     default 1 s, doubling; a `Retry-After` header is honoured up to 60 s); other 4xx fail at once.
-    A reasoning model's separate `reasoning_content` (DeepSeek, vLLM's reasoning parser) is put back
-    in front of the answer as `<think>...</think>` so the completion has R1's format.
+    The completion keeps R1's format (`<think>...</think>` then the answer): a separate `reasoning_content`
+    / `reasoning` field (DeepSeek's API, vLLM's reasoning parser) is put back in front of the answer, and
+    think text returned inline without its opening tag (R1's chat template opens `<think>` in the prompt)
+    gets it back. An answer cut off while still thinking keeps its think block open.
     """
 
     def __init__(self, model: str, spec: GenerationSpec):
@@ -54,6 +60,7 @@ class OpenAIGenerator(BaseGenerator):
         opts = dict(spec.options)
         self.backoff_s = float(opts.pop("backoff_s", 1.0))
         self.merge_reasoning = bool(opts.pop("merge_reasoning", True))
+        self.stream = bool(opts.pop("stream", True))
         #: Other options go into every request body (e.g. `extra_body`-style fields a server accepts).
         self.extra_body = opts
 
@@ -91,6 +98,7 @@ class OpenAIGenerator(BaseGenerator):
             "top_p": sampling.top_p,
             "max_tokens": sampling.max_new_tokens,
             "n": 1,
+            **({"stream": True} if self.stream else {}),
             **self.extra_body,
         }
         if sampling.seed is not None:
@@ -115,9 +123,17 @@ class OpenAIGenerator(BaseGenerator):
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+        # Streaming: a socket timeout bounds each wait for the next chunk. Otherwise the whole answer must come
+        # back within one wait: give long answers the time they take.
+        timeout = self.spec.timeout_s
+        if not body.get("stream"):
+            timeout += body["max_tokens"] / MIN_TOKENS_PER_S
         try:
-            with urllib.request.urlopen(request, timeout=self.spec.timeout_s) as response:
-                payload = response.read()
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                if "text/event-stream" in (response.headers.get("Content-Type") or ""):
+                    content, reasoning, finish = _read_stream(response, self.url)
+                else:
+                    content, reasoning, finish = _read_body(response.read(), self.url)
         except urllib.error.HTTPError as exc:
             text = exc.read().decode(errors="replace")[:300]
             if exc.code == 429 or exc.code >= 500:
@@ -126,22 +142,69 @@ class OpenAIGenerator(BaseGenerator):
                 raise _Retryable(f"HTTP {exc.code}: {text}", wait) from None
             raise GenerationError(f"{self.url}: HTTP {exc.code} (not retried): {text}") from None
         except TimeoutError as exc:
-            raise _Retryable(f"timed out after {self.spec.timeout_s}s ({exc})") from None
+            raise _Retryable(f"timed out after {timeout:g}s without data ({exc})") from None
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, TimeoutError):
-                raise _Retryable(f"timed out after {self.spec.timeout_s}s") from None
+                raise _Retryable(f"timed out after {timeout:g}s without data") from None
             raise _Retryable(f"cannot reach the server: {exc.reason}") from None
         except (ConnectionError, OSError) as exc:
             raise _Retryable(f"connection failed: {exc}") from None
+        return with_think(content, reasoning if self.merge_reasoning else None, finish)
+
+
+#: Slowest decoding speed a non-streamed request is given time for (tokens per second of `max_new_tokens`).
+MIN_TOKENS_PER_S = 10.0
+
+
+def _read_body(payload: bytes, url: str) -> tuple[str, str, str | None]:
+    """(content, reasoning, finish_reason) of a whole chat completion."""
+    try:
+        choice = json.loads(payload)["choices"][0]
+        message = choice["message"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise GenerationError(f"{url}: unexpected response {payload[:300]!r}") from None
+    reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
+    return message.get("content") or "", reasoning, choice.get("finish_reason")
+
+
+def _read_stream(response: Any, url: str) -> tuple[str, str, str | None]:
+    """(content, reasoning, finish_reason) from server-sent events, the deltas joined."""
+    content: list[str] = []
+    reasoning: list[str] = []
+    finish = None
+    for raw in response:
+        line = raw.decode("utf-8", errors="replace").strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[len("data:"):].strip()
+        if data == "[DONE]":
+            break
         try:
-            message = json.loads(payload)["choices"][0]["message"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise GenerationError(f"{self.url}: unexpected response {payload[:300]!r}") from None
-        content = message.get("content") or ""
-        reasoning = message.get("reasoning_content") or message.get("reasoning")
-        if reasoning and self.merge_reasoning and "<think>" not in content:
-            content = f"<think>{reasoning}</think>\n{content.lstrip()}"
-        return content
+            event = json.loads(data)
+        except ValueError:
+            raise GenerationError(f"{url}: unexpected stream event {data[:300]!r}") from None
+        if "error" in event:  # a server failing mid-answer: try again
+            raise _Retryable(f"the server failed mid-answer: {str(event['error'])[:300]}")
+        for choice in event.get("choices") or []:
+            delta = choice.get("delta") or {}
+            content.append(delta.get("content") or "")
+            reasoning.append(delta.get("reasoning_content") or delta.get("reasoning") or "")
+            finish = choice.get("finish_reason") or finish
+    return "".join(content), "".join(reasoning), finish
+
+
+def with_think(content: str, reasoning: str | None, finish_reason: str | None = None) -> str:
+    """The completion in R1's format: `reasoning` (a separate field) put back in front as `<think>...</think>`,
+    or a think block returned inline without its opening tag given one. A reasoning-only answer cut off at the
+    token limit stays open (`<think>...` with no closing tag), as the model wrote it."""
+    if reasoning and "<think>" not in content:
+        if not content.strip() and finish_reason == "length":
+            return f"<think>{reasoning}"
+        return f"<think>{reasoning}</think>\n{content.lstrip()}"
+    close = content.find("</think>")
+    if close >= 0 and "<think>" not in content[:close]:
+        return "<think>" + content
+    return content
 
 
 def _is_number(text: str) -> bool:

@@ -34,6 +34,9 @@ class VLLMGenerator(BaseGenerator):
         self.spec = spec
         self.name = model
         engine = dict(spec.options)
+        # vLLM runs its own implementation of known architectures either way; the flag lets it read the
+        # checkpoint's own config and tokenizer classes (Moonlight's tokenizer needs it).
+        engine.setdefault("trust_remote_code", bool(spec.trust_remote_code))
         if spec.speculative is not None and spec.speculative.mtp:
             # vLLM's multi-token-prediction drafter ("mtp"; "deepseek_mtp" is its deprecated alias) reads the
             # MTP layer from the checkpoint, in DeepSeek-V3's layout, the one posttrain saves.

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,66 @@ def test_moe_balancing_runs_during_rl(tmp_path: Path, tiny_base: Path, prompts: 
     # Two updates of ±γ (or 0 for an expert exactly at the mean): every bias is a multiple of γ, some moved.
     assert biases.abs().max() > 0 and biases.abs().max() <= 0.02 + 1e-6
     assert torch.allclose(biases / 0.01, (biases / 0.01).round(), atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rewards that fail
+
+
+@pytest.mark.parametrize("kwargs", ["{model: someone/reward-modle}", "{model: '{tmp}/not_a_model'}"])
+def test_a_reward_model_that_cannot_load_fails_the_stage_before_the_first_step(
+        kwargs: str, tmp_path: Path, tiny_base: Path, prompts: Path) -> None:
+    # A hub name with a typo while offline (validate cannot tell), or a folder that holds no model.
+    (tmp_path / "not_a_model").mkdir()
+    kwargs = kwargs.replace("{tmp}", str(tmp_path))
+    rewards = f"[{{name: '{PLUGINS}:length'}}, {{name: reward_model, kwargs: {kwargs}}}]"
+    start = time.monotonic()
+    report = run_recipe(parse_recipe(recipe(tmp_path / "out", tiny_base, prompts, rewards=rewards, steps=2),
+                                     kinds=KINDS))
+    entry = report["stages"]["grpo"]
+    assert entry["status"] == "failed", entry
+    error = entry["metrics"]["error"]
+    assert error.startswith("reward_model: ") and "\n" not in error
+    assert ("'someone/reward-modle'" if "someone" in kwargs else f"{tmp_path / 'not_a_model'} ") in error
+    assert not (tmp_path / "out" / "grpo" / "metrics.jsonl").exists()  # no training step was taken
+    assert time.monotonic() - start < 60  # no hub retries
+
+
+def test_a_reward_failing_on_every_row_stops_grpo_with_its_first_error(
+        tmp_path: Path, tiny_base: Path, prompts: Path) -> None:
+    rewards = f"[{{name: '{PLUGINS}:length'}}, {{name: '{PLUGINS}:judge_down'}}]"
+    report = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, prompts, rewards=rewards, steps=3), kinds=KINDS))
+    entry = report["stages"]["grpo"]
+    assert entry["status"] == "failed", entry
+    assert entry["metrics"]["error"] == (
+        "reward judge_down: 8 of 8 rows failed over the last 1 scoring round(s), more than max_reward_error_rate "
+        "0.5; its first error: ConnectionError: judge at http://127.0.0.1:9/v1 refused the connection")
+    assert not (tmp_path / "grpo" / "model").exists()
+
+
+@pytest.mark.parametrize(("max_rate", "status"), [(None, "done"), (0.1, "failed")])
+def test_reward_errors_below_the_threshold_train_on(
+        max_rate: float | None, status: str, tmp_path: Path, tiny_base: Path, prompts: Path) -> None:
+    # One row in eight fails in every scoring round: 12.5% is under the default 0.5, over 0.1.
+    rewards = f"[{{name: '{PLUGINS}:FirstRowFails'}}]"
+    extra = "" if max_rate is None else f"    max_reward_error_rate: {max_rate}\n    reward_error_window: 2\n"
+    report = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, prompts, rewards=rewards, steps=2, extra=extra),
+                                     kinds=KINDS))
+    entry = report["stages"]["grpo"]
+    assert entry["status"] == status, entry
+    if status == "failed":
+        assert "reward FirstRowFails: 1 of 8 rows failed" in entry["metrics"]["error"]
+        assert entry["metrics"]["error"].endswith("its first error: the first row of the batch is bad")
+    else:
+        assert entry["metrics"]["steps"] == 2
+
+
+def test_the_reward_error_options_keep_older_stages_config_hash() -> None:
+    from posttrain.stages.grpo import Config
+
+    base = {"name": "g", "kind": "grpo", "data": "d", "rewards": [{"name": "math"}]}
+    assert "max_reward_error_rate" not in Config(**base).model_dump()
+    assert Config(**base, max_reward_error_rate=0.2).model_dump()["max_reward_error_rate"] == 0.2
 
 
 # --------------------------------------------------------------------------------------------------

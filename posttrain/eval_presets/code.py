@@ -17,17 +17,14 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import io
 import json
-import pickle
-import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from posttrain.core.errors import DataError
 from posttrain.eval_presets import Benchmark, BenchmarkOptions, field
+from rewards.code_tests import lcb_cases
 from rewards.protocol import Scored, Verifier, score_batch
 
 # --------------------------------------------------------------------------------------------------
@@ -195,30 +192,11 @@ class LiveCodeBench(Benchmark):
 
 
 def decode_tests(value: Any) -> list[dict[str, Any]]:
-    """LiveCodeBench test cases: a JSON list, or (the lite set's private tests) base64 of zlib of a pickled JSON string.
-
-    The pickle is read by an unpickler that builds no objects at all (a string needs none), so a tampered
-    file cannot run code.
-    """
+    """LiveCodeBench test cases: a JSON list, or (the lite set's private tests) base64 of zlib of a pickled JSON string,
+    read as the code reward reads them (`rewards.code_tests.lcb_cases`: no object is ever unpickled)."""
     if isinstance(value, list):
         return value
-    text = str(value)
-    try:
-        cases = json.loads(text)
-    except ValueError:
-        try:
-            raw = zlib.decompress(base64.b64decode(text.encode()))
-            cases = json.loads(_StringUnpickler(io.BytesIO(raw)).load())
-        except Exception as exc:
-            raise ValueError(f"test cases are neither JSON nor LiveCodeBench's compressed form ({exc})") from None
-    if not isinstance(cases, list):
-        raise ValueError(f"test cases: expected a list, got {type(cases).__name__}")
-    return cases
-
-
-class _StringUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: LiveCodeBench tests are a pickled string")
+    return lcb_cases(str(value), "LiveCodeBench test cases")
 
 
 def code_tests(cases: list[dict[str, Any]], fn_name: str | None) -> Any:

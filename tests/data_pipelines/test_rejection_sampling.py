@@ -131,8 +131,9 @@ def test_several_teachers_each_give_n_samples() -> None:
     b = _fixed({"Compute 365+75.": [RIGHT, RIGHT, RIGHT]}, "b")
     result = _sampler([a, b]).process([ROW])
     assert [r["id"] for r in result.data] == ["p1-b-0"]
-    assert result.per_teacher == {"a": {"generated": 2, "kept": 0, "errors": 0},
-                                  "b": {"generated": 3, "kept": 1, "errors": 0}}
+    assert result.per_teacher == {
+        "a": {"prompts": 1, "generated": 2, "passed": 0, "kept": 0, "errors": 0, "rejected": {"reward_answer": 2}},
+        "b": {"prompts": 1, "generated": 3, "passed": 3, "kept": 1, "errors": 0, "rejected": {"keep_per_prompt": 2}}}
     assert result.histogram == {"3/5": 1}
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from posttrain.core.errors import DataError
 from posttrain.eval_presets import get_benchmark
 from posttrain.eval_presets.code import COMPLETE_STOP, LiveCodeBenchOptions, code_tests, decode_tests
 from rewards.registry import get_reward
@@ -152,7 +153,7 @@ def test_compressed_tests_never_unpickle_objects() -> None:
             return (print, ("pwned",))
 
     hostile = base64.b64encode(zlib.compress(pickle.dumps(Boom()))).decode()
-    with pytest.raises(ValueError, match=r"refusing to load builtins\.print"):
+    with pytest.raises(DataError, match=r"refusing to load builtins\.print"):
         decode_tests(hostile)
 
 

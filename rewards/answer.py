@@ -72,18 +72,8 @@ def last_boxed(text: str) -> str | None:
     start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     if start < 0:
         return None
-    i = text.find("{", start)
-    if i < 0:
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j]
-    return None
+    found = _braced(text, text.find("{", start))
+    return found[0] if found else None
 
 
 def boxed_contents(text: str) -> list[str]:
@@ -98,21 +88,27 @@ def boxed_contents(text: str) -> list[str]:
         hits = [i for i in (text.find("\\boxed", start), text.find("\\fbox", start)) if i >= 0]
         if not hits:
             return out
-        i = text.find("{", min(hits))
-        if i < 0:
+        found = _braced(text, text.find("{", min(hits)))
+        if found is None:
             return out
-        depth = 0
-        for j in range(i, len(text)):
-            if text[j] == "{":
-                depth += 1
-            elif text[j] == "}":
-                depth -= 1
-                if depth == 0:
-                    out.append(text[i + 1 : j])
-                    break
-        else:
-            return out
-        start = j + 1
+        out.append(found[0])
+        start = found[1] + 1
+
+
+def _braced(text: str, i: int) -> tuple[str, int] | None:
+    """(content, index of the closing brace) of the balanced group opening at `text[i]`; None when `i` < 0 or
+    the group never closes."""
+    if i < 0:
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j], j
+    return None
 
 
 def last_code_block(text: str) -> tuple[str | None, str] | None:

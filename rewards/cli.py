@@ -10,7 +10,6 @@ as they are scored; `--resume` continues an interrupted run.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import math
@@ -119,16 +118,6 @@ def parse_rewards(specs: list[str], kwargs_specs: list[str]) -> list[RewardArg]:
     return rewards
 
 
-def _takes_workers(name: str) -> bool:
-    """Whether a reward has an explicit `workers` option (so `--workers` applies to it)."""
-    from rewards.registry import resolve
-
-    try:
-        return "workers" in inspect.signature(resolve(name)).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 # ---------------------------------------------------------------- reading and writing rows
 
 
@@ -211,7 +200,7 @@ def score_batch(rows: list[dict[str, Any]], rewards: list[tuple[RewardArg, Any]]
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from rewards.registry import get_reward
+    from rewards.registry import get_reward, takes_option
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     src, dst = Path(args.input), Path(args.output)
@@ -225,7 +214,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise PosttrainError(f"--batch-size must be >= 1, got {args.batch_size}")
     specs = parse_rewards(args.reward, args.reward_kwargs)
     for spec in specs:
-        if args.workers is not None and "workers" not in spec.kwargs and _takes_workers(spec.name):
+        if args.workers is not None and "workers" not in spec.kwargs and takes_option(spec.name, "workers"):
             spec.kwargs["workers"] = args.workers
     rewards = [(spec, get_reward(spec.name, **spec.kwargs)) for spec in specs]
     try:

@@ -134,6 +134,15 @@ def as_reward(fn: Any, name: str | None = None) -> Reward:
     return Reward(name or getattr(fn, "__name__", type(fn).__name__), fn)
 
 
+def takes_option(name_or_path: str, option: str) -> bool:
+    """Whether the reward (its class's constructor, or the function) names the keyword `option`: callers pass
+    their own defaults (`workers`, `trust_remote_code`) only to rewards that declare them."""
+    try:
+        return option in inspect.signature(resolve(name_or_path)).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def resolve(name_or_path: str) -> Any:
     """A built-in name, an entry point in group `posttrain.rewards`, or `module:function` / `module.function`."""
     if name_or_path in BUILTINS:

@@ -115,7 +115,7 @@ class StageContext:
     def build_rewards(self, specs: list[RewardSpec]) -> list[tuple[Any, float]]:
         """(reward function, weight) per spec, with `model:` kwargs naming a stage resolved to its model, each
         set up (its model loaded) so that one that cannot load fails the stage before it starts."""
-        from rewards.registry import get_reward, resolve
+        from rewards.registry import get_reward, takes_option
 
         out = []
         for spec in specs:
@@ -123,7 +123,7 @@ class StageContext:
             if isinstance(kwargs.get("model"), str) and kwargs["model"] in self.recipe.stage_names():
                 kwargs["model"] = self.resolve_model(kwargs["model"])
             if self.recipe.model.trust_remote_code and "trust_remote_code" not in kwargs and \
-                    _accepts(resolve(spec.name), "trust_remote_code"):
+                    takes_option(spec.name, "trust_remote_code"):
                 kwargs["trust_remote_code"] = True  # a reward's tokenizer/model follows the recipe's choice
             reward = get_reward(spec.name, **kwargs)
             reward.setup()  # a reward model or judge that cannot load fails the stage here, not row by row
@@ -135,12 +135,3 @@ class StageContext:
         if self.is_main_process:
             append_jsonl(self.stage_dir / METRICS_FILE, row)
 
-
-def _accepts(target: Any, option: str) -> bool:
-    """Whether a reward class (or function) takes the keyword `option`."""
-    import inspect
-
-    try:
-        return option in inspect.signature(target).parameters
-    except (TypeError, ValueError):
-        return False

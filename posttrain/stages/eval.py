@@ -236,12 +236,9 @@ class _Scorer:
         columns["prompts"] = columns.pop(self.prompt_column)
         per_reward, weights, reasons = {}, {}, []
         for i, (fn, weight) in enumerate(self.rewards):
-            if callable(getattr(fn, "score_with_errors", None)):
-                scores, errors = fn.score_with_errors(flat, **columns)
-            else:
-                scores, errors = fn(flat, **columns), []
-            per_reward[str(i)], weights[str(i)] = scores, weight
-            reasons.append(errors if len(errors) == len(flat) else [None] * len(flat))
+            per_reward[str(i)], errors = fn.score_with_errors(flat, **columns)  # build_rewards gives `Reward`s
+            weights[str(i)] = weight
+            reasons.append(errors)
         combined = [s / self.total_weight for s in combine(per_reward, weights)]
         why = ["; ".join(e for e in row if e) or None for row in zip(*reasons, strict=True)]
         return ([combined[i * k:(i + 1) * k] for i in range(len(chunk))],

@@ -120,15 +120,14 @@ def load_reward_model(path: str, device: str | None = None, local_files_only: bo
 
     `local_files_only`: a cached hub model while the hub is out of reach (no retries against it)."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from posttrain.core.models import with_sequence_classification
+    from posttrain.core.models import load_sequence_classifier
 
     try:
         hub = {"local_files_only": True} if local_files_only else {}
-        with_sequence_classification(path, **hub)  # families transformers ships without a head class (OLMoE)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **hub)
-        model = AutoModelForSequenceClassification.from_pretrained(path, **hub)  # built-in architectures only
+        model = load_sequence_classifier(path, hub)  # built-in architectures only
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PluginError(f"reward_model: cannot load a reward model from {path!r}: {first}") from None

@@ -105,6 +105,16 @@ def without_router_logits(model: Any) -> Any:
     return model
 
 
+def load_sequence_classifier(name_or_path: str, hub: dict[str, Any], **model_kwargs: Any) -> Any:
+    """A checkpoint as a sequence classifier (a reward model), for every family (see
+    `with_sequence_classification`). `hub`: where and how to read the checkpoint (revision, trust_remote_code,
+    local_files_only), for the config and the model alike; `model_kwargs` go to the model only."""
+    from transformers import AutoModelForSequenceClassification
+
+    with_sequence_classification(name_or_path, **hub)
+    return AutoModelForSequenceClassification.from_pretrained(name_or_path, **hub, **model_kwargs)
+
+
 def with_sequence_classification(name_or_path: str, **kwargs: Any) -> None:
     """Make `AutoModelForSequenceClassification` load this checkpoint's family, for the families transformers ships
     without a `...ForSequenceClassification` (OLMoE): `GenericForSequenceClassification` on the family's own

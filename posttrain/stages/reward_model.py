@@ -153,17 +153,17 @@ class RewardModelStage(TrainerStage):
 
         spec = self.ctx.recipe.model if self.cfg.model in (None, "base") else None
         hub = {} if spec is None else {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
-        with_sequence_classification(path, **hub)  # OLMoE and other families transformers ships without a head
         if self.cfg.lora is None:
+            with_sequence_classification(path, **hub)  # OLMoE and other families transformers ships without a head
             return path
-        from transformers import AutoModelForSequenceClassification, set_seed
+        from transformers import set_seed
 
-        from posttrain.core.models import torch_dtype, without_router_logits
+        from posttrain.core.models import load_sequence_classifier, torch_dtype, without_router_logits
         from posttrain.lora import apply_lora
 
-        kwargs = {} if spec is None else {"dtype": torch_dtype(spec.dtype), **hub}
+        dtype = {} if spec is None else {"dtype": torch_dtype(spec.dtype)}
         set_seed(self.args.seed)  # the head is initialised at random: as RewardTrainer does, seed first
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+        model = load_sequence_classifier(path, hub, num_labels=1, **dtype)
         return apply_lora(without_router_logits(model), self.cfg.lora, task_type="SEQ_CLS")
 
     def trainer_kwargs(self, dataset: Any) -> dict[str, Any]:

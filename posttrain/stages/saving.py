@@ -120,16 +120,13 @@ def merge_on_reload(base: str, lora: Any, trained: dict[str, Any], dtypes: dict[
     with its score head (which LoRA trains whole, as modules_to_save)."""
     import torch
 
-    from posttrain.core.models import load_causal_lm, with_sequence_classification
+    from posttrain.core.models import load_causal_lm, load_sequence_classifier
     from posttrain.lora import apply_lora
 
     with loading_unsharded():
         if task_type == "SEQ_CLS":
-            from transformers import AutoModelForSequenceClassification
-
-            with_sequence_classification(base, trust_remote_code=trust_remote_code)
-            full = AutoModelForSequenceClassification.from_pretrained(
-                base, num_labels=num_labels, dtype=torch.float32, trust_remote_code=trust_remote_code)
+            full = load_sequence_classifier(base, {"trust_remote_code": trust_remote_code}, num_labels=num_labels,
+                                            dtype=torch.float32)
         else:
             full = load_causal_lm(base, dtype=torch.float32, trust_remote_code=trust_remote_code)
     peft_model = apply_lora(full, lora, task_type=task_type)

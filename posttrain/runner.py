@@ -123,16 +123,22 @@ def _run_locked(recipe: Recipe, run_dir: Path, only: list[str] | None, lock_fd: 
             _write_report(run_dir, recipe, report, plots=False)  # plots once, below: they cost seconds per build
             failed = entry.status == "failed"
     except BaseException:
-        _try(lambda: _write_report(run_dir, recipe, report))
-        _try(lambda: log_final_metrics(recipe, report))
+        _finish(run_dir, recipe, report, quietly=True)
         raise
+    _finish(run_dir, recipe, report, quietly=stop is not None)
     if stop is not None:
-        _try(lambda: _write_report(run_dir, recipe, report))
-        _try(lambda: log_final_metrics(recipe, report))
         raise stop
-    _write_report(run_dir, recipe, report)
-    log_final_metrics(recipe, report)
     return report.to_json()
+
+
+def _finish(run_dir: Path, recipe: Recipe, report: RunReport, quietly: bool) -> None:
+    """The whole report (plots too) and the trackers' final metrics; `quietly` while another error is on its way
+    to the user (then neither may replace it)."""
+    for action in (lambda: _write_report(run_dir, recipe, report), lambda: log_final_metrics(recipe, report)):
+        if quietly:
+            _try(action)
+        else:
+            action()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -41,20 +41,25 @@ from benchmarks import one_thread
 
 @dataclass(frozen=True)
 class Case:
-    """One generation workload: `prompts` × `n` completions, `batch` sequences per `generate` call."""
+    """One generation workload: `prompts` × `n` completions, `batch` sequences per `generate` call (all of them
+    in one call when None)."""
 
     name: str
     prompts: int
     n: int
     temperature: float
     max_new_tokens: int
-    batch: int
+    batch: int | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch or self.prompts * self.n
 
     @property
     def label(self) -> str:
         mode = "greedy" if self.temperature == 0 else f"T={self.temperature:g}"
-        return (f"{self.prompts} prompts x {self.n} ({mode}), {self.max_new_tokens} new tokens, "
-                f"batch {self.batch}")
+        batch = "one batch" if self.batch is None else f"batch {self.batch}"
+        return f"{self.prompts} prompts x {self.n} ({mode}), up to {self.max_new_tokens} new tokens, {batch}"
 
 
 FULL_CASES = (
@@ -125,7 +130,7 @@ class PlainGenerate:
         import torch
 
         tok = self.tokenizer
-        per_call = max(1, case.batch // case.n)
+        per_call = max(1, case.batch_size // case.n)
         greedy = case.temperature == 0
         sampling: dict[str, Any] = ({"do_sample": False} if greedy else
                                     {"do_sample": True, "temperature": case.temperature, "top_p": 1.0, "top_k": 0})
@@ -224,7 +229,7 @@ def run(quick: bool = False, repeats: int | None = None, seed: int = 0) -> dict[
         pool = [r["prompt"] for r in eval_prompts(max(c.prompts for c in cases), seed)]
         for case in cases:
             ours = HFGenerator.from_pretrained(str(path), GenerationSpec(backend="hf", model=str(path),
-                                                                         batch_size=case.batch))
+                                                                         batch_size=case.batch_size))
             result = measure(case, ours, reference, pool[:case.prompts], repeats, seed)
             details[case.name] = {"case": asdict(case), **result}
             note = (f"{case.label}; median of {repeats} timed calls each (ABBA) after a warm-up; untrained tiny "

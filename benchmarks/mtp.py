@@ -40,13 +40,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from benchmarks import one_thread
+from benchmarks.generation import Case
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "tiny-r1.yaml"
@@ -106,22 +107,6 @@ class PlainTokens:
     def close(self) -> None:
         with contextlib.suppress(AttributeError):
             del self.model.generate
-
-
-@dataclass(frozen=True)
-class Case:
-    """`prompts` x `n` completions of up to `max_new_tokens` at `temperature`, in one batch."""
-
-    name: str
-    prompts: int
-    n: int
-    temperature: float
-    max_new_tokens: int
-
-    @property
-    def label(self) -> str:
-        mode = "greedy" if self.temperature == 0 else f"T={self.temperature:g}"
-        return f"{self.prompts} prompts x {self.n} ({mode}), up to {self.max_new_tokens} new tokens, one batch"
 
 
 FULL_CASES = (Case("GRPO rollouts", 16, 8, 1.0, 48), Case("greedy eval", 128, 1, 0.0, 48),

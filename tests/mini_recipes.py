@@ -29,3 +29,25 @@ stages:
     rewards:
       - name: math
 """
+
+
+def counting_pair(seed: int = 0) -> str:
+    """Two `counting` stages (the toy kind tests/conftest.py registers), the second reading the first: a recipe to
+    break one key at a time when testing validation."""
+    return f"""\
+output_dir: runs/x
+seed: {seed}
+model:
+  tiny: {{hidden_size: 64}}
+tokenizer:
+  train: {{corpus: "data_pipelines.tasks.arithmetic:corpus"}}
+stages:
+  - name: first
+    kind: counting
+    rows: 3
+  - name: second
+    kind: counting
+    data: first
+    trl:
+      learning_rate: 1.0e-4
+"""

@@ -12,24 +12,9 @@ import pytest
 from posttrain.core.errors import RecipeError
 from posttrain.recipe import load_recipe, parse_recipe
 from posttrain.stages import KINDS
+from tests.mini_recipes import counting_pair
 
-BASE = """\
-output_dir: runs/x
-seed: 0
-model:
-  tiny: {hidden_size: 64}
-tokenizer:
-  train: {corpus: "data_pipelines.tasks.arithmetic:corpus"}
-stages:
-  - name: first
-    kind: counting
-    rows: 3
-  - name: second
-    kind: counting
-    data: first
-    trl:
-      learning_rate: 1.0e-4
-"""
+BASE = counting_pair(seed=0)
 GRPO = """\
   - name: rl
     kind: grpo

@@ -80,9 +80,7 @@ def run_launched(stage: StageConfig, run_dir: Path, lock_fd: int, env: dict[str,
     shown = " ".join(f"{k}={v}" for k, v in (env or {}).items())
     log.info("  launching %d processes: %s%s", stage.launch.num_processes, f"{shown} " if shown else "",
              " ".join(cmd[2:]))
-    full_env = {**os.environ, **(env or {}), HOLDER_ENV: str(os.getpid())}
-    if not stage.launch.config_file and not _has_cuda():
-        full_env["ACCELERATE_USE_CPU"] = "true"  # torchrun ranks + gloo; without it every rank thinks it is alone
+    full_env = _launch_env(stage, os.getpid(), env)
     note = run_dir / stage.name / LAUNCH_NOTE
     if stage.launch.num_machines > 1:
         write_json_atomic(note, {"stage": stage.name, "machines": stage.launch.num_machines, "started": time.time()})
@@ -117,13 +115,10 @@ def follow(recipe: Recipe, only: list[str] | None) -> int:
         if holder is None:
             log.error("machine 0's run ended before it launched stage %s", stage.name)
             return 1
-        env = {**os.environ, HOLDER_ENV: str(holder)}
-        if not stage.launch.config_file and not _has_cuda():
-            env["ACCELERATE_USE_CPU"] = "true"
         cmd = _command(stage, run_dir)
         log.info("stage %s: joining machine 0's launch as machine %d: %s", stage.name, stage.launch.machine_rank,
                  " ".join(cmd[2:]))
-        code = _wait(subprocess.Popen(cmd, start_new_session=True, env=env))
+        code = _wait(subprocess.Popen(cmd, start_new_session=True, env=_launch_env(stage, holder)))
         if code != 0:
             log.error("stage %s: this machine's processes exited with code %d", stage.name, code)
             return 1
@@ -150,6 +145,15 @@ def _await_launch(run_dir: Path, stage: StageConfig) -> int | None:
             log.info("stage %s: waiting for machine 0 to launch it (%s)", stage.name, note)
             told = True
         time.sleep(POLL_S)
+
+
+def _launch_env(stage: StageConfig, holder: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The launched processes' environment: `extra` on top of ours, the PID of the run whose lock they work
+    under, and CPU ranks where there is no CUDA."""
+    env = {**os.environ, **(extra or {}), HOLDER_ENV: str(holder)}
+    if not stage.launch.config_file and not _has_cuda():
+        env["ACCELERATE_USE_CPU"] = "true"  # torchrun ranks + gloo; without it every rank thinks it is alone
+    return env
 
 
 def _command(stage: StageConfig, run_dir: Path) -> list[str]:

@@ -389,6 +389,17 @@ def trl_config_class(ref: str) -> type:
     return load_object(ref)
 
 
+def trl_fields(stage: StageConfig) -> frozenset[str]:
+    """The option names of the stage's TRL config class (none for a stage without one)."""
+    ref = type(stage).trl_config
+    return _trl_field_names(ref) if ref else frozenset()
+
+
+@functools.cache
+def _trl_field_names(ref: str) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(trl_config_class(ref)))
+
+
 @functools.cache
 def _trl_field_types(ref: str) -> dict[str, Any]:
     cls = trl_config_class(ref)
@@ -445,7 +456,7 @@ def build_trl_config(stage: StageConfig, output_dir: str | Path, **extra: Any) -
         raise TypeError(f"stage kind {stage.kind!r} has no TRL config")
     kwargs = {**stage.trl_kwargs(), **extra, "output_dir": str(output_dir)}
     cls = trl_config_class(ref)
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = _trl_field_names(ref)
     for old, new in (("gradient_checkpointing", "activation_checkpointing"),
                      ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
         if old in kwargs and new not in kwargs and new in fields:  # renamed in transformers 5.x; the old name warns

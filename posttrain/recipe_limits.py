@@ -23,7 +23,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from posttrain.recipe_check import hub_unreachable, looks_like_path
+from posttrain.core.hub import hub_unreachable
+from posttrain.recipe_check import looks_like_path
 from posttrain.recipe_problems import Loc, Problems
 
 log = logging.getLogger("posttrain.recipe")

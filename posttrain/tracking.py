@@ -69,22 +69,15 @@ def invocation_dir(parent: Path) -> Path:
 def trainer_settings(recipe: Recipe, stage: StageConfig) -> dict[str, Any]:
     """TRL options a trainer stage gets from the recipe (its own `trl:` options win): the recipe's trackers, a run
     name (`<run folder>/<stage>`) and trackio's project."""
+    from posttrain.recipe import trl_fields
+
     settings: dict[str, Any] = {"run_name": f"{Path(recipe.output_dir).name}/{stage.name}"}
     if recipe.report_to:
         settings["report_to"] = list(recipe.report_to)
-    if "trackio" in names(stage.trl.get("report_to", recipe.report_to)) and _has_field(stage, "project"):
+    # `project` (trackio's) is a TRL option since transformers 5.x
+    if "trackio" in names(stage.trl.get("report_to", recipe.report_to)) and "project" in trl_fields(stage):
         settings["project"] = os.environ.get("TRACKIO_PROJECT", PROJECT)
     return settings
-
-
-def _has_field(stage: StageConfig, name: str) -> bool:
-    """Whether the stage's TRL config takes `name` (transformers added `project` for trackio in 5.x)."""
-    import dataclasses
-
-    from posttrain.recipe import trl_config_class
-
-    ref = type(stage).trl_config
-    return ref is not None and name in {f.name for f in dataclasses.fields(trl_config_class(ref))}
 
 
 @contextlib.contextmanager

@@ -27,21 +27,21 @@ from posttrain.stages.base import StageContext
 
 def is_sharded(trainer: Any) -> bool:
     """Whether each process holds only a shard of the weights (ZeRO-3 or FSDP)."""
-    if getattr(trainer, "is_fsdp_enabled", False):
-        return True
-    return bool(getattr(trainer, "is_deepspeed_enabled", False)) and _zero_stage(trainer) == 3
+    return bool(getattr(trainer, "is_fsdp_enabled", False)) or _is_zero3(trainer)
 
 
-def _zero_stage(trainer: Any) -> int:
+def _is_zero3(trainer: Any) -> bool:
+    if not getattr(trainer, "is_deepspeed_enabled", False):
+        return False
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
     config = getattr(plugin, "deepspeed_config", None) or {}
-    return int(config.get("zero_optimization", {}).get("stage", 0) or 0)
+    return int(config.get("zero_optimization", {}).get("stage", 0) or 0) == 3
 
 
 def consolidated_state_dict(trainer: Any, trainable_only: bool = False) -> dict[str, Any] | None:
     """The whole model's state dict on the main process (None or a partial dict elsewhere); every process must
     call it. `trainable_only` leaves out frozen parameters where gathering them would cost (ZeRO-3 with LoRA)."""
-    if getattr(trainer, "is_deepspeed_enabled", False) and _zero_stage(trainer) == 3:
+    if _is_zero3(trainer):
         engine = trainer.model_wrapped
         if hasattr(engine, "_zero3_consolidated_16bit_state_dict"):
             # What accelerate's get_state_dict calls, without its refusal when the config's 16-bit save flag is off.

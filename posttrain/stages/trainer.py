@@ -33,7 +33,7 @@ from posttrain.data_mix import DataSource, source_refs
 from posttrain.lora import LoraSpec
 from posttrain.moe_balance import MoEBalanceConfig
 from posttrain.mtp import MTPConfig
-from posttrain.recipe import StageConfig
+from posttrain.recipe import StageConfig, trl_fields
 from posttrain.run_folder import (
     CHECKPOINT_DIR,
     DATA_FILE,
@@ -242,16 +242,6 @@ def _log_partitioned(model: Any, ctx: StageContext) -> None:
     whole = sum(p.ds_numel if hasattr(p, "ds_id") else p.numel() for p in params)
     ctx.log.info("ZeRO-3 loaded the model partitioned: %d of its %d parameters sharded over %d process(es)", sharded,
                  whole, ctx.num_processes)
-
-
-def trl_fields(cfg: StageConfig) -> set[str]:
-    """The option names of the stage's TRL config class."""
-    import dataclasses
-
-    from posttrain.recipe import trl_config_class
-
-    ref = type(cfg).trl_config
-    return {f.name for f in dataclasses.fields(trl_config_class(ref))} if ref else set()
 
 
 def require_columns(dataset: Any, columns: list[str], stage: StageConfig, what: str, hint: str) -> None:

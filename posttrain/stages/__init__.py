@@ -72,5 +72,6 @@ KINDS = StageKinds({
     "grpo": "posttrain.stages.grpo",
     "dpo": "posttrain.stages.dpo",
     "eval": "posttrain.stages.eval",
+    "pass_rate_filter": "posttrain.stages.pass_rate_filter",
 })
 register_stage_kind = KINDS.register

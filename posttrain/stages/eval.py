@@ -149,7 +149,7 @@ def run(ctx: StageContext) -> StageResult:
     # The stage's model feeds the engines that load weights; a scripted or remote engine names its own.
     local = cfg.generation.backend in ("hf", "vllm")
     model = ctx.resolve_model(cfg.model) if local or not cfg.generation.model else cfg.generation.model
-    rows = _rows(ctx, cfg)
+    rows = load_rows(ctx, cfg)
     scorer = _Scorer(ctx.build_rewards(cfg.rewards), cfg.prompt_column)
     out_path = ctx.stage_dir / SAMPLES_FILE
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
@@ -344,7 +344,7 @@ def _token_counter(ctx: StageContext, cfg: Config, generator: Any) -> TokenCount
     return count
 
 
-def _rows(ctx: StageContext, cfg: Config) -> list[dict[str, Any]]:
+def load_rows(ctx: StageContext, cfg: Config) -> list[dict[str, Any]]:
     if cfg.benchmark is not None:
         from posttrain.eval_presets import get_benchmark
 

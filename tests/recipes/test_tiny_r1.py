@@ -25,6 +25,10 @@ def test_the_quick_variant_only_shrinks_the_run() -> None:
     assert quick.stage("grpo").rewards == full.stage("grpo").rewards
     # GRPO as DeepSeekMath runs it: k3 KL to the SFT model with β = 0.04, in the quick run too.
     assert full.stage("grpo").trl["beta"] == quick.stage("grpo").trl["beta"] == 0.04
+    # GRPO trains on the prompts the SFT model solves sometimes, sampled as GRPO samples them.
+    assert full.stage("grpo").data == quick.stage("grpo").data == "pass_rate"
+    assert full.stage("pass_rate").model == "sft" and full.stage("pass_rate").keep.below == 1.0
+    assert full.stage("pass_rate").sampling.temperature == full.stage("grpo").trl["temperature"]
 
 
 @pytest.mark.slow
@@ -41,6 +45,7 @@ def test_every_stage_of_the_demo_runs_end_to_end(tmp_path: Path, python: str) ->
         metrics = stages[name]["metrics"]
         assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["pass@1"] <= 1 and metrics["prompts"] == 24
     assert stages["grpo"]["metrics"]["steps"] == 2
+    assert 0 < stages["pass_rate"]["metrics"]["kept"] <= stages["pass_rate"]["metrics"]["prompts"]
     assert (out / "grpo" / "model" / "config.json").exists()
     text = (out / "report.md").read_text()
     assert all(f"## {name}" in text or name in text for name in stages)

@@ -1,0 +1,88 @@
+"""Stage `pass_rate_filter`: GRPO's prompts, kept only where the starting model is uncertain.
+
+It samples `samples` answers per prompt with a model (the eval stage's generation, scoring, chunked
+`samples.jsonl` and resume), measures each prompt's pass rate and writes the prompts whose rate lies
+strictly between `keep.above` and `keep.below` to DIR/<name>/prompts.jsonl, the file a `grpo`
+stage reads with `data: <this stage>` (data_pipelines/pass_rate_filter.py has why). Every kept row
+keeps its columns (the rewards need them) and gains `pass_rate`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+from pydantic import Field
+
+from data_pipelines.pass_rate_filter import PassRateBounds, histogram, pass_rate, select
+from posttrain.core.errors import StageError
+from posttrain.report.inputs import StageView, is_number
+from posttrain.report.markdown import Document, model_name, num, pct
+from posttrain.run_folder import PASS_AT_1, PROMPTS_FILE, SAMPLES_FILE, read_jsonl, write_text_atomic
+from posttrain.stages import eval as eval_stage
+from posttrain.stages.base import StageContext, StageResult
+
+KEPT = "kept"
+DROPPED_SOLVED = "dropped_solved"
+DROPPED_UNSOLVED = "dropped_unsolved"
+PASS_RATES = "pass_rates"
+
+
+class Config(eval_stage.Config):
+    #: The prompts to filter: an earlier stage's (the distill stage's training prompts by default), a file, a hub set.
+    data_file: str = PROMPTS_FILE
+    #: Answers sampled per prompt: more tell a rare success (or failure) from none.
+    samples: int = Field(8, ge=1)
+    #: Only sampled answers measure a pass rate; greedy decoding adds nothing here.
+    greedy: bool = False
+    keep: PassRateBounds = Field(default_factory=PassRateBounds)
+
+    required_outputs: ClassVar[tuple[str, ...]] = (SAMPLES_FILE, PROMPTS_FILE)
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg = ctx.config
+    assert isinstance(cfg, Config)
+    result = eval_stage.run(ctx)
+    sampled = read_jsonl(ctx.stage_dir / SAMPLES_FILE)
+    rates = {str(r["id"]): pass_rate(r["sample_scores"], cfg.threshold) for r in sampled}
+    rows = eval_stage.load_rows(ctx, cfg)
+    kept = select(rows, rates, cfg.keep)
+    solved = sum(cfg.keep.below is not None and rates[str(r["id"])] >= cfg.keep.below for r in rows)
+    unsolved = sum(cfg.keep.above is not None and rates[str(r["id"])] <= cfg.keep.above for r in rows)
+    counts = histogram(rates[str(r["id"])] for r in rows)
+    if not kept:
+        raise StageError(f"stage {cfg.name!r} kept none of {len(rows)} prompts: pass rates {counts} (rate: prompts) "
+                         f"all lie outside ({cfg.keep.above}, {cfg.keep.below}); widen `keep` or sample more")
+    path = ctx.stage_dir / PROMPTS_FILE
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    ctx.log.info("kept %d of %d prompts (dropped %d always solved, %d never solved); pass rates: %s",
+                 len(kept), len(rows), solved, unsolved, counts)
+    metrics = {**result.metrics, KEPT: len(kept), DROPPED_SOLVED: solved, DROPPED_UNSOLVED: unsolved,
+               PASS_RATES: counts}
+    return StageResult(metrics=metrics, outputs={**result.outputs, "prompts": str(path)})
+
+
+# --------------------------------------------------------------------------------------------------
+# The report's section on this kind
+
+
+def report_describe(stage: StageView) -> str:
+    model = model_name(stage, "a model", fallback=stage.metrics.get("model"))
+    return (f"Sampled answers with {model} to measure each prompt's pass rate, and kept the prompts it solves "
+            f"sometimes but not always (GRPO learns nothing from the others).")
+
+
+def report_figures(doc: Document, stage: StageView) -> None:
+    m = stage.metrics
+    figures = []
+    if is_number(m.get(KEPT)) and is_number(m.get("prompts")) and m["prompts"]:
+        figures.append(f"- **kept {num(m[KEPT])} of {num(m['prompts'])} prompts ({pct(m[KEPT] / m['prompts'])})**")
+    for key, what in ((DROPPED_SOLVED, "always solved"), (DROPPED_UNSOLVED, "never solved")):
+        if is_number(m.get(key)):
+            figures.append(f"- dropped as {what}: {num(m[key])}")
+    if is_number(m.get(PASS_AT_1)):
+        figures.append(f"- mean pass rate before filtering: {pct(m[PASS_AT_1])}")
+    if isinstance(m.get(PASS_RATES), dict):
+        figures.append("- prompts by pass rate: " + ", ".join(f"{k}: {v}" for k, v in m[PASS_RATES].items()))
+    doc.key_figures(figures or ["- no filter figures reported"])

@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from posttrain.core.hub import hub_unreachable
+from posttrain.core.hub import hub_unreachable, looks_local
 from posttrain.recipe_check import looks_like_path
 from posttrain.recipe_problems import Loc, Problems
 
@@ -175,7 +175,7 @@ def _read_config(name: str, revision: str | None, hub: bool) -> dict[str, Any] |
             return json.loads((path / "config.json").read_text())
         except (OSError, ValueError):
             return None
-    if not hub or looks_like_path(name) or hub_unreachable() is not None:
+    if not hub or looks_local(name) or hub_unreachable() is not None:
         return None
     try:
         from huggingface_hub import hf_hub_download

@@ -12,12 +12,17 @@ import os
 import re
 import socket
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 from posttrain.core.errors import PluginError
 
 HUB_TIMEOUT_S = 5.0
+#: How long one reachability probe's answer stands.
+PROBE_TTL_S = 30.0
+#: (host, port) -> (when probed, why unreachable or None).
+_probes: dict[tuple[str, int], tuple[float, str | None]] = {}
 #: What a hub repo id can look like: `name` or `namespace/name`; anything else can only be a local path.
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(?:/[\w.-]+)?")
 #: Files that make a folder a loadable model (a LoRA adapter folder names its base model).
@@ -25,11 +30,21 @@ _MODEL_FILES = ("config.json", "adapter_config.json")
 
 
 def hub_unreachable() -> str | None:
-    """Why the hub cannot be asked (offline mode, no connection), or None when it can."""
+    """Why the hub cannot be asked (offline mode, no connection), or None when it can. One probe per endpoint
+    serves the checks of the next `PROBE_TTL_S` seconds (`posttrain validate` asks from two places)."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return "HF_HUB_OFFLINE is set"
     endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    cached = _probes.get((host, port))
+    if cached is not None and time.monotonic() - cached[0] < PROBE_TTL_S:
+        return cached[1]
+    why = _probe(host, port)
+    _probes[(host, port)] = (time.monotonic(), why)
+    return why
+
+
+def _probe(host: str, port: int) -> str | None:
     found: list[str | None] = []
 
     def probe() -> None:  # in a thread: a name lookup has no timeout of its own

@@ -109,7 +109,7 @@ def length_section(doc: Document, stages: list[StageView]) -> None:
     if not points:
         return
     doc.add("## Accuracy against response length", "")
-    doc.image(plot_length(doc.plots_dir / LENGTH_PLOT, points), "Accuracy against response length")
+    doc.plot("Accuracy against response length", lambda: plot_length(doc.plots_dir / LENGTH_PLOT, points))
     doc.add("| eval stage | sampled pass@1 | mean response length (tokens) | correct answers | wrong answers |",
             "|---|---|---|---|---|")
     for s in points:

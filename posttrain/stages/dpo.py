@@ -240,6 +240,6 @@ def report_figures(doc: Document, stage: StageView) -> None:
         figures.append(f"- preference accuracy on training batches: {trend(*lg.series(ACCURACY))}")
     figures += maxvio_figures(stage)
     doc.key_figures(figures)
-    doc.image(plot_panels(doc.plot_path(stage, "preferences"), stage, _CURVES, "preference accuracy and margin"),
-              f"{stage.name}: preference accuracy and margin")
+    doc.plot(f"{stage.name}: preference accuracy and margin",
+             lambda: plot_panels(doc.plot_path(stage, "preferences"), stage, _CURVES, "preference accuracy and margin"))
     training_plots(doc, stage, moe=True)

@@ -66,6 +66,9 @@ def test_accuracy_against_response_length(tmp_path: Path) -> None:
     (run / "resolved_recipe.yaml").write_text(yaml.safe_dump({"stages": stages}))
     (run / "report.json").write_text(json.dumps({"stages": {
         n: {"kind": "eval", "status": "done", "seconds": 1.0, "metrics": m} for n, m in metrics.items()}}))
+    mid_run = write_report(run, kinds=KINDS, plots=False).read_text()  # between stages: the table, no plot yet
+    assert "| eval_sft | 50.0 % | 80.5 | 60 | 101 |" in mid_run and "Could not build" not in mid_run
+    assert not (run / "plots").exists()
     md = write_report(run, kinds=KINDS).read_text()
     section = sections(md)["Accuracy against response length"]
     assert "| eval_sft | 50.0 % | 80.5 | 60 | 101 |" in section and "| eval_base | 0.0 % | 256 | — | 256 |" in section

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -111,6 +112,9 @@ def test_dpo_learns_the_preference_and_reports_exact_held_out_figures(
     assert eval_rows[-1]["eval_rewards/accuracies"] == pytest.approx(m["pairwise_accuracy"], abs=1e-4)
     assert m["max_violation_last_third"] >= 0
 
+    shutil.rmtree(tmp_path / "plots")
+    mid_run = write_report(tmp_path, kinds=KINDS, plots=False).read_text()  # as the runner writes it between stages
+    assert "Could not build" not in mid_run and not (tmp_path / "plots").exists()
     sec = stage_sections(write_report(tmp_path, kinds=KINDS).read_text())["dpo"]
     assert "with DPO (TRL's DPOTrainer, β = 0.1)" in sec and "frozen reference (the starting model)" in sec
     assert f"**preference accuracy (held out): {100 * m['pairwise_accuracy']:.1f} %**" in sec

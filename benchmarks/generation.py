@@ -233,7 +233,7 @@ def run(quick: bool = False, repeats: int | None = None, seed: int = 0) -> dict[
             result = measure(case, ours, reference, pool[:case.prompts], repeats, seed)
             details[case.name] = {"case": asdict(case), **result}
             note = (f"{case.label}; median of {repeats} timed calls each (ABBA) after a warm-up; untrained tiny "
-                    f"DeepSeek-V3 (~1.6M params), torch on 1 thread; reference: tokenizer -> model.generate -> "
+                    f"DeepSeek-V3 (~1.1M params), torch on 1 thread; reference: tokenizer -> model.generate -> "
                     f"batch_decode; ours runs under torch.inference_mode")
             if "greedy_outputs_match" in result:
                 note += f"; greedy outputs identical: {result['greedy_outputs_match']}"

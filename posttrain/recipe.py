@@ -180,6 +180,11 @@ class StageConfig(StrictModel):
     ref_fields: ClassVar[tuple[str, ...]] = ()
     #: Files (relative to DIR/<name>/) a finished stage must have: a "done" stage missing one runs again.
     required_outputs: ClassVar[tuple[str, ...]] = ()
+    #: Options that only choose among what the stage computes (a filter's bounds). When a rerun differs from the
+    #: folder it sets aside in nothing else, it starts with that folder's `reusable_outputs` (which the stage
+    #: resumes from) instead of computing them again: new bounds cost no new samples.
+    selection_fields: ClassVar[tuple[str, ...]] = ()
+    reusable_outputs: ClassVar[tuple[str, ...]] = ()
 
     def trl_kwargs(self) -> dict[str, Any]:
         return {**self.trl_defaults, **self.trl}

@@ -67,6 +67,8 @@ RESERVED_SUFFIXES = (PREV_SUFFIX, UNFINISHED_SUFFIX, TMP_SUFFIX)
 
 # Names in DIR/<stage>/
 STATE_FILE = "stage.json"
+#: DIR/<stage>/reuse.json: the identity of the stage without its selection options (StageConfig.selection_fields).
+REUSE_FILE = "reuse.json"
 #: What the ranks of a launched (multi-process) stage hand back to the runner.
 RESULT_FILE = "result.json"
 MODEL_DIR = "model"

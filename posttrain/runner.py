@@ -31,6 +31,7 @@ from posttrain.rollout_launch import rollout_server_for
 from posttrain.run_folder import (
     PREV_SUFFIX,
     RESOLVED_RECIPE,
+    REUSE_FILE,
     TMP_SUFFIX,
     UNFINISHED_SUFFIX,
     ReportEntry,
@@ -39,6 +40,7 @@ from posttrain.run_folder import (
     prepare_run_dir,
     replace_dir,
     user_os_error,
+    write_json_atomic,
     write_text_atomic,
 )
 from posttrain.run_lock import run_lock
@@ -112,7 +114,9 @@ def _run_locked(recipe: Recipe, run_dir: Path, only: list[str] | None, lock_fd: 
                 entry = _entry(stage, "failed", 0.0, {"error": error})
             else:
                 try:
-                    entry, stamp = _run_stage(recipe, stage, run_dir, base_model, identity, lock_fd)
+                    work = (stage_hash(recipe, stage, base_hash, stamps, without=stage.selection_fields)
+                            if stage.reusable_outputs else None)
+                    entry, stamp = _run_stage(recipe, stage, run_dir, base_model, identity, lock_fd, work)
                 except (KeyboardInterrupt, RunFolderError) as exc:
                     stop = exc
                     report.stages.pop(stage.name, None)
@@ -145,10 +149,12 @@ def _finish(run_dir: Path, recipe: Recipe, report: RunReport, quietly: bool) -> 
 # Identity
 
 
-def stage_hash(recipe: Recipe, stage: StageConfig, base_hash: str, earlier: dict[str, str]) -> str:
+def stage_hash(recipe: Recipe, stage: StageConfig, base_hash: str, earlier: dict[str, str],
+               without: tuple[str, ...] = ()) -> str:
     """A stage's identity: its config, the seed, the base model, the stamps of the earlier stages' outputs it
-    reads (`earlier`: stage -> stamp; a stage missing there has no current outputs) and the local files it reads."""
-    config = stage.model_dump(mode="json", context={IDENTITY: True})
+    reads (`earlier`: stage -> stamp; a stage missing there has no current outputs) and the local files it reads.
+    `without`: config options left out (what a folder's reusable outputs do not depend on)."""
+    config = stage.model_dump(mode="json", context={IDENTITY: True}, exclude=set(without) or None)
     deps = {name: earlier.get(name) for name in stage_dependencies(recipe, stage)}
     run_dir = Path(recipe.output_dir).absolute()
     base = recipe.model_dump(mode="json", include={"model", "tokenizer"})
@@ -224,7 +230,8 @@ def _strings(obj: Any) -> Iterator[str]:
 
 
 def _run_stage(recipe: Recipe, stage: StageConfig, run_dir: Path, base_model: str, identity: str,
-               lock_fd: int) -> tuple[ReportEntry, str | None]:
+               lock_fd: int, work: str | None = None) -> tuple[ReportEntry, str | None]:
+    """`work`: the identity without the stage's selection options, for a kind with reusable outputs."""
     stage_dir = run_dir / stage.name
     state = StageState.read(stage_dir)
     if state is not None and state.config_hash == identity:
@@ -232,8 +239,12 @@ def _run_stage(recipe: Recipe, stage: StageConfig, run_dir: Path, base_model: st
             log.info("  resuming: an earlier run of this config and these inputs did not finish (%s)", state.status)
     else:
         _set_aside(run_dir, stage, state)
+        if work is not None:
+            _reuse_outputs(run_dir, stage, work)
 
     StageState(stage.kind, identity, "running").write(stage_dir)
+    if work is not None:
+        write_json_atomic(stage_dir / REUSE_FILE, {"identity": work})
     start = time.perf_counter()
     try:
         with rollout_server_for(recipe, stage, run_dir) as env:
@@ -288,6 +299,28 @@ def _set_aside(run_dir: Path, stage: StageConfig, state: StageState | None) -> N
                else f"an attempt with another config or other inputs did not finish ({state.status})")
     replace_dir(stage_dir, backup)
     log.warning("  starting %s afresh: %s; the old folder is kept as %s", stage.name, why, backup)
+
+
+def _reuse_outputs(run_dir: Path, stage: StageConfig, work: str) -> None:
+    """Start a fresh folder with the reusable outputs of a folder set aside that differs only in selection options
+    (copies: the backup stays whole, to be restored if the options change back)."""
+    import shutil
+
+    for suffix in (PREV_SUFFIX, UNFINISHED_SUFFIX):
+        backup = run_dir / (stage.name + suffix)
+        try:
+            same = json.loads((backup / REUSE_FILE).read_text()).get("identity") == work
+        except (OSError, ValueError, AttributeError):
+            continue
+        files = [name for name in stage.reusable_outputs if (backup / name).is_file()]
+        if not same or not files:
+            continue
+        stage_dir = run_dir / stage.name
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            shutil.copy2(backup / name, stage_dir / name)
+        log.info("  reusing %s from %s: only %s changed", ", ".join(files), backup, ", ".join(stage.selection_fields))
+        return
 
 
 def _restore_backup(run_dir: Path, stage: StageConfig, identity: str) -> None:

@@ -38,6 +38,9 @@ class Config(eval_stage.Config):
     keep: PassRateBounds = Field(default_factory=PassRateBounds)
 
     required_outputs: ClassVar[tuple[str, ...]] = (SAMPLES_FILE, PROMPTS_FILE)
+    #: New bounds (or a new threshold) select again from the same samples: no new generation.
+    selection_fields: ClassVar[tuple[str, ...]] = ("keep", "threshold")
+    reusable_outputs: ClassVar[tuple[str, ...]] = (SAMPLES_FILE,)
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -101,3 +101,27 @@ def test_empty_bounds_are_a_recipe_error() -> None:
     text = f"model: {{name_or_path: m}}\nstages:\n  - {stage}\n"
     with pytest.raises(RecipeError, match=r"above \(0.5\) must be less than below \(0.5\)"):
         parse_recipe(text, kinds=KINDS)
+
+
+def test_new_bounds_select_again_from_the_same_samples(
+    tmp_path: Path, tiny_base: Path, train_prompts: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="posttrain")
+    first = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, train_prompts, 0.3), kinds=KINDS))
+    samples = (tmp_path / "filter" / "samples.jsonl").read_text()
+    # Other bounds: the stage runs again on the samples it drew (the first folder stays whole, as filter.prev).
+    narrow = recipe(tmp_path, tiny_base, train_prompts, 0.3, "    keep: {above: 0.25, below: 0.75}\n")
+    caplog.clear()
+    second = run_recipe(parse_recipe(narrow, kinds=KINDS))["stages"]["filter"]
+    assert second["status"] == "done" and "reusing samples.jsonl from" in caplog.text
+    assert "resuming: 40 of 40 prompts already evaluated" in caplog.text  # nothing generated again
+    assert (tmp_path / "filter" / "samples.jsonl").read_text() == samples
+    assert (tmp_path / "filter.prev" / "samples.jsonl").read_text() == samples
+    assert {r["pass_rate"] for r in lines(tmp_path / "filter" / "prompts.jsonl")} == {0.5}
+    assert second["metrics"]["kept"] < first["stages"]["filter"]["metrics"]["kept"]
+    # Anything else changed (here the samples per prompt): it samples afresh.
+    caplog.clear()
+    more = narrow.replace("samples: 4", "samples: 2")
+    assert run_recipe(parse_recipe(more, kinds=KINDS))["stages"]["filter"]["status"] == "done"
+    assert "reusing" not in caplog.text
+    assert all(len(r["samples"]) == 2 for r in lines(tmp_path / "filter" / "samples.jsonl"))

@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from posttrain.core.errors import StageError
 from posttrain.launch import terminate
@@ -69,7 +69,7 @@ def rollout_server_for(recipe: Recipe, stage: StageConfig, run_dir: Path,
         gpus = [visible[i] if i < len(visible) else str(i) for i in spec.gpus]
         shown = f"CUDA_VISIBLE_DEVICES={','.join(gpus)} {shlex.join(command)}"
         log.info("  waiting up to %gs for the rollout server at %s (start it with: %s)", wait_s, url, shown)
-        if not _wait_healthy(url, wait_s):
+        if _wait_healthy(url, wait_s) != "up":
             raise StageError(
                 f"stage {stage.name!r}: no rollout server answers at {url} after {wait_s:g}s. Start it on a GPU the "
                 f"trainer does not use, then run again:\n  {shown}\nor let `posttrain run` start and stop it: "
@@ -152,25 +152,28 @@ def healthy(url: str) -> bool:
         return False
 
 
-def _wait_healthy(url: str, wait_s: float) -> bool:
+def _wait_healthy(url: str, wait_s: float,
+                  proc: subprocess.Popen[Any] | None = None) -> Literal["up", "timeout", "exited"]:
+    """Poll `url` until it answers ("up"), `wait_s` passes ("timeout") or `proc`, the server when started here,
+    exits ("exited")."""
     deadline = time.monotonic() + wait_s
     while not healthy(url):
+        if proc is not None and proc.poll() is not None:
+            return "exited"
         if time.monotonic() >= deadline:
-            return False
+            return "timeout"
         time.sleep(POLL_S)
-    return True
+    return "up"
 
 
 def _wait_started(proc: subprocess.Popen[Any], url: str, wait_s: float, stage: StageConfig, log_file: Path) -> None:
-    deadline = time.monotonic() + wait_s
-    while not healthy(url):
-        if proc.poll() is not None:
-            raise StageError(f"stage {stage.name!r}: the rollout server exited with code {proc.returncode} before it "
-                             f"answered at {url}; the end of {log_file}:\n{_tail(log_file)}")
-        if time.monotonic() >= deadline:
-            raise StageError(f"stage {stage.name!r}: the rollout server did not answer at {url} within {wait_s:g}s "
-                             f"(trl.vllm_server_timeout); the end of {log_file}:\n{_tail(log_file)}")
-        time.sleep(POLL_S)
+    outcome = _wait_healthy(url, wait_s, proc)
+    if outcome == "exited":
+        raise StageError(f"stage {stage.name!r}: the rollout server exited with code {proc.returncode} before it "
+                         f"answered at {url}; the end of {log_file}:\n{_tail(log_file)}")
+    if outcome == "timeout":
+        raise StageError(f"stage {stage.name!r}: the rollout server did not answer at {url} within {wait_s:g}s "
+                         f"(trl.vllm_server_timeout); the end of {log_file}:\n{_tail(log_file)}")
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -48,18 +49,31 @@ def pass_rate(scores: list[float], threshold: float = 1.0) -> float:
     return sum(s >= threshold for s in scores) / len(scores)
 
 
-def select(rows: Iterable[dict[str, Any]], rates: dict[str, float],
-           bounds: PassRateBounds) -> list[dict[str, Any]]:
-    """The rows (with an `id` found in `rates`) whose pass rate `bounds` keeps, each with its `pass_rate` column;
-    order kept. A row without a measured rate is an error: the filter would otherwise drop it silently."""
-    kept = []
+@dataclass
+class Selection:
+    #: The kept rows, in their order, each with its `pass_rate` column.
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    #: Rows dropped at or above `below` (solved too often) and at or below `above` (too rarely).
+    dropped_solved: int = 0
+    dropped_unsolved: int = 0
+
+
+def select(rows: Iterable[dict[str, Any]], rates: dict[str, float], bounds: PassRateBounds) -> Selection:
+    """The rows (with an `id` found in `rates`) whose pass rate `bounds` keeps, and how many it dropped on each
+    side. A row without a measured rate is an error: the filter would otherwise drop it silently."""
+    out = Selection()
     for row in rows:
         key = str(row["id"])
         if key not in rates:
             raise KeyError(f"no pass rate measured for prompt {key!r}")
-        if bounds.keeps(rates[key]):
-            kept.append({**row, PASS_RATE: rates[key]})
-    return kept
+        rate = rates[key]
+        if bounds.keeps(rate):
+            out.kept.append({**row, PASS_RATE: rate})
+        elif bounds.below is not None and rate >= bounds.below:
+            out.dropped_solved += 1
+        else:
+            out.dropped_unsolved += 1
+    return out
 
 
 def histogram(rates: Iterable[float]) -> dict[str, int]:

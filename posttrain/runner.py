@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -304,8 +305,6 @@ def _set_aside(run_dir: Path, stage: StageConfig, state: StageState | None) -> N
 def _reuse_outputs(run_dir: Path, stage: StageConfig, work: str) -> None:
     """Start a fresh folder with the reusable outputs of a folder set aside that differs only in selection options
     (copies: the backup stays whole, to be restored if the options change back)."""
-    import shutil
-
     for suffix in (PREV_SUFFIX, UNFINISHED_SUFFIX):
         backup = run_dir / (stage.name + suffix)
         try:

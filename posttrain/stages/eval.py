@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import Field, ValidationError, model_serializer, model_validator
@@ -139,7 +140,21 @@ class Config(StageConfig):
         return [primary, *(t for t in self.temperatures or [] if t != primary)]
 
 
+@dataclass
+class Evaluation:
+    """What an eval run leaves besides its result: the prompt rows and their samples.jsonl rows, in the same order
+    (for a kind that builds on the eval stage, e.g. pass_rate_filter)."""
+
+    result: StageResult
+    rows: list[dict[str, Any]]
+    samples: list[dict[str, Any]]
+
+
 def run(ctx: StageContext) -> StageResult:
+    return evaluate(ctx).result
+
+
+def evaluate(ctx: StageContext) -> Evaluation:
     from tqdm.auto import tqdm
 
     from posttrain.core.generation import make_generator
@@ -149,7 +164,7 @@ def run(ctx: StageContext) -> StageResult:
     # The stage's model feeds the engines that load weights; a scripted or remote engine names its own.
     local = cfg.generation.backend in ("hf", "vllm")
     model = ctx.resolve_model(cfg.model) if local or not cfg.generation.model else cfg.generation.model
-    rows = load_rows(ctx, cfg)
+    rows = _rows(ctx, cfg)
     scorer = _Scorer(ctx.build_rewards(cfg.rewards), cfg.prompt_column)
     out_path = ctx.stage_dir / SAMPLES_FILE
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
@@ -207,7 +222,7 @@ def run(ctx: StageContext) -> StageResult:
     if drafts is not None and drafts.drafted:  # speculative decoding with the model's MTP module
         metrics["mtp_acceptance"] = round(drafts.acceptance, 4)
         ctx.log.info("MTP drafts accepted: %.1f %% of %d", 100 * drafts.acceptance, drafts.drafted)
-    return StageResult(metrics=metrics, outputs={"samples": str(out_path)})
+    return Evaluation(StageResult(metrics=metrics, outputs={"samples": str(out_path)}), rows, results)
 
 
 def _generated_lengths(generator: Any, completions: list[list[str]]) -> list[list[int] | None]:
@@ -344,7 +359,7 @@ def _token_counter(ctx: StageContext, cfg: Config, generator: Any) -> TokenCount
     return count
 
 
-def load_rows(ctx: StageContext, cfg: Config) -> list[dict[str, Any]]:
+def _rows(ctx: StageContext, cfg: Config) -> list[dict[str, Any]]:
     if cfg.benchmark is not None:
         from posttrain.eval_presets import get_benchmark
 

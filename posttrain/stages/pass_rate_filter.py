@@ -18,7 +18,7 @@ from data_pipelines.pass_rate_filter import PassRateBounds, histogram, pass_rate
 from posttrain.core.errors import StageError
 from posttrain.report.inputs import StageView, is_number
 from posttrain.report.markdown import Document, model_name, num, pct
-from posttrain.run_folder import PASS_AT_1, PROMPTS_FILE, SAMPLES_FILE, read_jsonl, write_text_atomic
+from posttrain.run_folder import PASS_AT_1, PROMPTS_FILE, SAMPLES_FILE, write_text_atomic
 from posttrain.stages import eval as eval_stage
 from posttrain.stages.base import StageContext, StageResult
 
@@ -46,23 +46,20 @@ class Config(eval_stage.Config):
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.config
     assert isinstance(cfg, Config)
-    result = eval_stage.run(ctx)
-    sampled = read_jsonl(ctx.stage_dir / SAMPLES_FILE)
-    rates = {str(r["id"]): pass_rate(r["sample_scores"], cfg.threshold) for r in sampled}
-    rows = eval_stage.load_rows(ctx, cfg)
-    kept = select(rows, rates, cfg.keep)
-    solved = sum(cfg.keep.below is not None and rates[str(r["id"])] >= cfg.keep.below for r in rows)
-    unsolved = sum(cfg.keep.above is not None and rates[str(r["id"])] <= cfg.keep.above for r in rows)
-    counts = histogram(rates[str(r["id"])] for r in rows)
-    if not kept:
+    evaluation = eval_stage.evaluate(ctx)
+    rows, result = evaluation.rows, evaluation.result
+    rates = {r["id"]: pass_rate(r["sample_scores"], cfg.threshold) for r in evaluation.samples}
+    chosen = select(rows, rates, cfg.keep)
+    counts = histogram(rates.values())
+    if not chosen.kept:
         raise StageError(f"stage {cfg.name!r} kept none of {len(rows)} prompts: pass rates {counts} (rate: prompts) "
                          f"all lie outside ({cfg.keep.above}, {cfg.keep.below}); widen `keep` or sample more")
     path = ctx.stage_dir / PROMPTS_FILE
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen.kept))
     ctx.log.info("kept %d of %d prompts (dropped %d always solved, %d never solved); pass rates: %s",
-                 len(kept), len(rows), solved, unsolved, counts)
-    metrics = {**result.metrics, KEPT: len(kept), DROPPED_SOLVED: solved, DROPPED_UNSOLVED: unsolved,
-               PASS_RATES: counts}
+                 len(chosen.kept), len(rows), chosen.dropped_solved, chosen.dropped_unsolved, counts)
+    metrics = {**result.metrics, KEPT: len(chosen.kept), DROPPED_SOLVED: chosen.dropped_solved,
+               DROPPED_UNSOLVED: chosen.dropped_unsolved, PASS_RATES: counts}
     return StageResult(metrics=metrics, outputs={**result.outputs, "prompts": str(path)})
 
 

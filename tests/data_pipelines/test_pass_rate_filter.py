@@ -27,8 +27,12 @@ def test_bounds_are_strict_and_none_lifts_a_side(bounds: dict, kept: list[float]
 def test_select_keeps_order_and_columns_and_refuses_an_unmeasured_prompt() -> None:
     rows = [{"id": "a", "solution": "1"}, {"id": 7, "solution": "2"}, {"id": "c", "solution": "3"}]
     rates = {"a": 0.5, "7": 0.25, "c": 1.0}
-    assert select(rows, rates, PassRateBounds()) == [{"id": "a", "solution": "1", "pass_rate": 0.5},
-                                                    {"id": 7, "solution": "2", "pass_rate": 0.25}]
+    chosen = select(rows, rates, PassRateBounds())
+    assert chosen.kept == [{"id": "a", "solution": "1", "pass_rate": 0.5},
+                           {"id": 7, "solution": "2", "pass_rate": 0.25}]
+    assert (chosen.dropped_solved, chosen.dropped_unsolved) == (1, 0)
+    low = select(rows, rates, PassRateBounds(above=0.25, below=None))
+    assert [r["id"] for r in low.kept] == ["a", "c"] and (low.dropped_solved, low.dropped_unsolved) == (0, 1)
     with pytest.raises(KeyError, match="no pass rate measured for prompt 'd'"):
         select([*rows, {"id": "d"}], rates, PassRateBounds())
 

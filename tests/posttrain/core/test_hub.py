@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -45,6 +46,9 @@ def test_one_probe_answers_the_checks_that_follow_it(
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
     monkeypatch.setattr(hub, "_probes", {})
     assert hub.hub_unreachable() is None and hub.hub_unreachable() is None
+    deadline = time.monotonic() + 5
+    while not accepted and time.monotonic() < deadline:  # the server thread counts the probe after it connected
+        time.sleep(0.01)
     stop(server)
     assert hub.hub_unreachable() is None  # the first answer stands for PROBE_TTL_S
     assert len(accepted) == 1

@@ -214,8 +214,11 @@ class RewardErrorGuardMixin:
     A failed row scores None (TRL leaves it out of the advantage), so a judge server that went down or a sandbox
     that broke would otherwise train silently on a different objective. After each scoring round, each reward's
     share of failed rows over the last `window` rounds (fewer at the start) is compared with `max_rate`; above
-    it, the stage fails with a `StageError` naming the reward, the rate and the reward's first error (a rerun
+    it, the stage fails with a `StageError` naming the reward, the rate and the reward's first failure (a rerun
     resumes from the last checkpoint). Counted per process, from the `rewards.registry.Reward` counters.
+    Only rows left without a score count: a row scored with an error beside it (an answer the math reward
+    could not read, a program that did not compile) is the policy's doing, which a young policy does on
+    most rows; those are in `rewards/<name>/error_rate` and the zero-reward warning, and never stop a run.
     """
 
     _error_guard: tuple[float, int, dict[str, deque[tuple[int, int]]]] | None = None
@@ -225,12 +228,12 @@ class RewardErrorGuardMixin:
 
     def _calculate_rewards(self, inputs: Any, prompts: list[Any], completions: list[Any],
                            completion_ids_list: Any) -> Any:
-        guarded = [f for f in getattr(self, "reward_funcs", []) if hasattr(f, "error_count") and hasattr(f, "rows")]
-        before = [(f.rows, f.error_count) for f in guarded]
+        guarded = [f for f in getattr(self, "reward_funcs", []) if hasattr(f, "failed_count") and hasattr(f, "rows")]
+        before = [(f.rows, f.failed_count) for f in guarded]
         out = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # type: ignore[misc]
         if self._error_guard is not None:
-            for fn, (rows, errors) in zip(guarded, before, strict=True):
-                self._check_error_rate(fn, fn.rows - rows, fn.error_count - errors)
+            for fn, (rows, failed) in zip(guarded, before, strict=True):
+                self._check_error_rate(fn, fn.rows - rows, fn.failed_count - failed)
         return out
 
     def _check_error_rate(self, fn: Any, rows: int, errors: int) -> None:
@@ -243,7 +246,7 @@ class RewardErrorGuardMixin:
             return
         raise StageError(f"reward {fn.name}: {failed} of {scored} rows failed over the last {len(rounds)} scoring "
                          f"round(s), more than max_reward_error_rate {max_rate:g}; its first error: "
-                         f"{(fn.first_error or '?')[:1000]}")
+                         f"{(fn.first_failure or '?')[:1000]}")
 
 
 class ThinkOpenerMixin:

@@ -349,14 +349,14 @@ _MAX_VERDICTS = 100_000
 
 
 class MathReward(Verifier):
-    """Math correctness: 1.0 if the final answer (after </think>, last \\boxed{}) equals column `solution`, else 0.0.
+    """Math correctness: 1.0 if the final answer (after </think>, in <answer> tags, last \\boxed{}) equals `solution`.
 
     `solution` is a bare answer or a full solution whose last `\\boxed{}` holds it. Equivalence is
     math-verify's (fractions, decimals, percent, units, `\\text{}`, intervals, sets, tuples, matrices,
-    symbolic). A row past `timeout_s` scores 0.0 with an error; a gold that cannot be parsed scores
-    None with an error. `workers` processes verify in parallel (default: the cores); `workers=0` or 1
-    verifies in this process (bounded by SIGALRM in the main thread; from another thread one helper
-    process bounds it, as a thread cannot be interrupted).
+    symbolic). A row past `timeout_s`, or whose answer part holds nothing readable, scores 0.0 with an
+    error; a gold that cannot be parsed scores None with an error. `workers` processes verify in
+    parallel (default: the cores); `workers=0` or 1 verifies in this process (bounded by SIGALRM in the
+    main thread; from another thread one helper process bounds it, as a thread cannot be interrupted).
 
     >>> reward = MathReward(workers=0)
     >>> reward([r"<think>2/4 = \\boxed{0.4}?</think> So \\boxed{\\frac{1}{2}}.", "<think>hmm</think> 0.6"],

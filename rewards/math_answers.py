@@ -299,7 +299,7 @@ def read_choice(answer: str) -> str | None:
 
 def lone_letter(answer: str) -> str | None:
     """The letter an answer is when it is one letter and nothing else, in any case and wrapping (`$E$`, `$e$`,
-    `$\\text{E}$`, `(e)`): a letter gold written `\\text{E}` is answered so as often as with "(E)".
+    `$\\text{E}$`, `(e)`): models answer a letter gold written `\\text{E}` that way as often as with "(E)".
 
     >>> lone_letter("$e$"), lone_letter(r"$\\text{(E)}$"), lone_letter("$x$"), lone_letter("ab")
     ('E', 'E', None, None)
@@ -383,7 +383,7 @@ def split_parts(gold: str) -> tuple[str, list[str]] | None:
     g = normalize(gold)
     if g.startswith("\\{") and g.endswith("\\}") and _wraps(g[1:-2] + "}"):
         brackets, inner = "{}", g[2:-2]
-    elif g[:1] in "({" and g[-1:] == {"(": ")", "{": "}"}.get(g[:1]) and _wraps(g):
+    elif len(g) > 1 and (g[0], g[-1]) in (("(", ")"), ("{", "}")) and _wraps(g):
         brackets, inner = g[0] + g[-1], g[1:-1]
     else:
         brackets, inner = "", g

@@ -1,4 +1,5 @@
-"""Where the answer is: completion text (string or chat list), the part after `</think>`, the last `\\boxed{}`.
+"""Where the answer is: completion text (string or chat list), the part after `</think>`, the inside of
+`<answer>…</answer>`, the last `\\boxed{}`.
 
 Reading the answer from the wrong place (inside `<think>`, or the chat template's text) is the
 most common reason a reward sits at 0; every reward reads it through these functions.
@@ -10,6 +11,7 @@ import re
 from typing import Any
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#-]*)[^\n]*\n(.*?)```", re.DOTALL)
 
 
@@ -63,6 +65,22 @@ def answer_text(completion: Any) -> str:
     return split_think(completion_text(completion))[1]
 
 
+def answer_tag(text: str) -> str | None:
+    """The inside of the last `<answer>…</answer>` (to the end when the closing tag never came); None without one.
+
+    R1-Zero's prompt (open-r1's, TinyZero's) asks for the answer in these tags: what they hold is the answer,
+    whatever else the text says around them.
+
+    >>> answer_tag("<answer> 12 </answer>"), answer_tag("x <answer>3 and cut off"), answer_tag("plain 4")
+    (' 12 ', '3 and cut off', None)
+    """
+    start = text.rfind(ANSWER_OPEN)
+    if start < 0:
+        return None
+    inside = text[start + len(ANSWER_OPEN):]
+    return inside.partition(ANSWER_CLOSE)[0]
+
+
 def last_boxed(text: str) -> str | None:
     """Content of the last `\\boxed{...}` (or `\\fbox{...}`), braces balanced; None if there is none.
 
@@ -82,6 +100,15 @@ def boxed_contents(text: str) -> list[str]:
     >>> boxed_contents(r"x = \\boxed{3}, y = \\boxed{\\frac{1}{2}}")
     ['3', '\\\\frac{1}{2}']
     """
+    return [content for _, _, content in boxed_spans(text)]
+
+
+def boxed_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every `\\boxed{...}` / `\\fbox{...}` in `text`: `text[start:end]` is the whole box.
+
+    >>> boxed_spans(r"a \\boxed{1} b")
+    [(2, 11, '1')]
+    """
     out = []
     start = 0
     while True:
@@ -91,7 +118,7 @@ def boxed_contents(text: str) -> list[str]:
         found = _braced(text, text.find("{", min(hits)))
         if found is None:
             return out
-        out.append(found[0])
+        out.append((min(hits), found[1] + 1, found[0]))
         start = found[1] + 1
 
 

@@ -302,5 +302,7 @@ def _summary(rewards: list[tuple[RewardArg, Any]], stats: dict[str, list[float]]
     for arg, fn in rewards:
         total, scored, null = stats[arg.name]
         mean = f"{total / scored:.4g}" if scored else "n/a"
+        noted = fn.error_count - getattr(fn, "failed_count", fn.error_count)
         print(f"  {arg.name} (weight {arg.weight:g}): mean {mean} over {int(scored)} rows, {int(null)} null, "
-              f"{fn.error_count} failed", file=sys.stderr)
+              f"{fn.error_count} failed" + (f" ({noted} of them scored, with the reason: an answer that could not be "
+                                            "read, a timeout)" if noted else ""), file=sys.stderr)

@@ -14,9 +14,12 @@ Every shape a row may come in, and what it becomes:
 - `test` + `entry_point` (`def check(candidate)`; HumanEval, EvalPlus): check.
 
 A call case's expected value is compared with the function's result as JSON values (tuples are
-lists), as APPS, TACO and LiveCodeBench do; APPS/TACO also accept `x` for an expected `[x]`. A
-missing or null expected output, an unknown key, an empty test list or a malformed cell raises
-DataError naming the column and the test: the row gets no score, never a silent 0.
+lists), as APPS, TACO and LiveCodeBench do; APPS/TACO also accept `x` for an expected `[x]`. Call
+inputs given as text (verl's sandbox format) are LiveCodeBench's: one JSON argument per line, the
+output JSON text. A null or absent input is a test of a program that reads nothing: empty stdin (no
+arguments for a call). A missing or null expected output, an unknown key, an empty test list or a
+malformed cell raises DataError naming the column and the test: the row gets no score, never a
+silent 0 (a null output would pass a program that prints nothing).
 """
 
 from __future__ import annotations
@@ -64,6 +67,15 @@ def load_json(value: Any, where: str) -> Any:
     return value
 
 
+def _stdin(value: Any) -> str:
+    """A test's input: no input (null, absent) is empty stdin, a program that reads nothing."""
+    if value is None:
+        return ""
+    if isinstance(value, list):  # some data sets store lines
+        return "\n".join(map(str, value))
+    return str(value)
+
+
 def _text(value: Any, where: str) -> str:
     if value is None:
         raise DataError(f"{where} is null: a test needs a value (a null output would pass a program that "
@@ -81,6 +93,13 @@ def _canonical(value: Any) -> str:
 def _call(fn_name: str, args: Any, expected: Any, where: str, *, unwrap: bool = False) -> Case:
     if expected is None:
         raise DataError(f"{where}: the expected output is null (a function returning None would pass)")
+    if args is None:
+        args = []
+    elif isinstance(args, str):  # LiveCodeBench's text (verl's sandbox format): one JSON argument per line
+        args = [load_json(line, f"{where}, an argument") for line in args.split("\n") if line.strip()]
+        expected = load_json(expected, f"{where}, output")
+        if expected is None:
+            raise DataError(f"{where}: the expected output is null (a function returning None would pass)")
     if not isinstance(args, list):
         raise DataError(f"{where}: the arguments of a call must be a JSON list, got {str(args)[:80]!r}")
     spec = {"kind": "call", "fn_name": fn_name, "args": args, "prelude": PRELUDE}
@@ -111,7 +130,7 @@ def io_cases(value: Any, where: str, fn_name: str | None = None, unwrap: bool = 
         name = _fn_name(name, f"{where}, fn_name")
         return [_call(name, args, out, f"{where}, test {i}", unwrap=unwrap)
                 for i, (args, out) in enumerate(zip(inputs, outputs, strict=True))]
-    return [Case("stdin", _text(i, f"{where}, test {k} input"), _text(o, f"{where}, test {k} output"))
+    return [Case("stdin", _stdin(i), _text(o, f"{where}, test {k} output"))
             for k, (i, o) in enumerate(zip(inputs, outputs, strict=True))]
 
 
@@ -120,7 +139,7 @@ def case_list(value: list[Any], where: str, fn_name: str | None = None) -> list[
     cases = []
     for i, case in enumerate(value):
         here = f"{where}, test {i}"
-        if not isinstance(case, dict) or "input" not in case or "output" not in case:
+        if not isinstance(case, dict) or "output" not in case:
             raise DataError(f"{here}: expected {{\"input\": ..., \"output\": ...}}, got {str(case)[:100]!r}")
         unknown = set(case) - _CASE_KEYS
         if unknown:
@@ -130,14 +149,11 @@ def case_list(value: list[Any], where: str, fn_name: str | None = None) -> list[
             if fn_name is None:
                 raise DataError(f"{here}: a functional test needs the function's name (column `fn_name`, or "
                                 "`metadata` with func_name)")
-            if case["input"] is None or case["output"] is None:
-                raise DataError(f"{here}: input or expected output is null")
-            lines = [line for line in str(case["input"]).split("\n") if line.strip()]
-            args = [load_json(line, f"{here}, an argument") for line in lines]
-            cases.append(_call(fn_name, args, load_json(case["output"], f"{here}, output"), here))
+            if case["output"] is None:
+                raise DataError(f"{here}: the expected output is null")
+            cases.append(_call(fn_name, _stdin(case.get("input")), case["output"], here))
         elif kind == "stdin":
-            cases.append(Case("stdin", _text(case["input"], f"{here}, input"),
-                              _text(case["output"], f"{here}, output")))
+            cases.append(Case("stdin", _stdin(case.get("input")), _text(case["output"], f"{here}, output")))
         else:
             raise DataError(f"{here}: unknown testtype {kind!r} (expected 'stdin' or 'functional')")
     return cases

@@ -1,5 +1,9 @@
 """R1's format reward: reasoning inside `<think>…</think>`, then a non-empty answer.
 
+R1-Zero's prompt (open-r1's, TinyZero's) also wraps the answer in `<answer>…</answer>`: the tags are
+optional, but a completion that uses them must close them once, around a non-empty answer, as the
+math reward reads what is inside them.
+
 DeepSeek-R1-Zero is trained with this reward beside accuracy, so the model keeps its reasoning and
 its answer apart (and the accuracy reward knows where to read the answer). R1-style chat templates
 end the prompt with `<think>`; then the completion starts inside the reasoning, which is accepted
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rewards.answer import THINK_CLOSE, THINK_OPEN, completion_text, last_boxed
+from rewards.answer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, answer_tag, completion_text, last_boxed
 from rewards.protocol import RowVerifier, Scored
 
 
@@ -18,8 +22,9 @@ def format_problem(completion: Any, prompt: Any = None, *, require_boxed: bool =
                    require_reasoning: bool = False) -> str | None:
     """None if the completion has R1's layout, else what is wrong (the one format check: reward and SFT filter).
 
-    The layout: `<think>reasoning</think>answer`, one of each tag, a non-empty answer. The opening tag
-    may instead end the prompt (R1's chat template). `require_boxed`: the answer holds a non-empty
+    The layout: `<think>reasoning</think>answer`, one of each tag, a non-empty answer (in one closed
+    `<answer>…</answer>` pair when it uses the tags). The opening tag may instead end the prompt (R1's chat
+    template). `require_boxed`: the answer holds a non-empty
     `\\boxed{}`. `require_reasoning`: the reasoning is not empty (R1's non-thinking mode leaves it empty,
     which is still the layout; reasoning data needs some).
 
@@ -42,6 +47,12 @@ def format_problem(completion: Any, prompt: Any = None, *, require_boxed: bool =
         return "empty reasoning"
     if not answer.strip():
         return "no answer after </think>"
+    if ANSWER_OPEN in answer or ANSWER_CLOSE in answer:
+        if answer.count(ANSWER_OPEN) != 1 or answer.count(ANSWER_CLOSE) != 1 or \
+                answer.index(ANSWER_OPEN) > answer.index(ANSWER_CLOSE):
+            return "expected one <answer> and then one </answer>"
+        if not (answer_tag(answer) or "").strip():
+            return "empty <answer></answer>"
     if require_boxed and not (last_boxed(answer) or "").strip():
         return "no \\boxed{} answer"
     return None

@@ -10,10 +10,14 @@ Why this is more than `verify(parse(gold), parse(completion))`:
   are decided without sympy, verdicts already reached are remembered, and only the rest is spread
   over the processes.
 - The answer is read where it is: after `</think>` (a boxed number inside the reasoning never
-  counts), the last `\\boxed{}` wins (all of them for a multi-part gold), else a short answer read
-  as LaTeX, else math-verify's final-answer extraction on the answer text. Words, number words and
-  multiple-choice letters never reach math-verify (which would read "no" as n*o): see
-  `rewards.math_answers`. An inequality and an interval are compared both ways.
+  counts), inside `<answer>…</answer>` when the completion has the tags (R1-Zero's prompt), there the
+  last `\\boxed{}` wins (all of them for a multi-part gold), else a short answer read as LaTeX, else
+  math-verify's final-answer extraction on the answer text. Words, number words and multiple-choice
+  letters never reach math-verify (which would read "no" as n*o): see `rewards.math_answers`. An
+  inequality and an interval are compared both ways.
+- An answer part that nothing can read (tags around prose, an empty box, a sentence without a number)
+  scores 0.0 *with an error*, so a prompt that asks for a layout this reward does not read shows up at
+  once in the error counts; a readable wrong answer is a plain 0.0, and so is an empty answer part.
 """
 
 from __future__ import annotations
@@ -38,13 +42,17 @@ from typing import Any
 
 from posttrain.core.errors import DataError, PluginError
 from rewards.math_answers import (
+    UNREADABLE,
     Task,
     answer_part,
+    compared_expression,
     gold_answer,
     has_inequality,
     predicted_answer,
     prepare,
     quick_verdict,
+    short_answer,
+    unreadable,
 )
 from rewards.protocol import Scored, Verifier, default_workers
 
@@ -73,6 +81,10 @@ class GoldError(ValueError):
     """The gold answer cannot be parsed: the row has no score (None), and an error says why."""
 
 
+class Unreadable(ValueError):
+    """Nothing in the answer could be parsed: the row scores 0.0 (the answer's doing) and the error says why."""
+
+
 @functools.lru_cache(maxsize=4096)
 def parse_gold(gold: str) -> list[Any]:
     """math-verify's reading of a gold answer, cached: G completions share one gold."""
@@ -86,10 +98,11 @@ def parse_gold(gold: str) -> list[Any]:
 def verify_answer(gold: str, pred: str, mode: str | bool) -> float:
     """1.0 if math-verify finds `pred` equal to `gold`, else 0.0; no time bound of its own (see `bounded`).
 
-    `mode` (see `rewards.math_answers.Task`): "boxed" reads `pred` as LaTeX, "short" as LaTeX and,
-    if that finds nothing, with the final-answer extraction, "text" with the extraction only (True
-    and False mean "boxed" and "text"). An inequality is also compared the other way round, as
-    math-verify matches `x > 2` against `(2, \\infty)` only when `x > 2` is the gold.
+    `mode` (see `rewards.math_answers.Task`): "boxed" reads `pred` as LaTeX, "short" reads the short final
+    expression of the text `pred` as LaTeX and, if that finds nothing, the whole text with the final-answer
+    extraction, "text" the text with the extraction only (True and False mean "boxed" and "text"). An
+    answer in which nothing can be read raises `Unreadable`. An inequality is also compared the other way
+    round, as math-verify matches `x > 2` against `(2, \\infty)` only when `x > 2` is the gold.
     """
     from math_verify import parse, verify
 
@@ -97,14 +110,17 @@ def verify_answer(gold: str, pred: str, mode: str | bool) -> float:
     gold_parsed = parse_gold(gold)
     if not gold_parsed:
         raise GoldError(f"gold answer {gold[:200]!r} cannot be parsed by math-verify")
+    expression = pred if mode == "boxed" else short_answer(pred) if mode == "short" else None
     pred_parsed = []
-    if mode in ("boxed", "short"):
-        pred_parsed = parse("\\boxed{" + pred + "}", parsing_timeout=None)  # type: ignore[arg-type]
-    if mode == "text" or (mode == "short" and not pred_parsed):
+    if expression:
+        pred_parsed = parse("\\boxed{" + expression + "}", parsing_timeout=None)  # type: ignore[arg-type]
+    if not pred_parsed and mode in ("short", "text"):
         pred_parsed = parse(pred, parsing_timeout=None)  # type: ignore[arg-type]
+    if not pred_parsed:
+        raise Unreadable(unreadable(pred))
     if verify(gold_parsed, pred_parsed, timeout_seconds=None):
         return 1.0
-    if pred_parsed and (has_inequality(gold) or has_inequality(pred)):
+    if has_inequality(gold) or has_inequality(expression or pred):
         return 1.0 if verify(pred_parsed, gold_parsed, timeout_seconds=None) else 0.0
     return 0.0
 
@@ -128,12 +144,14 @@ def _alarm(seconds: float) -> Iterator[None]:
 def bounded(gold: str, pred: str, mode: str | bool, timeout_s: float) -> tuple[float | None, str | None]:
     """(score, error) of one row, cut off after `timeout_s` by SIGALRM. Main thread of a process only.
 
-    A timeout or memory exhaustion is the answer's doing: 0.0 with an error. A gold that cannot be
-    parsed, or a bug, gives no score (None) and an error.
+    A timeout, memory exhaustion or an answer with nothing to read is the answer's doing: 0.0 with an
+    error. A gold that cannot be parsed, or a bug, gives no score (None) and an error.
     """
     try:
         with _alarm(timeout_s):
             return verify_answer(gold, pred, mode), None
+    except Unreadable as exc:
+        return 0.0, str(exc)
     except RowTimeout:
         return 0.0, f"math verification timed out after {timeout_s:g} s (answer {pred[:100]!r})"
     except MemoryError:
@@ -331,14 +349,14 @@ _MAX_VERDICTS = 100_000
 
 
 class MathReward(Verifier):
-    """Math correctness: 1.0 if the final answer (after </think>, last \\boxed{}) equals column `solution`, else 0.0.
+    """Math correctness: 1.0 if the final answer (after </think>, in <answer> tags, last \\boxed{}) equals `solution`.
 
     `solution` is a bare answer or a full solution whose last `\\boxed{}` holds it. Equivalence is
     math-verify's (fractions, decimals, percent, units, `\\text{}`, intervals, sets, tuples, matrices,
-    symbolic). A row past `timeout_s` scores 0.0 with an error; a gold that cannot be parsed scores
-    None with an error. `workers` processes verify in parallel (default: the cores); `workers=0` or 1
-    verifies in this process (bounded by SIGALRM in the main thread; from another thread one helper
-    process bounds it, as a thread cannot be interrupted).
+    symbolic). A row past `timeout_s`, or whose answer part holds nothing readable, scores 0.0 with an
+    error; a gold that cannot be parsed scores None with an error. `workers` processes verify in
+    parallel (default: the cores); `workers=0` or 1 verifies in this process (bounded by SIGALRM in the
+    main thread; from another thread one helper process bounds it, as a thread cannot be interrupted).
 
     >>> reward = MathReward(workers=0)
     >>> reward([r"<think>2/4 = \\boxed{0.4}?</think> So \\boxed{\\frac{1}{2}}.", "<think>hmm</think> 0.6"],
@@ -356,8 +374,8 @@ class MathReward(Verifier):
         self.memory_mb = memory_mb
         self._pool: VerifierPool | None = None
         self._lock = threading.Lock()
-        #: Verdicts already reached, by (gold, answer, boxed): G completions often give the same answer.
-        self._verdicts: dict[Task, float] = {}
+        #: Verdicts already reached, by task: G completions often give the same answer.
+        self._verdicts: dict[Task, Scored] = {}
 
     def row_key(self, completion: Any, solution: Any = None, prompts: Any = None, **row: Any) -> Hashable | None:
         """Rows with the same gold and the same answer get the same verdict, whatever the reasoning around it."""
@@ -386,22 +404,23 @@ class MathReward(Verifier):
             if answer is None or not answer.strip():
                 continue  # no answer: wrong, not a failure
             task = prepare(gold, answer)
-            if not isinstance(task, tuple):
-                out[i] = Scored(task)
+            if not isinstance(task, tuple) or isinstance(task, Scored):  # decided without sympy
+                out[i] = task if isinstance(task, Scored) else Scored(task)
                 continue
             verdict = self._verdicts.get(task)
-            if verdict is None and task[2] != "text":
-                verdict = quick_verdict(gold, task[1])
+            if verdict is None and (expression := compared_expression(task)) is not None:
+                quick = quick_verdict(gold, expression)
+                verdict = None if quick is None else Scored(quick)
             if verdict is not None:
-                out[i] = Scored(verdict)
+                out[i] = verdict
             else:
                 pending.append((task, i))
         for (task, i), (score, error) in zip(pending, self._verify([t for t, _ in pending]), strict=True):
             out[i] = Scored(score, error)
-            if error is None and score is not None:
+            if score is not None and (error is None or error.startswith(UNREADABLE)):  # a verdict, not a timeout
                 if len(self._verdicts) >= _MAX_VERDICTS:
                     self._verdicts.clear()
-                self._verdicts[task] = score
+                self._verdicts[task] = out[i]
         return out
 
     def _verify(self, tasks: list[Task]) -> list[tuple[float | None, str | None]]:

@@ -14,25 +14,44 @@ import re
 from fractions import Fraction
 from typing import Any
 
-from rewards.answer import THINK_OPEN, boxed_contents, completion_text, last_boxed, split_think
+from rewards.answer import THINK_OPEN, answer_tag, boxed_contents, boxed_spans, completion_text, split_think
+from rewards.protocol import Scored
 
-#: (gold, predicted answer, mode): mode "boxed" parses the answer as LaTeX, "short" as LaTeX and then
-#: with math-verify's final-answer extraction, "text" with the extraction only.
+#: (gold, predicted answer, mode): mode "boxed" parses the answer (a box's content) as LaTeX; "short" reads
+#: the answer text's short final expression (`short_answer`) as LaTeX and, if that finds nothing, the whole
+#: text with math-verify's final-answer extraction; "text" the whole text with the extraction only.
 Task = tuple[str, str, str]
 MODES = ("boxed", "short", "text")
+#: How the error of an answer part that nothing could read begins (a 0.0 with an error, never a silent 0).
+UNREADABLE = "no answer could be read"
+
+
+def unreadable(answer: str) -> str:
+    """The error of a row whose answer part holds nothing the reader can parse: most often a prompt that asks
+    for a layout the reward does not read, which a run should show in its first minute."""
+    snippet = " ".join(answer.split())
+    snippet = snippet if len(snippet) <= 120 else f"{snippet[:57]} … {snippet[-57:]}"
+    return (f"{UNREADABLE} from {snippet!r} (read: the inside of <answer>…</answer>, else the last \\boxed{{}}, "
+            "else a final expression)")
 
 
 # ---------------------------------------------------------------- where the answer is
 
 
 def gold_answer(solution: Any) -> str:
-    """The gold answer in a `solution` cell: the last `\\boxed{}` of a full solution, else the cell itself.
+    """The gold answer in a `solution` cell: the last `\\boxed{}` of a full solution (all of them, joined, when
+    the cell is boxes and separators alone: a multi-part gold), GSM8K's `#### N`, else the cell itself.
 
     >>> gold_answer(r"So $x=2$ and the sum is \\boxed{\\frac{1}{2}}."), gold_answer("3+4 = <<3+4=7>>7.\\n#### 1,007")
     ('\\\\frac{1}{2}', '1007')
+    >>> gold_answer(r"\\(\\boxed{1}\\) and \\(\\boxed{-2}\\).")
+    '1, -2'
     """
     text = "" if solution is None else str(solution)
-    boxed = last_boxed(text)
+    spans = boxed_spans(text)
+    boxed = spans[-1][2] if spans else None
+    if len(spans) >= 2 and _only_separators(text, spans):
+        boxed = ", ".join(content.strip() for _, _, content in spans)
     if boxed is None and "####" in text:  # GSM8K: the reasoning, then "#### 72"
         boxed = text.rpartition("####")[2].replace(",", "")
     text = (boxed if boxed is not None else text).strip()
@@ -41,8 +60,19 @@ def gold_answer(solution: Any) -> str:
     return text
 
 
+_SEPARATORS = re.compile(r"\\(?:quad|qquad|text\s*\{\s*(?:and|or)?\s*\}|[(),;:! \[\]])|\$|\s|[,;.&]|\b(?:and|or)\b")
+
+
+def _only_separators(text: str, spans: list[tuple[int, int, str]]) -> bool:
+    """Whether nothing but separators (commas, "and", `\\quad`, math delimiters) stands between the boxes."""
+    edges = [0, *(i for start, end, _ in spans for i in (start, end)), len(text)]
+    outside = "".join(text[a:b] for a, b in zip(edges[::2], edges[1::2], strict=True))
+    return not _SEPARATORS.sub("", outside)
+
+
 def answer_part(completion: Any, prompt: Any = None) -> str | None:
-    """What follows `</think>` (the whole text without think tags); None when cut off inside the reasoning.
+    """What follows `</think>` (the whole text without think tags), or the inside of its `<answer>…</answer>`;
+    None when cut off inside the reasoning.
 
     A prompt that ends with `<think>` (R1's chat template) means the completion is all reasoning
     until it closes the tag.
@@ -51,7 +81,8 @@ def answer_part(completion: Any, prompt: Any = None) -> str | None:
     reasoning, answer = split_think(text)
     if reasoning is None and (THINK_OPEN in text or (isinstance(prompt, str) and prompt.rstrip().endswith(THINK_OPEN))):
         return None
-    return answer
+    tagged = answer_tag(answer)
+    return answer if tagged is None else tagged
 
 
 def predicted_answer(completion: Any, prompt: Any = None) -> tuple[str, bool] | None:
@@ -63,8 +94,8 @@ def predicted_answer(completion: Any, prompt: Any = None) -> tuple[str, bool] | 
     answer = answer_part(completion, prompt)
     if answer is None:
         return None
-    boxed = last_boxed(answer)
-    return (boxed, True) if boxed is not None else (answer, False)
+    boxes = boxed_contents(answer)
+    return (boxes[-1], True) if boxes else (answer, False)
 
 
 # ---------------------------------------------------------------- cosmetic forms and plain numbers
@@ -266,6 +297,17 @@ def read_choice(answer: str) -> str | None:
     return None
 
 
+def lone_letter(answer: str) -> str | None:
+    """The letter an answer is when it is one letter and nothing else, in any case and wrapping (`$E$`, `$e$`,
+    `$\\text{E}$`, `(e)`): models answer a letter gold written `\\text{E}` that way as often as with "(E)".
+
+    >>> lone_letter("$e$"), lone_letter(r"$\\text{(E)}$"), lone_letter("$x$"), lone_letter("ab")
+    ('E', 'E', None, None)
+    """
+    s = plain_text(answer).strip("()*[] ")
+    return s.upper() if re.fullmatch(r"[a-j]", s) else None
+
+
 # ---------------------------------------------------------------- short unboxed answers, several boxes
 
 _LEAD = re.compile(r"^(?:.*?\b(?:final answer|answer)\s*(?:is|:|=)?\s*:?|(?:thus|so|therefore|hence),?)\s*",
@@ -273,25 +315,53 @@ _LEAD = re.compile(r"^(?:.*?\b(?:final answer|answer)\s*(?:is|:|=)?\s*:?|(?:thus
 _INEQUALITY = re.compile(r"<|>|\\[lg]eq?(?![a-z])|\\[lg]t(?![a-z])|\u2264|\u2265")
 
 
+_DISPLAY_END = re.compile(r"(\\\]|\$\$|\\end\{([A-Za-z]*\*?)\})\s*\.?\s*$")
+_ENVIRONMENT = re.compile(r"\\(?:begin|end)\{[A-Za-z]*\*?\}")
+
+
+def final_block(text: str) -> str | None:
+    """The display math (`\\[…\\]`, `$$…$$`) or LaTeX environment (`\\begin{bmatrix}…`) that ends `text`, over
+    however many lines it spans; None when the text ends otherwise.
+
+    >>> final_block("Answer \\\\[ \\n 9 \\n \\\\]"), final_block("It is 9.")
+    ('\\\\[ \\n 9 \\n \\\\]', None)
+    """
+    m = _DISPLAY_END.search(text)
+    if m is None:
+        return None
+    opener = {"\\]": "\\[", "$$": "$$"}.get(m[1], f"\\begin{{{m[2]}}}")
+    start = text.rfind(opener, 0, m.start())
+    return text[start : m.end()].strip() if start >= 0 else None
+
+
 def short_answer(answer: str, limit: int = 64) -> str | None:
-    """A short unboxed answer as an expression: "The final answer is $\\frac{1}{2}$." → `\\frac{1}{2}`;
-    None when it is long or reads as prose (then math-verify's final-answer extraction takes over).
+    """A short unboxed answer as an expression: "The final answer is $\\frac{1}{2}$." → `\\frac{1}{2}`; display
+    math or an environment that ends the answer, on as many lines as it takes, is one expression. None when
+    the answer is long, reads as prose, or holds no expression (then math-verify's final-answer extraction
+    of the whole answer takes over).
 
     >>> short_answer(r"The final answer is $\\frac{1}{2}$."), short_answer("It makes 12 apples")
     ('\\\\frac{1}{2}', None)
+    >>> short_answer("Answer \\\\[ \\n 9 \\n \\\\]"), short_answer("</answer>")
+    ('9', None)
     """
     text = answer.strip()
     if len(text) > 4 * limit:
         return None
-    lines = [line for line in text.splitlines() if line.strip()]
-    text = lines[-1].strip() if lines else ""
-    text = _LEAD.sub("", text, count=1).strip().rstrip(".").strip()
+    block = final_block(text)
+    if block is not None:
+        text, room = " ".join(block.split()), 4 * limit
+    else:
+        lines = [line for line in text.splitlines() if line.strip()]
+        text, room = (lines[-1].strip() if lines else ""), limit
+        text = _LEAD.sub("", text, count=1).strip()
+    text = text.rstrip(".").strip()
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if text.startswith(left) and text.endswith(right) and len(text) > len(left) + len(right):
             text = text[len(left) : -len(right)].strip()
-    if not text or len(text) > limit or "$" in text:
+    if not text or len(text) > room or "$" in text or not re.search(r"[0-9A-Za-z]", text):
         return None
-    if re.search(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", "", text)):
+    if re.search(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", "", _ENVIRONMENT.sub("", text))):
         return None  # words: prose, not an expression
     return text
 
@@ -304,15 +374,17 @@ def last_words(answer: str, limit: int = 64) -> str:
 
 
 def split_parts(gold: str) -> tuple[str, list[str]] | None:
-    """(brackets, parts) of a multi-part gold: `3, 5` (a set), `(3, 5)` (a tuple), `\\{3, 5\\}`; else None.
+    """(brackets, parts) of a multi-part gold: `3, 5` (a set), `(3, 5)` (a tuple), `\\{3, 5\\}` or `{3, 5}` (a set),
+    `(2, 2), (6, 2)` (a set of tuples); else None. Intervals (`[1, 2)`) are one answer, not parts.
 
-    Intervals (`[1, 2)`) are one answer, not parts.
+    >>> split_parts("(2, 2), (6, 2)"), split_parts("{1,2}")
+    (('', ['(2,2)', '(6,2)']), ('{}', ['1', '2']))
     """
     g = normalize(gold)
-    if g.startswith("\\{") and g.endswith("\\}"):
+    if g.startswith("\\{") and g.endswith("\\}") and _wraps(g[1:-2] + "}"):
         brackets, inner = "{}", g[2:-2]
-    elif g.startswith("(") and g.endswith(")"):
-        brackets, inner = "()", g[1:-1]
+    elif len(g) > 1 and (g[0], g[-1]) in (("(", ")"), ("{", "}")) and _wraps(g):
+        brackets, inner = g[0] + g[-1], g[1:-1]
     else:
         brackets, inner = "", g
     parts, depth, start = [], 0, 0
@@ -328,6 +400,16 @@ def split_parts(gold: str) -> tuple[str, list[str]] | None:
     if len(parts) < 2 or not all(parts):
         return None
     return brackets, parts
+
+
+def _wraps(text: str) -> bool:
+    """Whether the bracket that opens `text` closes at its last character (`(1,2)`, not `(1,2),(3,4)`)."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += (ch in "([{") - (ch in ")]}")
+        if depth == 0:
+            return i == len(text) - 1
+    return False
 
 
 def joined(brackets: str, parts: list[str]) -> str:
@@ -356,13 +438,14 @@ def _value(text: str) -> Fraction | None:
     return None if number is None else number[0]
 
 
-def prepare(gold: str, answer: str) -> float | Task:
+def prepare(gold: str, answer: str) -> float | Scored | Task:
     """A row's verdict when it needs no sympy, else the task math-verify must decide.
 
-    `answer` is the completion's answer part (after `</think>`). In order: a multiple-choice gold
-    reads the picked letter; a word gold (or a number written in words, either side) compares text
-    or the numbers named; a multi-part gold takes every box of the answer together; otherwise the
-    last box, or a short unboxed answer as LaTeX, or math-verify's extraction of the whole answer.
+    `answer` is the completion's answer part (after `</think>`, inside `<answer>` tags when it has them).
+    In order: a multiple-choice gold reads the picked letter; a word gold (or a number written in words,
+    either side) compares text or the numbers named; a multi-part gold takes every box of the answer
+    together; otherwise the last box, or a short unboxed answer as LaTeX, or math-verify's extraction of
+    the whole answer. A letter gold against an answer that names no letter is 0.0 with an error.
 
     >>> prepare("C", "The answer is (C)."), prepare("no", r"\\boxed{on}"), prepare("42", r"\\boxed{forty-two}")
     (1.0, 0.0, 1.0)
@@ -372,9 +455,10 @@ def prepare(gold: str, answer: str) -> float | Task:
     boxes = boxed_contents(answer)
     letter = choice_letter(gold)
     if letter is not None:
-        picked = read_choice(answer)
-        return float(picked == letter)
-    pred = boxes[-1] if boxes else (short_answer(answer) or last_words(answer))
+        picked = read_choice(answer) or lone_letter(answer)
+        return Scored(0.0, unreadable(answer)) if picked is None else float(picked == letter)
+    short = short_answer(answer)
+    pred = boxes[-1] if boxes else (short or last_words(answer))
     if is_word_answer(gold) or is_word_answer(pred):
         g_num, p_num = _value(gold), _value(pred)
         if g_num is not None and p_num is not None:
@@ -388,7 +472,15 @@ def prepare(gold: str, answer: str) -> float | Task:
         return (gold, joined(parts[0], boxes), "boxed")
     if boxes:
         return (gold, boxes[-1], "boxed")
-    short = short_answer(answer)
     if short is not None:
-        return (gold, short, "short")
+        return (gold, answer, "short")
     return (gold, answer, "text")
+
+
+def compared_expression(task: Task) -> str | None:
+    """The expression a task compares without sympy (`quick_verdict`): a box's content, a short answer; None
+    for a text only math-verify's extraction can read."""
+    _, pred, mode = task
+    if mode == "boxed":
+        return pred
+    return short_answer(pred) if mode == "short" else None

@@ -43,9 +43,11 @@ class Reward:
 
     `reward(completions, **columns)` gives the floats TRL wants; `reward.score_with_errors(...)`
     gives `(scores, errors)` of that call alone, so two threads scoring through one object each get
-    their own errors. Failed rows are counted (`error_count`), the first few logged, and the share of
-    failed rows goes to TRL's `log_metric` as `rewards/<name>/error_rate`. Picklable when what it
-    wraps is (every built-in is).
+    their own errors. Rows with an error are counted (`error_count`), the first few logged, and their
+    share goes to TRL's `log_metric` as `rewards/<name>/error_rate`. Of those, the rows left without
+    a score are failures of the reward (a judge down, a malformed row: `failed_count`, `first_failure`);
+    the others were scored with the reason beside the score (an answer that could not be read, a
+    timeout: the answer's doing). Picklable when what it wraps is (every built-in is).
     """
 
     def __init__(self, name: str, fn: Any):
@@ -56,8 +58,11 @@ class Reward:
         self.calls = 0
         self.rows = 0
         self.error_count = 0
-        #: The first failed row's message: what a trainer that stops on too many errors reports.
+        #: The first row's error.
         self.first_error: str | None = None
+        #: Rows with an error and no score: what a trainer that stops on too many failures counts and reports.
+        self.failed_count = 0
+        self.first_failure: str | None = None
         self._lock = threading.Lock()
 
     def __call__(self, completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
@@ -68,7 +73,7 @@ class Reward:
         """(score, error) lists of this call: an error (a message) for each row that failed, else None."""
         results = score_batch(self.verifier, completions, kwargs, self._isolated)
         errors = [r.error for r in results]
-        self._account(errors, kwargs.get("log_metric"))
+        self._account(results, kwargs.get("log_metric"))
         return [r.score for r in results], errors
 
     def _isolated(self, completions: Sequence[Any], columns: dict[str, Sequence[Any]],
@@ -83,23 +88,28 @@ class Reward:
         return [self._isolated([c], {k: [v[i]] for k, v in columns.items()}, options)[0]
                 for i, c in enumerate(completions)]
 
-    def _account(self, errors: list[str | None], log_metric: Callable[[str, float], None] | None) -> None:
-        failed = [e for e in errors if e is not None]
+    def _account(self, results: list[Scored], log_metric: Callable[[str, float], None] | None) -> None:
+        noted = [r for r in results if r.error is not None]
+        failed = [r.error for r in noted if r.score is None]
         with self._lock:
             self.calls += 1
-            self.rows += len(errors)
+            self.rows += len(results)
             before = self.error_count
-            self.error_count += len(failed)
-            if failed and self.first_error is None:
-                self.first_error = failed[0]
-        for k, message in enumerate(failed, before + 1):
+            self.error_count += len(noted)
+            self.failed_count += len(failed)
+            if noted and self.first_error is None:
+                self.first_error = noted[0].error
+            if failed and self.first_failure is None:
+                self.first_failure = failed[0]
+        for k, row in enumerate(noted, before + 1):
             if k > _MAX_LOGGED_ERRORS:
                 if k == _MAX_LOGGED_ERRORS + 1:
                     log.warning("reward %s: more rows failed; further errors are counted, not logged", self.name)
                 break
-            log.warning("reward %s: row failed: %s", self.name, message[:500])
-        if log_metric is not None and errors:
-            log_metric(f"rewards/{self.name}/error_rate", len(failed) / len(errors))
+            what = "row failed" if row.score is None else f"row scored {row.score:g} with an error"
+            log.warning("reward %s: %s: %s", self.name, what, (row.error or "")[:500])
+        if log_metric is not None and results:
+            log_metric(f"rewards/{self.name}/error_rate", len(noted) / len(results))
 
     def setup(self) -> None:
         """Load what the reward needs now (see `Verifier.setup`): a model that cannot load raises a one-line

@@ -13,7 +13,10 @@ report looks for them.
 from __future__ import annotations
 
 import importlib.util
+import logging
+import math
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, model_serializer, model_validator
@@ -35,6 +38,8 @@ from posttrain.stages.base import StageContext, StageResult
 from posttrain.stages.grpo_report import report_describe as report_describe
 from posttrain.stages.grpo_report import report_figures as report_figures
 from posttrain.stages.trainer import TrainerConfig, TrainerStage, require_columns
+
+log = logging.getLogger("posttrain.grpo")
 
 #: Named loss variants -> the GRPOConfig fields that make them (the recipe's `trl:` values win).
 LOSS_PRESETS: dict[str, dict[str, Any]] = {
@@ -124,9 +129,12 @@ class Config(TrainerConfig):
     #: scoring rounds (one per generation batch); the error names that reward's first failure. 1 never stops.
     max_reward_error_rate: float = Field(0.5, ge=0, le=1)
     reward_error_window: int = Field(10, ge=1)
+    #: Log a warning, once per reward, when it scored 0.0 on every completion for this many scoring rounds in a
+    #: row (with a sample completion and its gold): the first sign of a prompt/reward format mismatch. 0: never.
+    zero_reward_warning_rounds: int = Field(20, ge=0)
 
     omit_when_default: ClassVar[tuple[str, ...]] = (*TrainerConfig.omit_when_default, "max_reward_error_rate",
-                                                    "reward_error_window")
+                                                    "reward_error_window", "zero_reward_warning_rounds")
     trl_config: ClassVar[str | None] = "trl:GRPOConfig"
     trl_defaults: ClassVar[dict[str, Any]] = {
         "logging_steps": 5,
@@ -154,8 +162,8 @@ class GRPOStage(TrainerStage):
         from posttrain.dynamic_sampling import DynamicSamplingMixin
         from posttrain.mtp import SpeculativeRolloutMixin
 
-        mixins: tuple[type, ...] = (RewardErrorGuardMixin, ThinkOpenerMixin, DynamicSamplingMixin,
-                                    SpeculativeRolloutMixin, *super().mixins())
+        mixins: tuple[type, ...] = (RewardErrorGuardMixin, ThinkOpenerMixin, ZeroRewardWarningMixin,
+                                    DynamicSamplingMixin, SpeculativeRolloutMixin, *super().mixins())
         if getattr(self.args, "use_vllm", False):
             from posttrain.vllm_sync import VLLMSyncMixin
 
@@ -179,6 +187,7 @@ class GRPOStage(TrainerStage):
 
         without_router_logits(trainer.model)  # rollouts call `generate`: an MoE's router loss must stay off there
         trainer.setup_reward_error_guard(self.cfg.max_reward_error_rate, self.cfg.reward_error_window)
+        trainer.setup_zero_reward_warning(self.cfg.zero_reward_warning_rounds)
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
         trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)
         if hasattr(trainer, "logp_diff_callback"):
@@ -214,8 +223,11 @@ class RewardErrorGuardMixin:
     A failed row scores None (TRL leaves it out of the advantage), so a judge server that went down or a sandbox
     that broke would otherwise train silently on a different objective. After each scoring round, each reward's
     share of failed rows over the last `window` rounds (fewer at the start) is compared with `max_rate`; above
-    it, the stage fails with a `StageError` naming the reward, the rate and the reward's first error (a rerun
+    it, the stage fails with a `StageError` naming the reward, the rate and the reward's first failure (a rerun
     resumes from the last checkpoint). Counted per process, from the `rewards.registry.Reward` counters.
+    Only rows left without a score count: a row scored with an error beside it (an answer the math reward
+    could not read, a program that did not compile) is the policy's doing, which a young policy does on
+    most rows; those are in `rewards/<name>/error_rate` and the zero-reward warning, and never stop a run.
     """
 
     _error_guard: tuple[float, int, dict[str, deque[tuple[int, int]]]] | None = None
@@ -225,12 +237,12 @@ class RewardErrorGuardMixin:
 
     def _calculate_rewards(self, inputs: Any, prompts: list[Any], completions: list[Any],
                            completion_ids_list: Any) -> Any:
-        guarded = [f for f in getattr(self, "reward_funcs", []) if hasattr(f, "error_count") and hasattr(f, "rows")]
-        before = [(f.rows, f.error_count) for f in guarded]
+        guarded = [f for f in getattr(self, "reward_funcs", []) if hasattr(f, "failed_count") and hasattr(f, "rows")]
+        before = [(f.rows, f.failed_count) for f in guarded]
         out = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # type: ignore[misc]
         if self._error_guard is not None:
-            for fn, (rows, errors) in zip(guarded, before, strict=True):
-                self._check_error_rate(fn, fn.rows - rows, fn.error_count - errors)
+            for fn, (rows, failed) in zip(guarded, before, strict=True):
+                self._check_error_rate(fn, fn.rows - rows, fn.failed_count - failed)
         return out
 
     def _check_error_rate(self, fn: Any, rows: int, errors: int) -> None:
@@ -243,7 +255,69 @@ class RewardErrorGuardMixin:
             return
         raise StageError(f"reward {fn.name}: {failed} of {scored} rows failed over the last {len(rounds)} scoring "
                          f"round(s), more than max_reward_error_rate {max_rate:g}; its first error: "
-                         f"{(fn.first_error or '?')[:1000]}")
+                         f"{(fn.first_failure or '?')[:1000]}")
+
+
+class ZeroStreaks:
+    """Scoring rounds in a row in which a reward gave 0.0 to every completion it scored, per reward.
+
+    A reward that reads answers in another layout than the prompt asks for (R1-Zero's `<answer>` tags
+    against a boxed-only reader) scores every completion 0: GRPO then trains on the other rewards alone
+    and nothing fails. A streak of `rounds` such rounds is reported once per reward; a round with any
+    other score ends the streak, a round with no score at all (every row failed) neither extends nor
+    ends it (the error guard speaks for those).
+    """
+
+    def __init__(self, rounds: int):
+        self.rounds = rounds
+        self.streaks: dict[str, int] = {}
+        self.reported: set[str] = set()
+
+    def update(self, name: str, scores: Sequence[float | None]) -> bool:
+        """Count one round of `name`'s scores (None or NaN: no score); True on the round the streak reaches
+        `rounds`, the first time only."""
+        scored = [s for s in scores if s is not None and not math.isnan(s)]
+        if not scored:
+            return False
+        self.streaks[name] = self.streaks.get(name, 0) + 1 if all(s == 0.0 for s in scored) else 0
+        if self.rounds and self.streaks[name] >= self.rounds and name not in self.reported:
+            self.reported.add(name)
+            return True
+        return False
+
+
+class ZeroRewardWarningMixin:
+    """Log once when a reward has scored 0.0 on every completion for `rounds` scoring rounds in a row, with one
+    completion as the reward saw it and its gold, so a prompt/reward mismatch shows in a run's first minutes."""
+
+    _zero_streaks: ZeroStreaks | None = None
+
+    def setup_zero_reward_warning(self, rounds: int) -> None:
+        self._zero_streaks = ZeroStreaks(rounds) if rounds > 0 else None
+
+    def _calculate_rewards(self, inputs: Any, prompts: list[Any], completions: list[Any],
+                           completion_ids_list: Any) -> Any:
+        out = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # type: ignore[misc]
+        streaks = self._zero_streaks
+        if streaks is not None:
+            names = getattr(self, "reward_func_names", None) or [f"reward {j}" for j in range(out.shape[1])]
+            for j, name in enumerate(names):
+                if streaks.update(name, out[:, j].tolist()) and self.accelerator.is_main_process:  # type: ignore
+                    log.warning("%s", zero_reward_message(name, streaks.rounds, completions[0], inputs[0]))
+        return out
+
+
+def zero_reward_message(name: str, rounds: int, completion: Any, row: dict[str, Any]) -> str:
+    """The warning of a reward stuck at 0: what it saw in one completion, and the gold it compared it with."""
+    from rewards.answer import completion_text
+
+    gold = {k: v for k, v in row.items() if k not in ("prompt", "completion", "completion_ids")}
+    gold = {"solution": gold["solution"]} if "solution" in gold else gold
+    text = completion_text(completion)
+    text = text if len(text) <= 600 else f"{text[:200]} … {text[-400:]}"
+    return (f"reward {name} scored 0.0 on every completion for {rounds} scoring rounds in a row: does the prompt "
+            f"ask for an answer layout this reward reads? (zero_reward_warning_rounds sets when this is said, 0 "
+            f"never) A completion: {text!r}; its row: {str(gold)[:300]}")
 
 
 class ThinkOpenerMixin:

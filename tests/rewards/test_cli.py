@@ -165,6 +165,23 @@ def test_a_pathological_answer_scores_zero_with_an_error_in_the_output(tmp_path:
     assert "1 failed" in result.stderr
 
 
+def test_an_answer_that_cannot_be_read_is_zero_with_its_error_in_the_output(tmp_path: Path) -> None:
+    """R1-Zero's layout is read; an answer part with nothing to read says so in `errors`, next to its 0."""
+    src = write_lines(tmp_path / "in.jsonl", [
+        json.dumps({"completion": "<think>r</think>\n<answer>\n12\n</answer>", "solution": "12"}),
+        json.dumps({"completion": "<think>r</think>\n<answer>\nI am not sure\n</answer>", "solution": "12"}),
+    ])
+    dst = tmp_path / "out.jsonl"
+    result = posttrain("rewards", "score", "--reward", "math", "--input", str(src), "--output", str(dst),
+                       "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    rows = read_rows(dst)
+    assert [r["rewards"]["math"] for r in rows] == [1.0, 0.0]
+    assert "errors" not in rows[0]
+    assert rows[1]["errors"]["math"].startswith("no answer could be read from 'I am not sure'")
+    assert "1 failed (1 of them scored, with the reason" in result.stderr
+
+
 def test_a_reward_that_fails_on_every_row_exits_1_with_its_first_error(tmp_path: Path) -> None:
     # No `solution` column: the math reward cannot score any row. The rows are still written, with errors.
     src = write_lines(tmp_path / "in.jsonl", [json.dumps({"completion": "\\boxed{1}"}),

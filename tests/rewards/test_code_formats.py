@@ -58,6 +58,35 @@ def test_null_expected_output_is_an_error_not_a_free_pass(reward: CodeReward) ->
     assert scores == [None] and "column `input_output`, test 0" in (errors[0] or "")
 
 
+def test_a_null_or_absent_input_is_empty_stdin(reward: CodeReward) -> None:
+    """A program that reads nothing (verl's sandbox tests pass `None` as stdin): an ordinary test, not a hack."""
+    echo = "import sys\nprint(f\"You said '{sys.stdin.readline().strip()}'\")"
+    outputs = ["You said ''", "You said ''", "You said 'hello'"]
+    for tests in ({"inputs": [None, "", "hello"], "outputs": outputs},
+                  [{"input": None, "output": outputs[0]}, {"input": "", "output": outputs[1]},
+                   {"input": "hello", "output": outputs[2]}],
+                  [{"output": outputs[0]}, {"input": "hello", "output": outputs[2]}]):
+        scores, errors = score(reward, [echo, "print('no')"], tests=tests)
+        assert scores == [1.0, 0.0] and errors == [None, None], (tests, errors)
+    scores, errors = score(reward, [echo], input_output=json.dumps({"inputs": [None], "outputs": ["You said ''"]}))
+    assert (scores, errors) == ([1.0], [None])
+    # A call with a null input calls with no arguments; a null expected value is still refused.
+    scores, errors = score(reward, ["def f():\n    return 7"], tests={"fn_name": "f", "inputs": [None], "outputs": [7]})
+    assert (scores, errors) == ([1.0], [None])
+
+
+def test_call_tests_with_one_json_argument_per_line(reward: CodeReward) -> None:
+    """verl's sandbox format: `{fn_name, inputs, outputs}` whose inputs are LiveCodeBench's text, one JSON
+    argument per line, and whose outputs are JSON text."""
+    solution = ("class Solution:\n    def occurrencesOfElement(self, nums: List[int], queries: List[int], x: int)"
+                " -> List[int]:\n        at = [i for i, v in enumerate(nums) if v == x]\n"
+                "        return [at[k - 1] if k <= len(at) else -1 for k in queries]\n")
+    tests = {"fn_name": "occurrencesOfElement", "inputs": ["[1, 3, 1, 7]\n[1, 3, 2, 4]\n1", "[1, 2, 3]\n[10]\n5"],
+             "outputs": ["[0, -1, 2, -1]", "[-1]"]}
+    scores, errors = score(reward, [solution, solution.replace("k <= len(at)", "k < len(at)")], tests=tests)
+    assert scores == [1.0, 0.5] and errors == [None, None], errors
+
+
 @pytest.mark.parametrize(("columns", "message"), [
     ({"tests": [{"input": "1", "expected_output": "1"}]}, "test 0: expected {\"input\""),
     ({"tests": [{"input": "1", "output": "1", "weight": 2}]}, "unknown key(s) ['weight']"),

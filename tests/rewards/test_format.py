@@ -29,6 +29,23 @@ def test_r1_layout(completion: str, expected: float) -> None:
     assert FormatReward()([completion]) == [expected]
 
 
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("<think>\nSome reasoning\n</think>\n<answer>\nThe answer\n</answer>", 1.0),  # R1-Zero's layout
+        ("<think>r</think> The answer is <answer>4</answer>.", 1.0),
+        ("<think>Missing closing</think><answer>Missing closing", 0.0),
+        ("<think>r</think> 4</answer>", 0.0),
+        ("<think>r</think> </answer>4<answer>", 0.0),
+        ("<think>r</think> <answer>4</answer><answer>5</answer>", 0.0),
+        ("<think>r</think> <answer>  </answer>", 0.0),
+    ],
+)
+def test_answer_tags_when_used_are_one_closed_pair(completion: str, expected: float) -> None:
+    """The tags are optional; a completion that opens one and never closes it is not the layout it asked for."""
+    assert FormatReward()([completion]) == [expected]
+
+
 def test_strict_requires_a_non_empty_box_in_the_answer() -> None:
     reward = get_reward("format", strict=True)
     completions = [

@@ -74,6 +74,20 @@ def test_loaded_tokenizer_object_and_pickling(tokenizer_dir: Path) -> None:
     assert clone._loaded is None and clone(["<think>5+5=10</think>"]) == [-0.5]
 
 
+@pytest.mark.parametrize("unit", ["tokens", "chars"])
+def test_scores_survive_a_pickle_round_trip(unit: str) -> None:
+    """TRL's soft-overlong rows (max 100, cache 20: 50 -> 0, 90 -> -0.5, 110 -> -1) after the round trip TRL's
+    async GRPO worker puts its rewards through: the same scores and no error, in either unit."""
+    reward = get_reward("overlong", max_length=100, cache_length=20, unit=unit)
+    reward(["warm"], completion_ids=[[1]])  # used before it is pickled, as a trainer's reward is
+    clone = pickle.loads(pickle.dumps(reward))
+    lengths = [50, 90, 110]
+    completions = [[{"content": "x" * n}] for n in lengths]
+    for fn in (reward, clone):
+        assert fn.score_with_errors(completions, completion_ids=[[1] * n for n in lengths], prompts=["p"] * 3) == (
+            [0.0, -0.5, -1.0], [None, None, None])
+
+
 def test_bad_options_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(PluginError, match="cache_length <= max_length"):
         get_reward("overlong", max_length=10, cache_length=20)

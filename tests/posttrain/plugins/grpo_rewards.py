@@ -39,6 +39,13 @@ class FirstRowFails(Verifier):
                 for i, c in enumerate(completions)]
 
 
+class NothingReadable(Verifier):
+    """Scores every row 0.0 with an error, as the math reward does for answers in a layout it cannot read."""
+
+    def score_rows(self, completions: list[Any], **kwargs: Any) -> list[Scored]:
+        return [Scored(0.0, "no answer could be read from the completion") for _ in completions]
+
+
 #: Fixed (prompt, completion) rows the recording judge also scores at every call.
 PROBE = [("Compute 12+30.", "The answer is 42."), ("Compute 7+8.", "15"), ("Compute 20+22.", "<think>0+2=2</think> 42")]
 

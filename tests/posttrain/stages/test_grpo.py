@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from posttrain.moe_balance import find_routers
 from posttrain.recipe import parse_recipe
 from posttrain.runner import run_recipe
 from posttrain.stages import KINDS
-from posttrain.stages.grpo import LOSS_PRESETS, ThinkOpenerMixin
+from posttrain.stages.grpo import LOSS_PRESETS, ThinkOpenerMixin, ZeroStreaks
 from rewards.format import FormatReward
 from tests.posttrain.stages.interrupt import last_checkpoint, sigterm_once_written, start_run
 
@@ -158,12 +159,48 @@ def test_reward_errors_below_the_threshold_train_on(
         assert entry["metrics"]["steps"] == 2
 
 
+def test_zero_streaks_count_all_zero_rounds_and_report_once() -> None:
+    streaks = ZeroStreaks(3)
+    nan = float("nan")
+    rounds = [[0.0, 0.0], [0.0, nan], [0.0, 1.0], [0.0, 0.0], [nan, nan], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    # A round with a non-zero score ends the streak; one with no score at all (the error guard's) leaves it.
+    assert [streaks.update("math", r) for r in rounds] == [False, False, False, False, False, False, True, False]
+    assert streaks.update("format", [0.0, None]) is False and streaks.streaks["format"] == 1
+    assert not any(ZeroStreaks(0).update("math", [0.0]) for _ in range(30))
+
+
+def test_a_reward_at_zero_on_every_row_is_warned_about_once_and_unreadable_answers_never_stop_grpo(
+        tmp_path: Path, tiny_base: Path, prompts: Path) -> None:
+    """Every row 0.0 with an error (answers the reward cannot read): counted in the error rate, not a failure of
+    the reward, so training goes on; after `zero_reward_warning_rounds` rounds at 0, one warning with a sample."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("posttrain.grpo")
+    logger.addHandler(handler)
+    rewards = f"[{{name: '{PLUGINS}:length'}}, {{name: '{PLUGINS}:NothingReadable'}}]"
+    try:
+        report = run_recipe(parse_recipe(recipe(tmp_path, tiny_base, prompts, rewards=rewards, steps=3,
+                                                extra="    zero_reward_warning_rounds: 2\n"), kinds=KINDS))
+    finally:
+        logger.removeHandler(handler)
+    assert report["stages"]["grpo"]["status"] == "done", report["stages"]["grpo"]
+    warnings = [r.getMessage() for r in records if "scored 0.0 on every completion" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("reward NothingReadable scored 0.0 on every completion for 2 scoring rounds")
+    assert "A completion: '" in warnings[0] and "its row: {'solution': '" in warnings[0]
+    rows = [r for r in metric_rows(tmp_path) if "rewards/NothingReadable/error_rate" in r]
+    assert rows and all(r["rewards/NothingReadable/error_rate"] == 1.0 for r in rows)
+
+
 def test_the_reward_error_options_keep_older_stages_config_hash() -> None:
     from posttrain.stages.grpo import Config
 
     base = {"name": "g", "kind": "grpo", "data": "d", "rewards": [{"name": "math"}]}
     assert "max_reward_error_rate" not in Config(**base).model_dump()
     assert Config(**base, max_reward_error_rate=0.2).model_dump()["max_reward_error_rate"] == 0.2
+    assert "zero_reward_warning_rounds" not in Config(**base).model_dump()
+    assert Config(**base, zero_reward_warning_rounds=5).model_dump()["zero_reward_warning_rounds"] == 5
 
 
 # --------------------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def test_the_checker_sees_lazy_relative_and_type_only_imports() -> None:
     source = (
         "from typing import TYPE_CHECKING\n"
         "from .answer import THINK_OPEN\n"
-        "if TYPE_CHECKING:\n    from posttrain.runner import run_recipe\n"
+        "if TYPE_CHECKING:\n    from posttrain.run.runner import run_recipe\n"
         "def f():\n    from posttrain.stages import KINDS\n    import posttrain.recipe\n"
     )
     assert _imports("rewards.format", source) == {"rewards.answer", "posttrain.stages", "posttrain.recipe"}

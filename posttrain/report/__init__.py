@@ -23,11 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from posttrain.core.run_folder import REPORT_MD
 from posttrain.report.cross_stage import accuracy_section, length_section, maxvio_comparison_section
 from posttrain.report.inputs import MetricsLog, StageView, load_stages
 from posttrain.report.markdown import Document, all_metrics, overview, status_line
 from posttrain.report.training import training_plots
-from posttrain.run_folder import REPORT_MD
 
 __all__ = ["DESCRIBE_HOOK", "FIGURES_HOOK", "Document", "MetricsLog", "ReportKinds", "StageView", "write_report"]
 

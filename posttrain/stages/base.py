@@ -9,8 +9,8 @@ from typing import Any
 
 from posttrain.core.errors import StageError
 from posttrain.core.generation.base import GenerationSpec
+from posttrain.core.run_folder import DATA_FILE, METRICS_FILE, MODEL_DIR, append_jsonl, read_jsonl
 from posttrain.recipe import Recipe, RewardSpec, StageConfig
-from posttrain.run_folder import DATA_FILE, METRICS_FILE, MODEL_DIR, append_jsonl, read_jsonl
 
 
 def resolve_model(recipe: Recipe, run_dir: Path, base_model: str, ref: str | None, needed_by: str) -> str:

@@ -40,8 +40,7 @@ from data_pipelines.rejection_sampling import KeepRule, reward_labels
 from data_pipelines.sources import SourceSpec
 from posttrain.core.errors import StageError
 from posttrain.core.generation import GenerationSpec, SamplingParams
-from posttrain.recipe import RewardSpec, StageConfig
-from posttrain.run_folder import (
+from posttrain.core.run_folder import (
     DATA_FILE,
     ERRORS_FILE,
     EVAL_FILE,
@@ -51,6 +50,7 @@ from posttrain.run_folder import (
     STATS_FILE,
     write_json_atomic,
 )
+from posttrain.recipe import RewardSpec, StageConfig
 from posttrain.stages.base import StageContext, StageResult
 from posttrain.stages.distill_report import report_describe as report_describe
 from posttrain.stages.distill_report import report_figures as report_figures

@@ -9,10 +9,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from posttrain.core.run_folder import DistillStats
 from posttrain.report.inputs import StageView, is_number, read_stats
 from posttrain.report.markdown import Document, num, pct
 from posttrain.report.plots import pyplot, save
-from posttrain.run_folder import DistillStats
 
 #: Optional counts in stats.json, listed with these labels when present.
 _EXTRA_COUNTS = (("eval_prompts", "held-out eval prompts written"), ("pairs", "preference pairs"),

@@ -21,14 +21,14 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from posttrain.core.errors import DataError
+from posttrain.core.run_folder import LOSS, PAIRS_FILE
 from posttrain.report.inputs import StageView, is_number
 from posttrain.report.markdown import Document, model_name, num, pct, trend
 from posttrain.report.plots import plot_panels
 from posttrain.report.training import balance_text, maxvio_figures, training_plots
-from posttrain.run_folder import LOSS, PAIRS_FILE
 from posttrain.stages.base import StageContext, StageResult
 from posttrain.stages.reward_model import split_by_prompt
-from posttrain.stages.trainer import TrainerConfig, TrainerStage, require_columns
+from posttrain.training.trainer import TrainerConfig, TrainerStage, require_columns
 
 #: What TRL's DPOTrainer logs per step (and with `eval_` on held-out pairs).
 ACCURACY = "rewards/accuracies"
@@ -71,7 +71,7 @@ class DPOStage(TrainerStage):
 
         class Trainer(DPOTrainer):
             def __init__(self, *args: Any, **kwargs: Any) -> None:
-                from posttrain.lora import keep_lora_targets
+                from posttrain.training.lora import keep_lora_targets
 
                 with keep_lora_targets(kwargs["model"]):  # TRL applies the LoRA config (see load_model)
                     super().__init__(*args, **kwargs)
@@ -119,7 +119,7 @@ class DPOStage(TrainerStage):
         return self.model
 
     def trainer_kwargs(self, dataset: Any) -> dict[str, Any]:
-        from posttrain.lora import find_targets, lora_config
+        from posttrain.training.lora import find_targets, lora_config
 
         kwargs: dict[str, Any] = {"train_dataset": dataset, "ref_model": self.reference_model(),
                                   "eval_dataset": self.held_out if len(self.held_out) else None}

@@ -23,11 +23,7 @@ from pydantic import Field, ValidationError, model_serializer, model_validator
 
 from posttrain.core.errors import DataError, PluginError
 from posttrain.core.generation import GenerationSpec, SamplingParams
-from posttrain.recipe import RewardSpec, StageConfig
-from posttrain.report.cross_stage import SCORES
-from posttrain.report.inputs import StageView, is_number
-from posttrain.report.markdown import Document, model_name, num, pct
-from posttrain.run_folder import (
+from posttrain.core.run_folder import (
     ACCURACY,
     BENCHMARK,
     EVAL_FILE,
@@ -45,6 +41,10 @@ from posttrain.run_folder import (
     repair_jsonl_tail,
     temperature_label,
 )
+from posttrain.recipe import RewardSpec, StageConfig
+from posttrain.report.cross_stage import SCORES
+from posttrain.report.inputs import StageView, is_number
+from posttrain.report.markdown import Document, model_name, num, pct
 from posttrain.stages.base import StageContext, StageResult
 
 #: Counts the tokens of each completion text (None: it cannot, e.g. no tokenizer).

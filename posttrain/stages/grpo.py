@@ -20,9 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, model_seri
 
 from posttrain.core.errors import MissingDependencyError, StageError
 from posttrain.core.generation import SpeculativeSpec
-from posttrain.dynamic_sampling import DynamicSamplingConfig
-from posttrain.recipe import RewardSpec, for_identity
-from posttrain.run_folder import (
+from posttrain.core.run_folder import (
     GROUPS_DROPPED,
     METRICS_FILE,
     PROMPTS_FILE,
@@ -31,10 +29,12 @@ from posttrain.run_folder import (
     ROLLOUT_LOGP_DIFF_MAX,
     read_jsonl,
 )
+from posttrain.recipe import RewardSpec, for_identity
 from posttrain.stages.base import StageContext, StageResult
 from posttrain.stages.grpo_report import report_describe as report_describe
 from posttrain.stages.grpo_report import report_figures as report_figures
-from posttrain.stages.trainer import TrainerConfig, TrainerStage, require_columns
+from posttrain.training.dynamic_sampling import DynamicSamplingConfig
+from posttrain.training.trainer import TrainerConfig, TrainerStage, require_columns
 
 #: Named loss variants -> the GRPOConfig fields that make them (the recipe's `trl:` values win).
 LOSS_PRESETS: dict[str, dict[str, Any]] = {
@@ -151,13 +151,13 @@ class GRPOStage(TrainerStage):
         return GRPOTrainer
 
     def mixins(self) -> tuple[type, ...]:
-        from posttrain.dynamic_sampling import DynamicSamplingMixin
-        from posttrain.mtp import SpeculativeRolloutMixin
+        from posttrain.training.dynamic_sampling import DynamicSamplingMixin
+        from posttrain.training.mtp import SpeculativeRolloutMixin
 
         mixins: tuple[type, ...] = (RewardErrorGuardMixin, ThinkOpenerMixin, DynamicSamplingMixin,
                                     SpeculativeRolloutMixin, *super().mixins())
         if getattr(self.args, "use_vllm", False):
-            from posttrain.vllm_sync import VLLMSyncMixin
+            from posttrain.training.vllm_sync import VLLMSyncMixin
 
             mixins += (VLLMSyncMixin,)
         return mixins

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from posttrain.core.run_folder import GROUPS_DROPPED, REWARD, reward_mean_key, reward_of_mean_key, reward_std_key
 from posttrain.report.inputs import StageView, is_number, mean
 from posttrain.report.markdown import Document, model_name, num, pct, trend
 from posttrain.report.plots import FIGSIZE, curve, plot_panels, pyplot, save, step_axis
 from posttrain.report.training import balance_text, maxvio_figures, training_plots
-from posttrain.run_folder import GROUPS_DROPPED, REWARD, reward_mean_key, reward_of_mean_key, reward_std_key
 
 KL = "kl"
 MEAN_LENGTH = "completions/mean_length"

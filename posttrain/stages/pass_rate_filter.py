@@ -16,9 +16,9 @@ from pydantic import Field
 
 from data_pipelines.pass_rate_filter import PassRateBounds, histogram, pass_rate, select
 from posttrain.core.errors import StageError
+from posttrain.core.run_folder import PASS_AT_1, PROMPTS_FILE, SAMPLES_FILE, write_text_atomic
 from posttrain.report.inputs import StageView, is_number
 from posttrain.report.markdown import Document, model_name, num, pct
-from posttrain.run_folder import PASS_AT_1, PROMPTS_FILE, SAMPLES_FILE, write_text_atomic
 from posttrain.stages import eval as eval_stage
 from posttrain.stages.base import StageContext, StageResult
 

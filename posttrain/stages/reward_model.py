@@ -23,15 +23,15 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from posttrain.core.errors import DataError
-from posttrain.moe_balance import MoEBalanceConfig
+from posttrain.core.run_folder import JUDGE_DATA_FILE, LOSS, MODEL_DIR, PAIRS_FILE
 from posttrain.recipe import RewardSpec, StrictModel
 from posttrain.report.inputs import StageView, is_number
 from posttrain.report.markdown import Document, model_name, num, pct, trend
 from posttrain.report.plots import plot_panels
 from posttrain.report.training import training_plots
-from posttrain.run_folder import JUDGE_DATA_FILE, LOSS, MODEL_DIR, PAIRS_FILE
 from posttrain.stages.base import StageContext, StageResult
-from posttrain.stages.trainer import TrainerConfig, TrainerStage, require_columns
+from posttrain.training.moe_balance import MoEBalanceConfig
+from posttrain.training.trainer import TrainerConfig, TrainerStage, require_columns
 
 #: Training pairs scored for reward_stats.json when nothing is held out.
 STATS_SAMPLE = 512
@@ -159,7 +159,7 @@ class RewardModelStage(TrainerStage):
         from transformers import set_seed
 
         from posttrain.core.models import load_sequence_classifier, torch_dtype, without_router_logits
-        from posttrain.lora import apply_lora
+        from posttrain.training.lora import apply_lora
 
         dtype = {} if spec is None else {"dtype": torch_dtype(spec.dtype)}
         set_seed(self.args.seed)  # the head is initialised at random: as RewardTrainer does, seed first

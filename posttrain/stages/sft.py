@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from posttrain.core.run_folder import LOSS
 from posttrain.report.inputs import StageView, is_number
 from posttrain.report.markdown import Document, model_name, num, trend
 from posttrain.report.training import balance_text, maxvio_figures, training_plots
-from posttrain.run_folder import LOSS
 from posttrain.stages.base import StageContext, StageResult
-from posttrain.stages.trainer import TrainerConfig, TrainerStage, require_columns
+from posttrain.training.trainer import TrainerConfig, TrainerStage, require_columns
 
 
 class Config(TrainerConfig):

@@ -175,6 +175,17 @@ TEMPERATURE = "temperature"
 TEMPERATURES = "temperatures"
 BENCHMARK = "benchmark"
 
+#: A pass_rate_filter stage's metrics: prompts kept, dropped as always / never solved, and prompts by pass rate.
+KEPT = "kept"
+DROPPED_SOLVED = "dropped_solved"
+DROPPED_UNSOLVED = "dropped_unsolved"
+PASS_RATES = "pass_rates"
+#: What TRL's DPOTrainer logs per step (and with `eval_` on held-out pairs).
+DPO_ACCURACY = "rewards/accuracies"
+DPO_MARGIN = "rewards/margins"
+DPO_CHOSEN = "rewards/chosen"
+DPO_REJECTED = "rewards/rejected"
+
 
 def pass_at_k_key(k: int) -> str:
     return f"pass@{k}"

@@ -52,8 +52,6 @@ from posttrain.core.run_folder import (
 )
 from posttrain.recipe import RewardSpec, StageConfig
 from posttrain.stages.base import StageContext, StageResult
-from posttrain.stages.distill_report import report_describe as report_describe
-from posttrain.stages.distill_report import report_figures as report_figures
 
 #: Files appended chunk by chunk (truncated to the last finished chunk on resume).
 APPENDED = (DATA_FILE, PAIRS_FILE, ERRORS_FILE)

@@ -31,8 +31,6 @@ from posttrain.core.run_folder import (
 )
 from posttrain.recipe import RewardSpec, for_identity
 from posttrain.stages.base import StageContext, StageResult
-from posttrain.stages.grpo_report import report_describe as report_describe
-from posttrain.stages.grpo_report import report_figures as report_figures
 from posttrain.training.dynamic_sampling import DynamicSamplingConfig
 from posttrain.training.trainer import TrainerConfig, TrainerStage, require_columns
 

@@ -1,4 +1,4 @@
-"""What a GRPO weight sync sends to vLLM, checked against vLLM 0.31's loader rules (tests/posttrain/training/vllm_loaders.py).
+"""What a GRPO weight sync sends to vLLM, checked against vLLM 0.31's loader rules (training/vllm_loaders.py).
 
 vLLM is not installed here: the tests check the (name, tensor) stream, both from `vllm_weights` and through
 TRL 1.16's own `VLLMGeneration.sync_weights` with the engine (colocate) or client (server) replaced by a recorder.

@@ -1,4 +1,4 @@
-"""The report's section on a distill stage (posttrain/stages/distill_report.py)."""
+"""The report's section on a distill stage (posttrain/report/sections/distill.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The report's section on a grpo stage (posttrain/stages/grpo_report.py)."""
+"""The report's section on a grpo stage (posttrain/report/sections/grpo.py)."""
 
 from __future__ import annotations
 

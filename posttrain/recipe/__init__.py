@@ -5,9 +5,9 @@ machines allow (`limits.py`), and how problems are reported (`problems.py`).
 The names a stage plugin or script needs are importable from here: `from posttrain.recipe import StageConfig`.
 """
 
+from posttrain.core.identity import IDENTITY, for_identity
 from posttrain.recipe.loading import load_recipe, parse_recipe
 from posttrain.recipe.schema import (
-    IDENTITY,
     LaunchSpec,
     ModelSpec,
     Recipe,
@@ -17,7 +17,6 @@ from posttrain.recipe.schema import (
     StrictModel,
     TokenizerSpec,
     TokenizerTrainSpec,
-    for_identity,
 )
 from posttrain.recipe.trl import build_trl_config, trl_config_class, trl_fields
 

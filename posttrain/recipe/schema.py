@@ -4,10 +4,12 @@ options in its stage module."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializeAsAny, model_serializer, model_validator
+
+from posttrain.core.identity import ADDED, PLACEMENT, Placement, identity_dump, selection_fields
 
 #: TRL/transformers options that posttrain sets itself; a recipe may not override them under `trl:`.
 RESERVED_TRL_KEYS = {"output_dir": "the stage's folder DIR/<name>/ is used"}
@@ -68,16 +70,6 @@ class RewardSpec(StrictModel):
         return self.name.rpartition(":")[2].rpartition(".")[2]
 
 
-#: `model_dump(context={IDENTITY: True})`: the dump a stage's identity (its config hash) is computed from. Options
-#: that say where or how a stage runs, never what it computes (ports, hosts, a machine's rank), are left out or
-#: pinned to their old defaults there, so changing them never retrains a stage.
-IDENTITY = "identity"
-
-
-def for_identity(info: SerializationInfo) -> bool:
-    return bool(info.context) and bool(info.context.get(IDENTITY))
-
-
 class LaunchSpec(StrictModel):
     """Run the stage in several processes with `accelerate launch` (DDP, or DeepSpeed/FSDP by config file), on one
     machine or several (accelerate's own multi-node launch: run `posttrain run` on every machine, each with its
@@ -88,14 +80,14 @@ class LaunchSpec(StrictModel):
     #: An accelerate config file, e.g. accelerate/zero2.yaml next to a recipe in recipes/.
     config_file: str | None = None
     #: Rendezvous port of the main process (one machine: a free one by default; several: 29500 by default).
-    main_process_port: int | None = Field(None, ge=1, le=65535)
-    num_machines: int = Field(1, ge=1)
+    main_process_port: Annotated[int | None, Placement(pin=None)] = Field(None, ge=1, le=65535)
+    num_machines: Annotated[int, ADDED] = Field(1, ge=1)
     #: This machine's rank (0: the main machine, which runs the other stages and writes the run folder).
-    machine_rank: int = Field(0, ge=0)
+    machine_rank: Annotated[int, ADDED, PLACEMENT] = Field(0, ge=0)
     #: Address of machine 0, reachable from the others (several machines only).
-    main_process_ip: str | None = None
+    main_process_ip: Annotated[str | None, ADDED, PLACEMENT] = None
     #: GPU memory per process in GB, for `posttrain validate`'s estimate of a micro-batch's logits (default 80).
-    gpu_memory_gb: float | None = Field(None, gt=0)
+    gpu_memory_gb: Annotated[float | None, ADDED, PLACEMENT] = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _machines(self) -> LaunchSpec:
@@ -113,24 +105,14 @@ class LaunchSpec(StrictModel):
     def processes_per_machine(self) -> int:
         return self.num_processes // self.num_machines
 
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: Any, info: SerializationInfo) -> Any:
-        """New options are left out at their defaults (stages written before them keep their hash); where this
-        machine is and what GPU memory it has never count for the identity."""
-        data = handler(self)
-        if not isinstance(data, dict):
-            return data
-        defaults = {"num_machines": 1, "machine_rank": 0, "main_process_ip": None, "gpu_memory_gb": None}
-        for key, default in defaults.items():
-            if data.get(key) == default or (for_identity(info) and key != "num_machines"):
-                data.pop(key, None)
-        if for_identity(info):
-            data["main_process_port"] = None
-        return data
-
 
 class StageConfig(StrictModel):
-    """Options shared by every stage kind; each kind subclasses this with its own typed options."""
+    """Options shared by every stage kind; each kind subclasses this with its own typed options.
+
+    Each option's role in the stage's identity (what reruns it) is declared on the option (`posttrain.core.identity`:
+    no mark counts; `ADDED` for options added later, `PLACEMENT` for where it runs, `SELECTION` for a filter's
+    bounds); the one serializer below applies the marks of the config and of every model nested in it.
+    """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     kind: str
@@ -146,11 +128,18 @@ class StageConfig(StrictModel):
     ref_fields: ClassVar[tuple[str, ...]] = ()
     #: Files (relative to DIR/<name>/) a finished stage must have: a "done" stage missing one runs again.
     required_outputs: ClassVar[tuple[str, ...]] = ()
-    #: Options that only choose among what the stage computes (a filter's bounds). When a rerun differs from the
-    #: folder it sets aside in nothing else, it starts with that folder's `reusable_outputs` (which the stage
-    #: resumes from) instead of computing them again: new bounds cost no new samples.
-    selection_fields: ClassVar[tuple[str, ...]] = ()
+    #: Outputs a rerun may start from when only `SELECTION` options changed (a filter's bounds): it resumes from the
+    #: set-aside folder's copies instead of computing them again, so new bounds cost no new samples.
     reusable_outputs: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any, info: SerializationInfo) -> Any:
+        return identity_dump(self, handler(self), info)
+
+    @property
+    def selection_fields(self) -> tuple[str, ...]:
+        """The options that only choose among what the stage computes (marked `SELECTION`)."""
+        return selection_fields(type(self))
 
     def trl_kwargs(self) -> dict[str, Any]:
         return {**self.trl_defaults, **self.trl}

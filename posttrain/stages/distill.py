@@ -30,9 +30,9 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_serializer, model_validator
+from pydantic import Field, model_validator
 
 from data_pipelines.decontamination import DecontaminationSpec
 from data_pipelines.filters import FilterSpec
@@ -40,6 +40,7 @@ from data_pipelines.rejection_sampling import KeepRule, reward_labels
 from data_pipelines.sources import SourceSpec
 from posttrain.core.errors import StageError
 from posttrain.core.generation import GenerationSpec, SamplingParams
+from posttrain.core.identity import ADDED
 from posttrain.core.run_folder import (
     DATA_FILE,
     ERRORS_FILE,
@@ -66,28 +67,18 @@ class TeacherSpec(GenerationSpec):
     #: Samples per prompt from this teacher (default: the stage's `n`).
     n: int | None = Field(None, ge=1)
     #: Given to the teacher before each prompt, never stored in the SFT rows (V3: "reflection and verification").
-    system_prompt: str | None = None
+    system_prompt: Annotated[str | None, ADDED] = None
     #: Take only the prompts whose `domain_column` is one of these (a domain expert); default: every prompt.
-    domain: str | list[str] | None = None
-    domain_column: str = "domain"
+    domain: Annotated[str | list[str] | None, ADDED] = None
+    domain_column: Annotated[str, ADDED] = "domain"
     #: Or take the prompts a `module:function` predicate (row -> bool) accepts.
-    select: str | None = None
+    select: Annotated[str | None, ADDED] = None
     #: False: non-reasoning answers (V3's non-reasoning data): no `<think>` block needed, layout rewards skipped.
-    reasoning: bool = True
+    reasoning: Annotated[bool, ADDED] = True
+    #: As GenerationSpec's, but it counts even when unset: teachers were hashed with it before it was marked added.
+    trust_remote_code: bool | None = None
 
     _OWN: ClassVar[set[str]] = {"name", "n", "system_prompt", "domain", "domain_column", "select", "reasoning"}
-
-    @model_serializer(mode="wrap")
-    def _without_unset_v3_options(self, handler: Any) -> Any:
-        """Leave options out while unset (those added for V3's recipe, and GenerationSpec's `speculative`, whose own
-        serializer this one replaces): existing stages keep their config hash."""
-        data = handler(self)
-        if isinstance(data, dict):
-            for key, default in (("system_prompt", None), ("domain", None), ("domain_column", "domain"),
-                                 ("select", None), ("reasoning", True), ("speculative", None)):
-                if getattr(self, key) == default:
-                    data.pop(key, None)
-        return data
 
     def label(self) -> str:
         if self.name:

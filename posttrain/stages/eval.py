@@ -17,12 +17,13 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, ValidationError, model_serializer, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from posttrain.core.errors import DataError, PluginError
 from posttrain.core.generation import GenerationSpec, SamplingParams
+from posttrain.core.identity import ADDED
 from posttrain.core.run_folder import (
     ACCURACY,
     BENCHMARK,
@@ -72,12 +73,12 @@ class Config(StageConfig):
     chunk_size: int = Field(128, ge=1)
     #: A benchmark preset by name (posttrain.eval_presets): its prompts, answer columns and rewards (unless
     #: `rewards` is given), and stop strings it needs (unless `sampling.stop` is given).
-    benchmark: str | None = None
+    benchmark: Annotated[str | None, ADDED] = None
     #: The preset's own options, e.g. humaneval `{style: complete}`, livecodebench `{version: release_v5}`.
-    benchmark_options: dict[str, Any] = Field(default_factory=dict)
+    benchmark_options: Annotated[dict[str, Any], ADDED] = Field(default_factory=dict)
     #: Sample at each of these temperatures: `pass@1/T=<t>` each and `pass@1/mean`. `pass@1` stays the one at
     #: `sampling.temperature`, which defaults to the first of these.
-    temperatures: list[float] | None = Field(None, min_length=1)
+    temperatures: Annotated[list[float] | None, ADDED] = Field(None, min_length=1)
 
     ref_fields: ClassVar[tuple[str, ...]] = ("model", "data")
     required_outputs: ClassVar[tuple[str, ...]] = (SAMPLES_FILE,)
@@ -121,16 +122,6 @@ class Config(StageConfig):
         stop = preset.stop()
         if stop and self.sampling.stop is None:
             self.sampling = self.sampling.model_copy(update={"stop": stop})
-
-    @model_serializer(mode="wrap")
-    def _without_unset_options(self, handler: Any) -> Any:
-        """Leave the newer keys out while unset: eval stages written before them keep their config hash."""
-        data = handler(self)
-        if isinstance(data, dict):
-            for key, unset in (("benchmark", None), ("benchmark_options", {}), ("temperatures", None)):
-                if data.get(key, unset) == unset:
-                    data.pop(key, None)
-        return data
 
     def all_temperatures(self) -> list[float]:
         """The sampling temperatures, `sampling.temperature` (pass@1's) first."""

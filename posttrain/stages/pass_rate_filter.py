@@ -10,12 +10,13 @@ keeps its columns (the rewards need them) and gains `pass_rate`.
 from __future__ import annotations
 
 import json
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 
 from data_pipelines.pass_rate_filter import PassRateBounds, histogram, pass_rate, select
 from posttrain.core.errors import StageError
+from posttrain.core.identity import SELECTION
 from posttrain.core.run_folder import (
     DROPPED_SOLVED,
     DROPPED_UNSOLVED,
@@ -36,11 +37,11 @@ class Config(eval_stage.Config):
     samples: int = Field(8, ge=1)
     #: Only sampled answers measure a pass rate; greedy decoding adds nothing here.
     greedy: bool = False
-    keep: PassRateBounds = Field(default_factory=PassRateBounds)
+    #: New bounds (or a new threshold) select again from the same samples: no new generation.
+    keep: Annotated[PassRateBounds, SELECTION] = Field(default_factory=PassRateBounds)
+    threshold: Annotated[float, SELECTION] = 1.0
 
     required_outputs: ClassVar[tuple[str, ...]] = (SAMPLES_FILE, PROMPTS_FILE)
-    #: New bounds (or a new threshold) select again from the same samples: no new generation.
-    selection_fields: ClassVar[tuple[str, ...]] = ("keep", "threshold")
     reusable_outputs: ClassVar[tuple[str, ...]] = (SAMPLES_FILE,)
 
 

@@ -22,13 +22,14 @@ import math
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, model_serializer
+from pydantic import Field
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from posttrain.core.errors import DataError, StageError
+from posttrain.core.identity import ADDED
 from posttrain.core.run_folder import (
     CHECKPOINT_DIR,
     DATA_FILE,
@@ -75,28 +76,14 @@ class TrainerConfig(StageConfig):
     split: str = "train"
     max_samples: int | None = Field(None, ge=1)
     #: Rows in a weighted mix (default: the sources' sizes summed).
-    mix_size: int | None = Field(None, ge=1)
+    mix_size: Annotated[int | None, ADDED] = Field(None, ge=1)
     lora: LoraSpec | None = None
     moe_balance: MoEBalanceConfig = Field(default_factory=MoEBalanceConfig)
     #: Multi-token prediction loss weight (models with DeepSeek-V3's MTP module only).
-    mtp: MTPConfig = Field(default_factory=MTPConfig)
+    mtp: Annotated[MTPConfig, ADDED] = Field(default_factory=MTPConfig)
 
     ref_fields: ClassVar[tuple[str, ...]] = ("model", "data")
     required_outputs: ClassVar[tuple[str, ...]] = (f"{MODEL_DIR}/config.json",)
-    #: Options added after stages were written out: left out of the dump (and so of the config hash) while they
-    #: keep their defaults, so that a finished stage is not retrained because posttrain learned a new option.
-    omit_when_default: ClassVar[tuple[str, ...]] = ("mtp", "mix_size")
-
-    @model_serializer(mode="wrap")
-    def _without_default_new_options(self, handler: Any) -> Any:
-        """Leave out the `omit_when_default` options that keep their defaults: older stages keep their hash."""
-        data = handler(self)
-        if isinstance(data, dict):
-            fields = type(self).model_fields
-            for name in self.omit_when_default:
-                if getattr(self, name) == fields[name].get_default(call_default_factory=True):
-                    data.pop(name, None)
-        return data
 
     def data_refs(self) -> list[str]:
         return source_refs(self.data)

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
+from posttrain.core.identity import role
 from posttrain.recipe import IDENTITY, load_recipe
 from posttrain.stages import KINDS
 
@@ -47,3 +51,59 @@ def test_a_run_folder_written_by_earlier_code_is_skipped(tmp_path: Path) -> None
     assert {name: entry["status"] for name, entry in report["stages"].items()} == {"distill": "skipped",
                                                                                   "eval": "skipped"}
     assert {name: (out / name / "stage.json").read_text() for name in before} == before
+
+
+# --------------------------------------------------------------------------------------------------
+# Every option's role, listed: a new option is one line in data/identity_roles.txt
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _roles(model: type[BaseModel], prefix: str, seen: tuple[type, ...] = ()) -> dict[str, str]:
+    out = {}
+    for name, field in model.model_fields.items():
+        out[f"{prefix}.{name}"] = role(model, name)
+        for nested in _models_in(field.annotation):
+            if nested not in seen:
+                out.update(_roles(nested, f"{prefix}.{name}", (*seen, model)))
+    return out
+
+
+def current_roles() -> dict[str, str]:
+    builtin = [k for k in KINDS.names() if KINDS.get(k).module.__name__.startswith("posttrain.stages.")]
+    out: dict[str, str] = {}
+    for kind in builtin:
+        out.update(_roles(KINDS.config(kind), kind))
+    return out
+
+
+def test_every_option_of_every_stage_kind_has_its_listed_role() -> None:
+    """A new option without `ADDED` (or `PLACEMENT`) would change the hash of every finished stage of its kind: the
+    list fails on an option it does not know, naming the line to add, and on a role that changed."""
+    listed = dict(line.split(": ") for line in (DATA / "identity_roles.txt").read_text().splitlines()
+                  if line and not line.startswith("#"))
+    found = current_roles()
+    new = {path: r for path, r in found.items() if path not in listed}
+    assert not [p for p, r in new.items() if r == "counts"], (
+        "new options that would change every finished stage's hash: mark them ADDED (or PLACEMENT) in their "
+        f"config: {sorted(p for p, r in new.items() if r == 'counts')}")
+    assert not new, "add these lines to tests/posttrain/run/data/identity_roles.txt:\n" + "\n".join(
+        f"{p}: {r}" for p, r in sorted(new.items()))
+    changed = {p: (listed[p], r) for p, r in found.items() if p in listed and listed[p] != r}
+    assert not changed, f"options whose role changed (listed, now): {changed}"
+    assert not set(listed) - set(found), f"listed options that are gone: {sorted(set(listed) - set(found))}"
+
+
+def test_the_role_list_fails_on_an_unmarked_new_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    from posttrain.stages import grpo
+
+    class Config(grpo.Config):
+        brand_new: int = 3
+
+    monkeypatch.setattr(grpo, "Config", Config)
+    with pytest.raises(AssertionError, match=r"mark them ADDED .*grpo\.brand_new"):
+        test_every_option_of_every_stage_kind_has_its_listed_role()

@@ -417,7 +417,7 @@ class GenRMReward(Verifier):
         the live policy when it starts."""
         if self.backend == "policy":
             return
-        if self.spec.backend in ("hf", "vllm"):
+        if self.spec.loads_weights:
             from posttrain.core.hub import check_model_source
 
             check_model_source(str(self.spec.model), f"genrm ({self.spec.backend} judge)",

@@ -126,7 +126,7 @@ def _generating_models(stage: Any) -> list[str | None]:
     specs = [getattr(stage, "generation", None)] + list(getattr(stage, "teachers", None) or [])
     out: list[str | None] = []
     for spec in specs:
-        if spec is None or getattr(spec, "backend", None) not in ("hf", "vllm"):
+        if spec is None or not spec.loads_weights:
             continue
         out.append(spec.model if spec.model is not None else getattr(stage, "model", None))
     return out

@@ -281,7 +281,7 @@ def _build_sampler(cfg: Config, ctx: StageContext, eval_rows: list[dict[str, Any
     teachers = []
     for spec in cfg.teachers:
         model = spec.model
-        ours = spec.backend in ("hf", "vllm") and (model in (None, "base") or model in ctx.recipe.stage_names())
+        ours = spec.loads_weights and (model in (None, "base") or model in ctx.recipe.stage_names())
         if ours:
             model = ctx.resolve_model(model)
         seed = cfg.sampling.seed if cfg.sampling.seed is not None else derive_seed(ctx.seed, cfg.name, spec.label())

@@ -151,7 +151,7 @@ def evaluate(ctx: StageContext) -> Evaluation:
     cfg = ctx.config
     assert isinstance(cfg, Config)
     # The stage's model feeds the engines that load weights; a scripted or remote engine names its own.
-    local = cfg.generation.backend in ("hf", "vllm")
+    local = cfg.generation.loads_weights
     model = ctx.resolve_model(cfg.model) if local or not cfg.generation.model else cfg.generation.model
     rows = _rows(ctx, cfg)
     scorer = _Scorer(ctx.build_rewards(cfg.rewards), cfg.prompt_column)

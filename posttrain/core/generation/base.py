@@ -108,6 +108,12 @@ class GenerationSpec(BaseModel):
     def _dump(self, handler: Any, info: SerializationInfo) -> Any:
         return identity_dump(self, handler(self), info)
 
+    @property
+    def loads_weights(self) -> bool:
+        """Whether the engine loads model weights itself (hf, vllm), so that `model` is a weights reference (a
+        stage's name, a folder, a hub name); an OpenAI-compatible server or a scripted teacher names its own."""
+        return self.backend in ("hf", "vllm")
+
 
 class Generator(Protocol):
     def generate(

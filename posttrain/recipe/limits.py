@@ -4,7 +4,9 @@
 `trl.max_completion_length`, a generating stage's `sampling.max_new_tokens`) must fit the model's context,
 `max_position_embeddings` in its config: from the built tiny model's options, a local checkpoint's
 config.json, or the hub's config.json where the hub answers (offline, a note says what went unchecked).
-A completion budget that fills the whole context leaves no room for the prompt: also a problem.
+A training completion budget that fills the whole context leaves no room for the prompt: also a problem. A
+generating stage's `max_new_tokens` beyond the context only warns: generation clips it to what each prompt leaves
+(a benchmark preset's 2,048 tokens on a 512-token tiny model is what a user expects to just run).
 
 **A micro-batch's logits.** The output layer of one micro-batch holds rows x tokens x vocabulary logits;
 with a 150k vocabulary that alone can exceed a GPU (16 completions of 4,096 tokens: 10 G logits). The estimate
@@ -117,8 +119,10 @@ def logits_gb(rows: int, tokens: int, vocab: int) -> float:
 
 def _check_new_tokens(value: int, facts: ModelFacts | None, loc: Loc, problems: Problems) -> None:
     if facts is not None and facts.context is not None and value >= facts.context:
-        problems.add(loc, f"{value} new tokens leave no room for the prompt in the context of {facts.name} "
-                     f"({facts.context} tokens, max_position_embeddings)")
+        where = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+        problems.notes.append(f"warning: {where}: {value} new tokens leave no room for the prompt in the context of "
+                              f"{facts.name} ({facts.context} tokens, max_position_embeddings): generation clips them "
+                              "to what each prompt leaves")
 
 
 def _generating_models(stage: Any) -> list[str | None]:

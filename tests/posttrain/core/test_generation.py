@@ -195,6 +195,21 @@ def test_hf_reports_the_tokens_each_completion_took(forced: Any, hf: HFGenerator
     assert len(out) == 2
 
 
+def test_hf_clips_new_tokens_to_the_models_context(forced: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A budget past the context (a benchmark's 2,048 tokens on a 512-token model) runs, clipped, with a warning."""
+    force, tok = forced
+    gen = force("<think>")
+    prompt_tokens = len(tok("Compute 1+2.")["input_ids"])
+    gen.context = prompt_tokens + 4
+    with caplog.at_level("WARNING", logger="posttrain.generation"):
+        (row,) = gen.generate(["Compute 1+2."], n=1, sampling=SamplingParams(temperature=0, max_new_tokens=2048))
+    assert row == ["<think>" * 4] and gen.last_lengths == [[4]]
+    assert "max_new_tokens 2048 does not fit the context" in caplog.text and "clipped to 4" in caplog.text
+    gen.context = prompt_tokens
+    with pytest.raises(GenerationError, match="fills the whole context"):
+        gen.generate(["Compute 1+2."], n=1, sampling=SamplingParams(temperature=0, max_new_tokens=8))
+
+
 def test_hf_stop_strings_end_the_completion(forced: Any) -> None:
     force, _ = forced
     gen = force("</think>")

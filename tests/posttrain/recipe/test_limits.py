@@ -42,16 +42,26 @@ def problems(text: str) -> list[str]:
     return caught.value.problems
 
 
-def test_lengths_beyond_the_context_are_problems(tmp_path: Path) -> None:
+def test_training_lengths_beyond_the_context_are_problems(tmp_path: Path) -> None:
     ckpt, rows = checkpoint(tmp_path, 4096, 1000), tmp_path / "rows.jsonl"
     text = recipe(ckpt, SFT.format(rows=rows, n=8192) + GRPO.format(rows=rows, n=4096, b=8, launch="")
                   + EVAL.format(model="grpo", rows=rows, n=5000, generation=""), tmp_path)
     found = problems(text)
-    assert len(found) == 3, found
+    assert len(found) == 2, found
     assert "stages[0].trl.max_length: 8192 tokens exceed the context of" in found[0] and "(4096 tokens" in found[0]
     assert "stages[1].trl.max_completion_length: 4096 tokens leave no room for the prompt" in found[1]
+
+
+def test_new_tokens_beyond_the_context_are_a_warning_generation_clips(tmp_path: Path) -> None:
+    """A benchmark preset's long budget on a small model is what a user expects to just run: it is clipped."""
+    ckpt, rows = checkpoint(tmp_path, 4096, 1000), tmp_path / "rows.jsonl"
+    text = recipe(ckpt, SFT.format(rows=rows, n=4096) + GRPO.format(rows=rows, n=3072, b=8, launch="")
+                  + EVAL.format(model="grpo", rows=rows, n=5000, generation=""), tmp_path)
+    notes: list[str] = []
+    parse_recipe(text, kinds=KINDS, notes=notes)
     # The eval's model is GRPO's, which is SFT's, which is the base: the base's context applies.
-    assert "stages[2].sampling.max_new_tokens: 5000 new tokens leave no room for the prompt" in found[2]
+    assert any("stages[2].sampling.max_new_tokens: 5000 new tokens leave no room for the prompt" in n
+               and "clips them" in n for n in notes), notes
 
 
 def test_lengths_within_the_context_and_other_engines_pass(tmp_path: Path) -> None:

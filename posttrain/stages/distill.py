@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 
 from data_pipelines.decontamination import DecontaminationSpec
 from data_pipelines.filters import FilterSpec
-from data_pipelines.rejection_sampling import KeepRule, reward_labels
+from data_pipelines.rejection_sampling import KeepRule
 from data_pipelines.sources import SourceSpec
 from posttrain.core.errors import StageError
 from posttrain.core.generation import GenerationSpec, SamplingParams
@@ -53,6 +53,7 @@ from posttrain.core.run_folder import (
 )
 from posttrain.recipe import RewardSpec, StageConfig
 from posttrain.stages.base import StageContext, StageResult
+from rewards.mix import unique_labels
 
 #: Files appended chunk by chunk (truncated to the last finished chunk on resume).
 APPENDED = (DATA_FILE, PAIRS_FILE, ERRORS_FILE)
@@ -144,7 +145,7 @@ class Config(StageConfig):
         labels = [t.label() for t in self.teachers]
         if len(set(labels)) != len(labels):
             raise ValueError(f"teacher labels must differ (got {labels}): give each teacher a 'name'")
-        known = reward_labels([r.label for r in self.rewards])
+        known = unique_labels([r.label for r in self.rewards])
         unknown = sorted(set(self.keep.thresholds) - set(known))
         if unknown:
             raise ValueError(f"keep.thresholds names {unknown}, which are not rewards of this stage ({known})")
@@ -289,8 +290,7 @@ def _build_sampler(cfg: Config, ctx: StageContext, eval_rows: list[dict[str, Any
         gen = ctx.with_remote_code(spec.generation_spec(), ours)
         teachers.append(Teacher(spec.label(), make_generator(gen, model), spec.n or cfg.n, sampling,
                                 system_prompt=spec.system_prompt, accepts=spec.accepts(), reasoning=spec.reasoning))
-    labels = reward_labels([r.label for r in cfg.rewards])
-    rewards = [(label, fn, weight) for label, (fn, weight) in zip(labels, ctx.build_rewards(cfg.rewards), strict=True)]
+    rewards = ctx.build_rewards(cfg.rewards)
 
     count_tokens = None
     if cfg.filters.max_tokens is not None or cfg.prefer_shorter:

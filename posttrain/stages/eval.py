@@ -45,6 +45,7 @@ from posttrain.core.run_folder import (
 from posttrain.recipe import RewardSpec, StageConfig
 from posttrain.report.inputs import is_number
 from posttrain.stages.base import StageContext, StageResult
+from rewards.mix import RewardMix
 
 #: Counts the tokens of each completion text (None: it cannot, e.g. no tokenizer).
 TokenCounter = Callable[[list[str]], "list[int] | None"]
@@ -225,26 +226,18 @@ def _generated_lengths(generator: Any, completions: list[list[str]]) -> list[lis
 class _Scorer:
     """Scores k completions per row with the weighted rewards; keeps each completion's reasons (the rows' errors)."""
 
-    def __init__(self, rewards: list[tuple[Any, float]], prompt_column: str):
-        self.rewards = rewards
-        self.total_weight = sum(w for _, w in rewards) or 1.0
+    def __init__(self, mix: RewardMix, prompt_column: str):
+        self.mix = mix
         self.prompt_column = prompt_column
 
     def __call__(self, chunk: list[dict[str, Any]],
                  completions: list[list[str]]) -> tuple[list[list[float]], list[list[str | None]]]:
-        from rewards.registry import combine
-
         flat = [c for cs in completions for c in cs]
         k = len(completions[0])
         columns = {key: [r[key] for r in chunk for _ in range(k)] for key in chunk[0] if key not in ("id",)}
         columns["prompts"] = columns.pop(self.prompt_column)
-        per_reward, weights, reasons = {}, {}, []
-        for i, (fn, weight) in enumerate(self.rewards):
-            per_reward[str(i)], errors = fn.score_with_errors(flat, **columns)  # build_rewards gives `Reward`s
-            weights[str(i)] = weight
-            reasons.append(errors)
-        combined = [s / self.total_weight for s in combine(per_reward, weights)]
-        why = ["; ".join(e for e in row if e) or None for row in zip(*reasons, strict=True)]
+        scored = self.mix.score(flat, columns)
+        combined, why = scored.totals(normalised=True), scored.reasons()
         return ([combined[i * k:(i + 1) * k] for i in range(len(chunk))],
                 [why[i * k:(i + 1) * k] for i in range(len(chunk))])
 

@@ -148,7 +148,7 @@ class GRPOStage(TrainerStage):
         return _rollout_args(self.cfg, self.ctx)
 
     def trainer_kwargs(self, dataset: Any) -> dict[str, Any]:
-        self.rewards = [fn for fn, _ in self.ctx.build_rewards(self.cfg.rewards)]
+        self.rewards = self.ctx.build_rewards(self.cfg.rewards).functions
         return {"train_dataset": dataset, "reward_funcs": self.rewards}
 
     def after_init(self, trainer: Any, dataset: Any) -> None:

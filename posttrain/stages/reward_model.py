@@ -267,9 +267,8 @@ def _write_judge_data(ctx: StageContext, spec: JudgeDataSpec, train: Any) -> int
     path = ctx.stage_dir / JUDGE_DATA_FILE
     if not ctx.is_main_process:
         return 0
-    verifiers = [(s.label, fn, w) for s, (fn, w) in zip(spec.verifiers, ctx.build_rewards(spec.verifiers),
-                                                          strict=True)]
-    count = write_judge_examples(pair_rows(train.to_list()), path, verifiers=verifiers, template=spec.template,
+    count = write_judge_examples(pair_rows(train.to_list()), path, verifiers=ctx.build_rewards(spec.verifiers),
+                                 template=spec.template,
                                  use_reference=spec.reference, scale=spec.scale, max_examples=spec.max_examples,
                                  seed=ctx.seed)
     ctx.log.info("wrote %d judged examples to %s", count, path)

@@ -318,7 +318,7 @@ def test_pairwise_mode_judges_both_orders_against_the_baseline(judge: Callable[.
 
 
 def test_in_a_weighted_mix_none_counts_as_absent(judge: Callable[..., GenRMReward]) -> None:
-    from rewards.registry import combine
+    from rewards.mix import combine
 
     genrm = get_reward("genrm", backend="openai", model="judge", base_url=judge().spec.base_url, max_retries=0)
     fmt = get_reward("format")

@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 GPU_CHECK_ARGS ?=
 
-.PHONY: setup demo test lint bench gpu-check clean
+.PHONY: setup demo test lint bench gpu-check docs clean
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +27,10 @@ bench: setup
 # The GPU paths (bf16 training, vLLM rollouts and weight sync, ZeRO-3, resume) on one GPU, offline; see README.
 gpu-check: setup
 	$(PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
+
+# Pages generated from the code: the recipe reference.
+docs: setup
+	$(PY) -c "from posttrain.recipe.reference import render; from posttrain.stages import KINDS; print(render(KINDS), end='')" > docs/recipe-reference.md
 
 clean:
 	rm -rf runs .pytest_cache

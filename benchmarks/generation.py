@@ -103,7 +103,7 @@ def build_model(out: Path, seed: int = 0) -> Path:
     """The tiny DeepSeek-V3 with the arithmetic tokenizer, saved to `out` (what a tiny run's base_model holds),
     with end-of-sequence switched off so that every completion has `max_new_tokens` tokens."""
     from data_pipelines.tasks.arithmetic import corpus
-    from posttrain.tiny import build_tiny_model, train_tokenizer
+    from posttrain.core.tiny import build_tiny_model, train_tokenizer
 
     tokenizer = train_tokenizer(corpus(), 512)
     model = build_tiny_model(tokenizer, seed=seed)

@@ -149,7 +149,7 @@ def run_stages(work: Path, names: list[str]) -> dict[str, Any]:
     if not names:
         return {}
     from posttrain.recipe import load_recipe
-    from posttrain.runner import run_recipe
+    from posttrain.run.runner import run_recipe
     from posttrain.stages import KINDS
 
     report = run_recipe(load_recipe(work / "recipe.yaml", kinds=KINDS), only=names)
@@ -161,7 +161,7 @@ def run_stages(work: Path, names: list[str]) -> dict[str, Any]:
 
 
 def metrics(work: Path, stage: str) -> list[dict[str, Any]]:
-    from posttrain.run_folder import METRICS_FILE, read_jsonl
+    from posttrain.core.run_folder import METRICS_FILE, read_jsonl
 
     return read_jsonl(work / RUN / stage / METRICS_FILE)
 
@@ -304,7 +304,7 @@ def child_vllm_greedy(work: Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from vllm import LLM, SamplingParams
 
-    from posttrain.run_folder import PROMPTS_FILE, read_jsonl
+    from posttrain.core.run_folder import PROMPTS_FILE, read_jsonl
 
     path, n, length = work / BF16_COPY, GPU.greedy_prompts, 48
     tok = AutoTokenizer.from_pretrained(path)
@@ -340,12 +340,12 @@ def _until_eos(ids: list[int], eos: int) -> list[int]:
 def child_vllm_colocate(work: Path) -> dict[str, Any]:
     import logging
 
+    from posttrain.core.run_folder import ROLLOUT_LOGP_DIFF
     from posttrain.recipe import load_recipe
-    from posttrain.run_folder import ROLLOUT_LOGP_DIFF
+    from posttrain.run.base_model import base_model_ref
     from posttrain.stages import KINDS
     from posttrain.stages.base import StageContext
     from posttrain.stages.grpo import GRPOStage
-    from posttrain.tiny import base_model_ref
 
     class Probe(GRPOStage):
         def after_init(self, trainer: Any, dataset: Any) -> None:

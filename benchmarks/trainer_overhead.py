@@ -75,7 +75,7 @@ QUICK = Sizes(sft_batch=8, sft_warmup=1, sft_timed=4, grpo_prompts=2, grpo_gener
 def build_inputs(root: Path, sizes: Sizes, seed: int) -> dict[str, Path]:
     """A saved tiny DeepSeek-V3 + tokenizer, SFT rows (prompt, completion) and GRPO prompts (prompt, solution)."""
     from data_pipelines.tasks.arithmetic import corpus, solution_text, train_prompts
-    from posttrain.tiny import build_tiny_model, train_tokenizer
+    from posttrain.core.tiny import build_tiny_model, train_tokenizer
 
     base = root / "base_model"
     tokenizer = train_tokenizer(corpus(), 512)
@@ -150,8 +150,8 @@ def run_raw(kind: str, inputs: dict[str, Path], run_dir: Path, sizes: Sizes, see
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from posttrain.core.run_folder import read_jsonl
     from posttrain.recipe import build_trl_config
-    from posttrain.run_folder import read_jsonl
 
     stage = recipe_for(kind, inputs, run_dir, sizes, seed).stage(kind)
     tokenizer = AutoTokenizer.from_pretrained(inputs["base"], padding_side="right" if kind == "sft" else "left")
@@ -247,7 +247,7 @@ def measure(kind: str, inputs: dict[str, Path], root: Path, sizes: Sizes, seed: 
 
 def stage_log_summary(path: Path) -> dict[str, Any]:
     """What our stage logged (evidence that its additions ran): rows of metrics.jsonl and the MoE keys in them."""
-    from posttrain.run_folder import read_jsonl
+    from posttrain.core.run_folder import read_jsonl
 
     rows = read_jsonl(path) if path.exists() else []
     return {"metrics_rows": len(rows), "moe_max_violation": any("moe/max_violation" in r for r in rows)}

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rewards.answer import answer_text, completion_text, last_boxed
+from rewards.mix import RewardMix
 
 log = logging.getLogger("posttrain.data.judge")
 
@@ -56,21 +57,6 @@ def pair_rows(pairs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             rows.append({"prompt": pair.get("prompt", ""), "completion": pair[source], "solution": reference,
                          "source": source})
     return rows
-
-
-def verify(rows: Sequence[dict[str, Any]],
-           verifiers: Sequence[Verifier]) -> tuple[list[dict[str, float | None]], list[dict[str, str]]]:
-    """Each verifier's score per row (None: it could not judge that row), and the errors of those that failed."""
-    from rewards.registry import as_reward
-
-    completions = [r["completion"] for r in rows]
-    columns = {"prompts": [r.get("prompt", "") for r in rows], "solution": [r.get("solution") for r in rows]}
-    per_verifier = {label: as_reward(fn, label).score_with_errors(completions, **columns)
-                    for label, fn, _ in verifiers}
-    scores = [{label: got[i] for label, (got, _) in per_verifier.items()} for i in range(len(rows))]
-    errors = [{label: failed[i] for label, (_, failed) in per_verifier.items() if failed[i] is not None}
-              for i in range(len(rows))]
-    return scores, errors
 
 
 def verdict_score(scores: dict[str, float | None], weights: dict[str, float], scale: int) -> int | None:
@@ -133,20 +119,23 @@ def digit_comparison(answer: str, reference: str) -> str:
     return " ".join(f"{x}:{y}{'=' if x == y else '!'}" for x, y in zip(a, r, strict=True))
 
 
-def judged_examples(rows: Sequence[dict[str, Any]], verifiers: Sequence[Verifier], *, template: str = "compact",
-                    use_reference: bool = True, scale: int = 10) -> list[dict[str, Any]]:
+def judged_examples(rows: Sequence[dict[str, Any]], verifiers: RewardMix | Sequence[Verifier], *,
+                    template: str = "compact", use_reference: bool = True, scale: int = 10) -> list[dict[str, Any]]:
     """SFT rows (`prompt` = the judge prompt, `completion` = reasoning + verdict) for the rows the verifiers judged."""
     from rewards.genrm import render
 
-    weights = {label: weight for label, _, weight in verifiers}
+    mix = verifiers if isinstance(verifiers, RewardMix) else RewardMix(verifiers)
+    weights = mix.weights
     out = []
-    all_scores, all_errors = verify(rows, verifiers)
-    failed = [errors for errors in all_errors if errors]
+    scored = mix.score([r["completion"] for r in rows], {"prompts": [r.get("prompt", "") for r in rows],
+                                                         "solution": [r.get("solution") for r in rows]})
+    failed = [errors for i in range(len(rows)) if (errors := scored.row_errors(i))]
     if failed:
         log.warning("a verifier failed on %d of %d rows (e.g. %s); it does not vote on their verdicts", len(failed),
                     len(rows), next(iter(failed[0].values()))[:200])
-    for row, scores, errors in zip(rows, all_scores, all_errors, strict=True):
-        scores = {label: None if label in errors else s for label, s in scores.items()}
+    for i, row in enumerate(rows):
+        errors = scored.row_errors(i)
+        scores = {label: None if label in errors else s for label, s in scored.row(i).items()}
         score = verdict_score(scores, weights, scale)
         if score is None:
             continue
@@ -161,7 +150,7 @@ def judged_examples(rows: Sequence[dict[str, Any]], verifiers: Sequence[Verifier
 
 
 def write_judge_examples(rows: Sequence[dict[str, Any]], path: str | Path, *,
-                         verifiers: Sequence[Verifier] | None = None, template: str = "compact",
+                         verifiers: RewardMix | Sequence[Verifier] | None = None, template: str = "compact",
                          use_reference: bool = True, scale: int = 10, max_examples: int | None = None,
                          seed: int = 0) -> int:
     """Judge `rows` (shuffled by `seed`, at most `max_examples`) and write them to `path` as JSON lines, atomically.

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data_pipelines.filters import SampleFilter
 from posttrain.core.generation import Generator, SamplingParams, as_messages
-from rewards.registry import as_reward
+from rewards.mix import RewardMix
 
 log = logging.getLogger("posttrain.data.rejection")
 
@@ -79,37 +79,6 @@ class Sample:
     def passed(self) -> bool:
         """Passed the keep rule (it may still fail a filter later)."""
         return not (self.reason or "").startswith(("reward_", "min_score"))
-
-
-def reward_labels(names: Sequence[str]) -> list[str]:
-    """Unique labels for the rewards (`math`, `format`, `math_2` when a name repeats)."""
-    out: list[str] = []
-    for name in names:
-        label, k = name, 2
-        while label in out:
-            label, k = f"{name}_{k}", k + 1
-        out.append(label)
-    return out
-
-
-def score(
-    rewards: Sequence[tuple[str, Any, float]],
-    prompts: Sequence[Any],
-    completions: Sequence[str],
-    columns: dict[str, Sequence[Any]],
-) -> tuple[list[dict[str, float | None]], list[dict[str, str]]]:
-    """Scores per completion, `{label: score}`, and the errors of the rewards that failed on it, `{label: message}`,
-    calling each reward once on the whole batch as TRL does (`fn(completions, prompts=..., **columns)`)."""
-    scores: list[dict[str, float | None]] = [{} for _ in completions]
-    errors: list[dict[str, str]] = [{} for _ in completions]
-    for label, fn, _weight in rewards:
-        got, failed = as_reward(fn, label).score_with_errors(
-            list(completions), prompts=list(prompts), **{k: list(v) for k, v in columns.items()})
-        for row, row_errors, s, e in zip(scores, errors, got, failed, strict=True):
-            row[label] = s
-            if e is not None:
-                row_errors[label] = e
-    return scores, errors
 
 
 def judge(scores: dict[str, float | None], rule: KeepRule, weights: dict[str, float]) -> str | None:
@@ -197,7 +166,7 @@ class RejectionSampler:
     def __init__(
         self,
         teachers: Sequence[Teacher],
-        rewards: Sequence[tuple[str, Any, float]],
+        rewards: RewardMix | Sequence[tuple[str, Any, float]],
         rule: KeepRule,
         sample_filter: SampleFilter,
         keep_per_prompt: int = 1,
@@ -210,8 +179,8 @@ class RejectionSampler:
         keep_per_teacher: bool = False,
     ):
         self.teachers = list(teachers)
-        self.rewards = list(rewards)
-        self.weights = {label: w for label, _, w in rewards}
+        self.rewards = rewards if isinstance(rewards, RewardMix) else RewardMix(rewards)
+        self.weights = self.rewards.weights
         self.rule = rule
         self.filter = sample_filter
         self.keep_per_prompt = keep_per_prompt
@@ -283,10 +252,11 @@ class RejectionSampler:
             return
         names = dict.fromkeys(k for row in rows for k in row if k not in ("id", "prompt"))
         columns = {k: [row.get(k) for row, _ in flat] for k in names}
-        scores, errors = score(self.rewards, [row["prompt"] for row, _ in flat], [s.completion for _, s in flat],
-                               columns)
+        columns["prompts"] = [row["prompt"] for row, _ in flat]
+        scored = self.rewards.score([s.completion for _, s in flat], columns)
         skipped = set(self.rule.reasoning_rewards)
-        for (_, s), sc, err in zip(flat, scores, errors, strict=True):
+        for i, (_, s) in enumerate(flat):
+            sc, err = scored.row(i), scored.row_errors(i)
             if not s.reasoning:  # the layout rewards do not apply to non-reasoning answers
                 sc = {k: v for k, v in sc.items() if k not in skipped}
                 err = {k: v for k, v in err.items() if k not in skipped}

@@ -174,25 +174,26 @@ def score_batch(rows: list[dict[str, Any]], rewards: list[tuple[RewardArg, Any]]
     """Score rows with every reward as GRPOTrainer calls them; return the rows with rewards/reward/errors.
 
     `held_back` collects the columns no reward was given (see `passed_columns`)."""
-    from rewards.registry import combine
+    from rewards.mix import RewardMix
 
-    completions = [row["completion"] for row in rows]
     keys = {k for row in rows for k in row if k not in ("completion", *_OUTPUT_KEYS)}
-    scores: dict[str, list[float | None]] = {}
-    errors: dict[str, list[str | None]] = {}
-    for arg, fn in rewards:
-        names, held = passed_columns(keys, arg)
+    args = {arg.name: arg for arg, _ in rewards}
+
+    def columns(name: str) -> dict[str, list[Any]]:
+        names, held = passed_columns(keys, args[name])
         if held_back is not None:
-            held_back |= held
-        columns = {name: [row.get(k) for row in rows] for name, k in names.items()}
-        scores[arg.name], errors[arg.name] = fn.score_with_errors(completions, **columns)
-    totals = combine(scores, {arg.name: arg.weight for arg, _ in rewards})
+            held_back.update(held)
+        return {column: [row.get(k) for row in rows] for column, k in names.items()}
+
+    scored = RewardMix([(arg.name, fn, arg.weight) for arg, fn in rewards]).score(
+        [row["completion"] for row in rows], columns)
+    totals = scored.totals()
     out = []
     for i, row in enumerate(rows):
         new = {k: v for k, v in row.items() if k not in _OUTPUT_KEYS}
-        new["rewards"] = {name: s[i] for name, s in scores.items()}
+        new["rewards"] = scored.row(i)
         new["reward"] = totals[i]
-        failed = {name: e[i] for name, e in errors.items() if e[i] is not None}
+        failed = scored.row_errors(i)
         if failed:
             new["errors"] = failed
         out.append(new)

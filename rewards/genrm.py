@@ -221,38 +221,37 @@ def load_principles(name_or_path: str) -> list[str]:
 
 
 class GenRMReward(Verifier):
-    """Generative CoT reward model: a judge's reasoning and verdict, parsed to [0, 1] (kwargs: backend, model, ...)."""
+    """Generative CoT reward model: a judge's reasoning and verdict, parsed to [0, 1].
+
+    The judge's engine is a `GenerationSpec` and its sampling `SamplingParams` (posttrain.core.generation), given
+    whole (`generation=`, `sampling=`) or as their own option names among the keyword arguments, as a recipe's
+    `kwargs:` writes them (`backend`, `model`, `base_url`, `api_key_env`, `timeout_s`, `max_retries`, `batch_size`,
+    `chat`, `options`, ...; `temperature`, `max_new_tokens`, `seed`, ...). `backend: policy` judges with the
+    policy being trained (an `hf` engine bound to the live model). The rest are the judge's own options.
+    """
 
     transient = (("_generator", None), ("_lock", threading.Lock))
+    #: Judges batch fewer prompts than GenerationSpec's default: judge prompts hold a whole completion.
+    default_batch_size = 16
 
     def __init__(
         self,
+        generation: Any = None,
+        sampling: Any = None,
+        *,
         backend: Literal["hf", "vllm", "openai", "scripted", "policy"] = "openai",
-        model: str | None = None,
-        base_url: str | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
-        timeout_s: float = 60.0,
-        max_retries: int = 3,
         n: int = 1,
         template: str | None = None,
         principles: str | None = None,
         mode: Mode = "score",
         scale: float = 10.0,
-        concurrency: int = 8,
         cache: bool = True,
         cache_size: int = 100_000,
-        temperature: float | None = None,
-        max_new_tokens: int = 512,
-        seed: int | None = None,
         reference_column: str = "solution",
         baseline_column: str = "baseline",
         swap: bool = True,
-        chat: bool | None = None,
-        batch_size: int = 16,
-        options: dict[str, Any] | None = None,
+        **engine: Any,
     ):
-        from posttrain.core.generation import GenerationSpec, SamplingParams
-
         if n < 1:
             raise PluginError(f"genrm: n must be at least 1, got {n}")
         if mode not in ("score", "pairwise"):
@@ -270,30 +269,17 @@ class GenRMReward(Verifier):
         self.reference_column = reference_column
         self.baseline_column = baseline_column
         self.swap = swap
-        self.backend = backend
-        spec_kwargs: dict[str, Any] = {
-            "backend": "hf" if backend == "policy" else backend, "model": model, "base_url": base_url,
-            "api_key_env": api_key_env,
-            "timeout_s": timeout_s, "max_retries": max_retries, "concurrency": concurrency,
-            "batch_size": batch_size, "options": dict(options or {}),
-        }
-        if chat is not None:
-            spec_kwargs["chat"] = chat
-        try:
-            self.spec = GenerationSpec(**spec_kwargs)
-            self.sampling = SamplingParams(
-                temperature=(0.0 if n == 1 else 0.7) if temperature is None else temperature,
-                max_new_tokens=max_new_tokens, seed=seed)
-        except ValueError as exc:
-            raise PluginError(f"genrm: bad options: {exc}") from None
-        if backend == "policy" and model:
+        self.spec, self.sampling = self._engine(generation, sampling, backend, engine)
+        self.backend = backend if generation is None else self.spec.backend
+        model = self.spec.model
+        if self.backend == "policy" and model:
             raise PluginError("genrm: backend 'policy' judges with the policy being trained; it takes no `model`")
-        if not model and backend != "policy":
-            raise PluginError(f"genrm: backend {backend!r} needs `model` (a path or hub name for hf/vllm, the served "
-                              "model's name for openai, a module:function for scripted)")
-        if backend == "openai" and not base_url:
+        if not model and self.backend != "policy":
+            raise PluginError(f"genrm: backend {self.backend!r} needs `model` (a path or hub name for hf/vllm, the "
+                              "served model's name for openai, a module:function for scripted)")
+        if self.backend == "openai" and not self.spec.base_url:
             raise PluginError("genrm: backend openai needs base_url, e.g. http://127.0.0.1:8000/v1")
-        self.use_cache = cache and backend != "policy"
+        self.use_cache = cache and self.backend != "policy"
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[float | None, str | None]] = OrderedDict()
         self._generator: Any = None
@@ -304,6 +290,39 @@ class GenRMReward(Verifier):
 
     def __repr__(self) -> str:
         return f"GenRMReward(backend={self.backend!r}, model={self.spec.model!r}, mode={self.mode!r})"
+
+    def _engine(self, generation: Any, sampling: Any, backend: str, engine: dict[str, Any]) -> tuple[Any, Any]:
+        """The judge's GenerationSpec and SamplingParams: given whole, or from the keyword arguments that are theirs
+        (each model validates its own options; a name neither knows is an error naming both lists)."""
+        from posttrain.core.generation import GenerationSpec, SamplingParams
+
+        spec_keys, sampling_keys = set(GenerationSpec.model_fields), set(SamplingParams.model_fields)
+        unknown = sorted(set(engine) - spec_keys - sampling_keys)
+        if unknown:
+            raise PluginError(f"genrm: unknown option(s) {unknown}; the judge's own: mode, n, template, principles, "
+                              "scale, cache, cache_size, reference_column, baseline_column, swap; its engine's "
+                              f"(GenerationSpec): {', '.join(sorted(spec_keys))}; its sampling (SamplingParams): "
+                              f"{', '.join(sorted(sampling_keys))}")
+        spec_options = {k: v for k, v in engine.items() if k in spec_keys}
+        sampling_options = {k: v for k, v in engine.items() if k in sampling_keys}
+        sampling_options.setdefault("temperature", 0.0 if self.n == 1 else 0.7)
+        sampling_options.setdefault("max_new_tokens", 512)
+        try:
+            if generation is None:
+                spec = GenerationSpec(**{"batch_size": self.default_batch_size, **spec_options,
+                                         "backend": "hf" if backend == "policy" else backend})
+            elif spec_options:
+                raise PluginError(f"genrm: give the engine as `generation` or as options, not both ({spec_options})")
+            elif isinstance(generation, dict):
+                spec = GenerationSpec(**{"batch_size": self.default_batch_size, **generation})
+            else:
+                spec = GenerationSpec.model_validate(generation)
+            if sampling is not None and set(engine) & sampling_keys:
+                raise PluginError("genrm: give the sampling as `sampling` or as options, not both")
+            params = SamplingParams.model_validate(sampling if sampling is not None else sampling_options)
+        except ValueError as exc:
+            raise PluginError(f"genrm: bad options: {exc}") from None
+        return spec, params
 
     def bind_policy(self, model: Any, tokenizer: Any) -> bool:
         """Judge with this live model (`backend: policy`): the trainer's own object, so every verdict uses the
@@ -417,7 +436,7 @@ class GenRMReward(Verifier):
         the live policy when it starts."""
         if self.backend == "policy":
             return
-        if self.spec.backend in ("hf", "vllm"):
+        if self.spec.loads_weights:
             from posttrain.core.hub import check_model_source
 
             check_model_source(str(self.spec.model), f"genrm ({self.spec.backend} judge)",

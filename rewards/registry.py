@@ -207,10 +207,3 @@ def list_rewards() -> list[tuple[str, str]]:
             doc = f"(failed to load: {exc})"
         out.append((ep.name, doc.strip().splitlines()[0] if doc.strip() else ""))
     return out
-
-
-def combine(scores: dict[str, list[float | None]], weights: dict[str, float]) -> list[float]:
-    """Weighted sum of the non-null scores per row (as TRL's GRPO sums rewards: nulls count as absent)."""
-    names = list(scores)
-    n = len(scores[names[0]]) if names else 0
-    return [sum(weights.get(k, 1.0) * s for k in names if (s := scores[k][i]) is not None) for i in range(n)]

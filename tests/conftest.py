@@ -27,7 +27,7 @@ def python() -> str:
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny DeepSeek-V3 + tokenizer saved with save_pretrained, shared by the whole session."""
     from data_pipelines.tasks.arithmetic import corpus
-    from posttrain.tiny import build_tiny_model, train_tokenizer
+    from posttrain.core.tiny import build_tiny_model, train_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_base")
     tok = train_tokenizer(corpus(), 512)

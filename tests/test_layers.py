@@ -2,7 +2,9 @@
 
 base      posttrain.core                  imports nothing of ours above it
 domain    rewards, data_pipelines         import the base (data_pipelines may use rewards, never the reverse)
-pipeline  the rest of posttrain           imports everything below
+pipeline  the rest of posttrain           imports everything below, its own folders in the order of a run:
+          recipe < stages.base (the stage contract) < training, eval_presets < report < stages (the kinds)
+          < run, launch < cli
 
 Every import counts, also those inside functions (a lazy import is still an arrow); imports under
 `if TYPE_CHECKING:` do not (they never run).
@@ -23,6 +25,21 @@ ALLOWED = {
     "rewards": ("rewards", "posttrain.core"),
     "data_pipelines": ("data_pipelines", "rewards", "posttrain.core"),
 }
+
+
+#: The pipeline's folders, lowest first: a module may import from its own rank and below. `run` and `launch` share a
+#: rank (the runner launches workers; a worker takes the run's lock and base model).
+PIPELINE = (
+    ("posttrain.recipe",),
+    ("posttrain.stages.base",),
+    ("posttrain.training", "posttrain.eval_presets"),
+    ("posttrain.report",),
+    ("posttrain.stages",),
+    ("posttrain.run", "posttrain.launch"),
+    ("posttrain.cli",),
+)
+#: The only modules allowed at posttrain's top level: everything else lives in the folder of its part of the run.
+TOP_LEVEL = {"posttrain"}
 
 
 def _modules() -> dict[str, Path]:
@@ -96,6 +113,30 @@ def test_a_lower_layer_imports_nothing_above_it(module: str) -> None:
     assert not above, f"{module} ({MODULES[module].relative_to(ROOT)}) imports {above} from a layer above it"
 
 
+def _rank(module: str) -> int | None:
+    """The module's rank in PIPELINE (the most specific prefix wins: `posttrain.stages.base` before `stages`)."""
+    best: tuple[int, int] | None = None
+    for rank, prefixes in enumerate(PIPELINE):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[1]):
+                best = (rank, len(prefix))
+    return None if best is None else best[0]
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _rank(m) is not None))
+def test_the_pipeline_imports_in_the_order_of_a_run(module: str) -> None:
+    rank = _rank(module)
+    assert rank is not None
+    above = sorted(m for m in GRAPH[module] if (r := _rank(m)) is not None and r > rank)
+    assert not above, f"{module} ({MODULES[module].relative_to(ROOT)}) imports {above}, which sit later in the run"
+
+
+def test_every_pipeline_module_has_a_place() -> None:
+    homeless = sorted(m for m in MODULES if m.startswith("posttrain") and not _layer(m) and _rank(m) is None
+                      and m not in TOP_LEVEL)
+    assert not homeless, f"modules outside the folders of the run: {homeless} (put each in the folder of its job)"
+
+
 def _cycles() -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan)."""
     index: dict[str, int] = {}
@@ -139,7 +180,7 @@ def test_the_checker_sees_lazy_relative_and_type_only_imports() -> None:
     source = (
         "from typing import TYPE_CHECKING\n"
         "from .answer import THINK_OPEN\n"
-        "if TYPE_CHECKING:\n    from posttrain.runner import run_recipe\n"
+        "if TYPE_CHECKING:\n    from posttrain.run.runner import run_recipe\n"
         "def f():\n    from posttrain.stages import KINDS\n    import posttrain.recipe\n"
     )
     assert _imports("rewards.format", source) == {"rewards.answer", "posttrain.stages", "posttrain.recipe"}
@@ -149,3 +190,13 @@ def test_the_checker_sees_a_cycle(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(GRAPH, "posttrain.core.errors", GRAPH["posttrain.core.errors"] | {"posttrain.core.plugins"})
     monkeypatch.setitem(GRAPH, "posttrain.core.plugins", GRAPH["posttrain.core.plugins"] | {"posttrain.core.errors"})
     assert ["posttrain.core.errors", "posttrain.core.plugins"] in _cycles()
+
+
+def test_the_order_check_sees_an_arrow_back_and_a_loose_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = "posttrain.training.trainer"
+    monkeypatch.setitem(GRAPH, trainer, GRAPH[trainer] | {"posttrain.run.runner"})
+    with pytest.raises(AssertionError, match="sit later in the run"):
+        test_the_pipeline_imports_in_the_order_of_a_run(trainer)
+    monkeypatch.setitem(MODULES, "posttrain.helpers", ROOT / "posttrain" / "helpers.py")
+    with pytest.raises(AssertionError, match=r"posttrain\.helpers"):
+        test_every_pipeline_module_has_a_place()

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3DecoderLayer, DeepseekV3RMSNorm
 
-log = logging.getLogger("posttrain.mtp")
+log = logging.getLogger("posttrain.training.mtp")
 
 #: Model types whose MTP module this file builds (DeepSeek-V3's decoder layer and checkpoint layout).
 SUPPORTED_MODEL_TYPES = ("deepseek_v3",)

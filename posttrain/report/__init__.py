@@ -6,28 +6,31 @@ and a missing or broken log, or a plot that cannot be drawn, becomes a sentence 
 reader comes for), then has one section per stage in recipe order: what it did, its key figures,
 its plots.
 
-Each kind writes its own section, beside its stage: the kind's module may define
+Each kind has its own section, two functions
 
     report_describe(stage: StageView) -> str                  # one paragraph: what the stage did
     report_figures(doc: Document, stage: StageView) -> None   # key figures and plots (only if it ran)
 
-and a kind without them (a plugin, or one whose module cannot be imported) gets the generic section.
-The report is handed the kinds (`write_report(run_dir, kinds=KINDS)`) rather than importing them,
-so that stage modules can build their sections from this package without an import cycle.
+in `sections/<kind>.py` for the built-in kinds (so that drawing a report never imports torch or a
+trainer), or in a plugin kind's own module; a kind without them (or whose module cannot be imported)
+gets the generic section. The report is handed the kinds (`write_report(run_dir, kinds=KINDS)`)
+rather than importing them, and asks them only about kinds it has no section of its own for.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from posttrain.core.run_folder import REPORT_MD
 from posttrain.report.cross_stage import accuracy_section, length_section, maxvio_comparison_section
 from posttrain.report.inputs import MetricsLog, StageView, load_stages
 from posttrain.report.markdown import Document, all_metrics, overview, status_line
 from posttrain.report.training import training_plots
-from posttrain.run_folder import REPORT_MD
 
 __all__ = ["DESCRIBE_HOOK", "FIGURES_HOOK", "Document", "MetricsLog", "ReportKinds", "StageView", "write_report"]
 
@@ -96,11 +99,28 @@ def _stage_section(doc: Document, stage: StageView, kinds: ReportKinds) -> None:
     all_metrics(doc, stage)
 
 
+class _Section:
+    """A built-in kind's section module (`sections/<kind>.py`), asked for hooks as a stage kind is."""
+
+    def __init__(self, module: Any):
+        self.module = module
+
+    def hook(self, name: str) -> Any:
+        return getattr(self.module, name, None)
+
+
+def _builtin_section(kind: str) -> _Section | None:
+    name = f"{__name__}.sections.{kind}"
+    if not kind.isidentifier() or importlib.util.find_spec(name) is None:
+        return None
+    return _Section(importlib.import_module(name))
+
+
 def _section_hooks(kinds: ReportKinds, kind: str) -> tuple[Describe, Figures, str | None]:
-    """The kind's own describe/figures hooks, each falling back to the generic one, and a note when the kind's
-    module is registered but cannot be imported."""
+    """The kind's own describe/figures hooks (its module in sections/, else the kind's module), each falling back
+    to the generic one, and a note when the kind's module is registered but cannot be imported."""
     try:
-        found: KindHooks | None = kinds.get(kind)
+        found: KindHooks | None = _builtin_section(kind) or kinds.get(kind)
     except KeyError:
         found, note = None, None
     except Exception as exc:  # a broken or uninstalled kind module: the report still describes the stage

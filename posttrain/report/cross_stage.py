@@ -10,11 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posttrain.report.inputs import StageView, is_number, last_third_mean
-from posttrain.report.markdown import Document, num, pct, points, short_path
-from posttrain.report.plots import FIGSIZE, pyplot, save, step_axis
-from posttrain.report.training import MAXVIO_AXIS, balance_label, gamma
-from posttrain.run_folder import (
+from posttrain.core.run_folder import (
     MAX_VIOLATION,
     PASS_AT_1,
     RESPONSE_LENGTH,
@@ -22,6 +18,10 @@ from posttrain.run_folder import (
     RESPONSE_LENGTH_WRONG,
     TEMPERATURE,
 )
+from posttrain.report.inputs import StageView, is_number, last_third_mean
+from posttrain.report.markdown import Document, num, pct, points, short_path
+from posttrain.report.plots import FIGSIZE, pyplot, save, step_axis
+from posttrain.report.training import MAXVIO_AXIS, balance_label, gamma
 
 ACCURACY_PLOT = "accuracy_by_stage.png"
 LENGTH_PLOT = "accuracy_vs_length.png"

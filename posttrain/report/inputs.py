@@ -3,7 +3,7 @@
 report.json is required (without it there is no run to describe); resolved_recipe.yaml, metrics.jsonl,
 stats.json and a balance baseline are optional, and a missing or broken one becomes a `problem`
 sentence on its view instead of an exception. File names and metric keys come from
-`posttrain.run_folder`, so a writer and the report cannot drift apart.
+`posttrain.core.run_folder`, so a writer and the report cannot drift apart.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.core.errors import PosttrainError
-from posttrain.run_folder import (
+from posttrain.core.run_folder import (
     METRICS_FILE,
     REPORT_JSON,
     RESOLVED_RECIPE,

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from posttrain.core.run_folder import PLOTS_DIR
 from posttrain.report.inputs import NOT_RUN, StageView, is_number
-from posttrain.run_folder import PLOTS_DIR
 
 log = logging.getLogger("posttrain.report")
 

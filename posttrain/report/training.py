@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from posttrain.core.run_folder import LOSS, MAX_VIOLATION
 from posttrain.report.inputs import MetricsLog, StageView, balance_baseline, is_number, last_third_mean
 from posttrain.report.markdown import Document, num, trend
 from posttrain.report.plots import FIGSIZE, curve, pyplot, save, step_axis
-from posttrain.run_folder import LOSS, MAX_VIOLATION
 
 EVAL_LOSS = "eval_loss"
 #: The y-axis label of every MaxVio plot.

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from posttrain.core.errors import StageError
 from posttrain.core.generation.base import GenerationSpec
+from posttrain.core.run_folder import DATA_FILE, METRICS_FILE, MODEL_DIR, append_jsonl, read_jsonl
 from posttrain.recipe import Recipe, RewardSpec, StageConfig
-from posttrain.run_folder import DATA_FILE, METRICS_FILE, MODEL_DIR, append_jsonl, read_jsonl
+
+if TYPE_CHECKING:
+    from rewards.mix import RewardMix
 
 
 def resolve_model(recipe: Recipe, run_dir: Path, base_model: str, ref: str | None, needed_by: str) -> str:
@@ -112,13 +115,15 @@ class StageContext:
             raise StageError(f"stage {self.config.name!r}: {path} has no rows")
         return datasets.Dataset.from_list(rows)
 
-    def build_rewards(self, specs: list[RewardSpec]) -> list[tuple[Any, float]]:
-        """(reward function, weight) per spec, with `model:` kwargs naming a stage resolved to its model, each
-        set up (its model loaded) so that one that cannot load fails the stage before it starts."""
+    def build_rewards(self, specs: list[RewardSpec]) -> RewardMix:
+        """The weighted mix of the specs' rewards (labelled by name, unique), with `model:` kwargs naming a stage
+        resolved to its model, each set up (its model loaded) so that one that cannot load fails the stage before
+        it starts."""
+        from rewards.mix import RewardMix, unique_labels
         from rewards.registry import get_reward, takes_option
 
         out = []
-        for spec in specs:
+        for label, spec in zip(unique_labels([s.label for s in specs]), specs, strict=True):
             kwargs = dict(spec.kwargs)
             if isinstance(kwargs.get("model"), str) and kwargs["model"] in self.recipe.stage_names():
                 kwargs["model"] = self.resolve_model(kwargs["model"])
@@ -127,8 +132,8 @@ class StageContext:
                 kwargs["trust_remote_code"] = True  # a reward's tokenizer/model follows the recipe's choice
             reward = get_reward(spec.name, **kwargs)
             reward.setup()  # a reward model or judge that cannot load fails the stage here, not row by row
-            out.append((reward, spec.weight))
-        return out
+            out.append((label, reward, spec.weight))
+        return RewardMix(out)
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         """One JSON line per logging step in DIR/<stage>/metrics.jsonl (main process only)."""

@@ -30,18 +30,18 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_serializer, model_validator
+from pydantic import Field, model_validator
 
 from data_pipelines.decontamination import DecontaminationSpec
 from data_pipelines.filters import FilterSpec
-from data_pipelines.rejection_sampling import KeepRule, reward_labels
+from data_pipelines.rejection_sampling import KeepRule
 from data_pipelines.sources import SourceSpec
 from posttrain.core.errors import StageError
 from posttrain.core.generation import GenerationSpec, SamplingParams
-from posttrain.recipe import RewardSpec, StageConfig
-from posttrain.run_folder import (
+from posttrain.core.identity import ADDED
+from posttrain.core.run_folder import (
     DATA_FILE,
     ERRORS_FILE,
     EVAL_FILE,
@@ -51,9 +51,9 @@ from posttrain.run_folder import (
     STATS_FILE,
     write_json_atomic,
 )
+from posttrain.recipe import RewardSpec, StageConfig
 from posttrain.stages.base import StageContext, StageResult
-from posttrain.stages.distill_report import report_describe as report_describe
-from posttrain.stages.distill_report import report_figures as report_figures
+from rewards.mix import unique_labels
 
 #: Files appended chunk by chunk (truncated to the last finished chunk on resume).
 APPENDED = (DATA_FILE, PAIRS_FILE, ERRORS_FILE)
@@ -68,28 +68,18 @@ class TeacherSpec(GenerationSpec):
     #: Samples per prompt from this teacher (default: the stage's `n`).
     n: int | None = Field(None, ge=1)
     #: Given to the teacher before each prompt, never stored in the SFT rows (V3: "reflection and verification").
-    system_prompt: str | None = None
+    system_prompt: Annotated[str | None, ADDED] = None
     #: Take only the prompts whose `domain_column` is one of these (a domain expert); default: every prompt.
-    domain: str | list[str] | None = None
-    domain_column: str = "domain"
+    domain: Annotated[str | list[str] | None, ADDED] = None
+    domain_column: Annotated[str, ADDED] = "domain"
     #: Or take the prompts a `module:function` predicate (row -> bool) accepts.
-    select: str | None = None
+    select: Annotated[str | None, ADDED] = None
     #: False: non-reasoning answers (V3's non-reasoning data): no `<think>` block needed, layout rewards skipped.
-    reasoning: bool = True
+    reasoning: Annotated[bool, ADDED] = True
+    #: As GenerationSpec's, but it counts even when unset: teachers were hashed with it before it was marked added.
+    trust_remote_code: bool | None = None
 
     _OWN: ClassVar[set[str]] = {"name", "n", "system_prompt", "domain", "domain_column", "select", "reasoning"}
-
-    @model_serializer(mode="wrap")
-    def _without_unset_v3_options(self, handler: Any) -> Any:
-        """Leave options out while unset (those added for V3's recipe, and GenerationSpec's `speculative`, whose own
-        serializer this one replaces): existing stages keep their config hash."""
-        data = handler(self)
-        if isinstance(data, dict):
-            for key, default in (("system_prompt", None), ("domain", None), ("domain_column", "domain"),
-                                 ("select", None), ("reasoning", True), ("speculative", None)):
-                if getattr(self, key) == default:
-                    data.pop(key, None)
-        return data
 
     def label(self) -> str:
         if self.name:
@@ -155,7 +145,7 @@ class Config(StageConfig):
         labels = [t.label() for t in self.teachers]
         if len(set(labels)) != len(labels):
             raise ValueError(f"teacher labels must differ (got {labels}): give each teacher a 'name'")
-        known = reward_labels([r.label for r in self.rewards])
+        known = unique_labels([r.label for r in self.rewards])
         unknown = sorted(set(self.keep.thresholds) - set(known))
         if unknown:
             raise ValueError(f"keep.thresholds names {unknown}, which are not rewards of this stage ({known})")
@@ -292,7 +282,7 @@ def _build_sampler(cfg: Config, ctx: StageContext, eval_rows: list[dict[str, Any
     teachers = []
     for spec in cfg.teachers:
         model = spec.model
-        ours = spec.backend in ("hf", "vllm") and (model in (None, "base") or model in ctx.recipe.stage_names())
+        ours = spec.loads_weights and (model in (None, "base") or model in ctx.recipe.stage_names())
         if ours:
             model = ctx.resolve_model(model)
         seed = cfg.sampling.seed if cfg.sampling.seed is not None else derive_seed(ctx.seed, cfg.name, spec.label())
@@ -300,8 +290,7 @@ def _build_sampler(cfg: Config, ctx: StageContext, eval_rows: list[dict[str, Any
         gen = ctx.with_remote_code(spec.generation_spec(), ours)
         teachers.append(Teacher(spec.label(), make_generator(gen, model), spec.n or cfg.n, sampling,
                                 system_prompt=spec.system_prompt, accepts=spec.accepts(), reasoning=spec.reasoning))
-    labels = reward_labels([r.label for r in cfg.rewards])
-    rewards = [(label, fn, weight) for label, (fn, weight) in zip(labels, ctx.build_rewards(cfg.rewards), strict=True)]
+    rewards = ctx.build_rewards(cfg.rewards)
 
     count_tokens = None
     if cfg.filters.max_tokens is not None or cfg.prefer_shorter:

@@ -21,20 +21,10 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from posttrain.core.errors import DataError
-from posttrain.report.inputs import StageView, is_number
-from posttrain.report.markdown import Document, model_name, num, pct, trend
-from posttrain.report.plots import plot_panels
-from posttrain.report.training import balance_text, maxvio_figures, training_plots
-from posttrain.run_folder import LOSS, PAIRS_FILE
+from posttrain.core.run_folder import DPO_ACCURACY, DPO_CHOSEN, DPO_MARGIN, DPO_REJECTED, LOSS, PAIRS_FILE
 from posttrain.stages.base import StageContext, StageResult
 from posttrain.stages.reward_model import split_by_prompt
-from posttrain.stages.trainer import TrainerConfig, TrainerStage, require_columns
-
-#: What TRL's DPOTrainer logs per step (and with `eval_` on held-out pairs).
-ACCURACY = "rewards/accuracies"
-MARGIN = "rewards/margins"
-CHOSEN = "rewards/chosen"
-REJECTED = "rewards/rejected"
+from posttrain.training.trainer import TrainerConfig, TrainerStage, require_columns
 
 
 class Config(TrainerConfig):
@@ -64,14 +54,14 @@ class Config(TrainerConfig):
 
 class DPOStage(TrainerStage):
     cfg: Config
-    log_keys = (LOSS, ACCURACY, MARGIN, "eval_" + ACCURACY)
+    log_keys = (LOSS, DPO_ACCURACY, DPO_MARGIN, "eval_" + DPO_ACCURACY)
 
     def trainer_class(self) -> type:
         from trl import DPOTrainer
 
         class Trainer(DPOTrainer):
             def __init__(self, *args: Any, **kwargs: Any) -> None:
-                from posttrain.lora import keep_lora_targets
+                from posttrain.training.lora import keep_lora_targets
 
                 with keep_lora_targets(kwargs["model"]):  # TRL applies the LoRA config (see load_model)
                     super().__init__(*args, **kwargs)
@@ -119,7 +109,7 @@ class DPOStage(TrainerStage):
         return self.model
 
     def trainer_kwargs(self, dataset: Any) -> dict[str, Any]:
-        from posttrain.lora import find_targets, lora_config
+        from posttrain.training.lora import find_targets, lora_config
 
         kwargs: dict[str, Any] = {"train_dataset": dataset, "ref_model": self.reference_model(),
                                   "eval_dataset": self.held_out if len(self.held_out) else None}
@@ -152,14 +142,14 @@ class DPOStage(TrainerStage):
         if not len(self.held_out):
             return metrics
         found = held_out_figures(trainer)
-        metrics.update(pairwise_accuracy=round(found[ACCURACY], 4), reward_margin=round(found[MARGIN], 4),
-                       chosen_reward=round(found[CHOSEN], 4), rejected_reward=round(found[REJECTED], 4),
+        metrics.update(pairwise_accuracy=round(found[DPO_ACCURACY], 4), reward_margin=round(found[DPO_MARGIN], 4),
+                       chosen_reward=round(found[DPO_CHOSEN], 4), rejected_reward=round(found[DPO_REJECTED], 4),
                        eval_loss=round(found[LOSS], 5))
-        logged = {row.get("step") for row in trainer.state.log_history if f"eval_{ACCURACY}" in row}
+        logged = {row.get("step") for row in trainer.state.log_history if f"eval_{DPO_ACCURACY}" in row}
         if result.global_step not in logged:  # the curve ends at the final model
             self.ctx.append_metrics({"step": result.global_step, **{f"eval_{k}": v for k, v in found.items()}})
-        self.ctx.log.info("held-out preference accuracy %.3f on %d pairs (margin %.3f)", found[ACCURACY],
-                          len(self.held_out), found[MARGIN])
+        self.ctx.log.info("held-out preference accuracy %.3f on %d pairs (margin %.3f)", found[DPO_ACCURACY],
+                          len(self.held_out), found[DPO_MARGIN])
         return metrics
 
 
@@ -175,7 +165,7 @@ def held_out_figures(trainer: Any) -> dict[str, float]:
     model = trainer.model
     was_training = model.training
     model.eval()
-    keys = (ACCURACY, MARGIN, CHOSEN, REJECTED)
+    keys = (DPO_ACCURACY, DPO_MARGIN, DPO_CHOSEN, DPO_REJECTED)
     sums = dict.fromkeys((LOSS, *keys), 0.0)
     total = 0
     batch_metrics = trainer._metrics["eval"]
@@ -202,44 +192,3 @@ def _length(args: Any) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # The report's section on this kind (posttrain.report finds these hooks on this module)
-
-_CURVES = (
-    (ACCURACY, "preference accuracy (training batches)"),
-    ("eval_" + ACCURACY, "preference accuracy (held out)"),
-    (MARGIN, "implicit reward margin, chosen − rejected"),
-    ("eval_" + MARGIN, "held-out implicit reward margin"),
-)
-
-
-def report_describe(stage: StageView) -> str:
-    beta = stage.metrics.get("beta")
-    beta_text = f", β = {num(beta)}" if is_number(beta) else ""
-    ref = stage.config.get("reference")
-    ref_text = f"`{ref}`" if ref else "the starting model"
-    return (f"Trained {model_name(stage, 'the base model')} with DPO (TRL's DPOTrainer{beta_text}) on chosen/rejected "
-            f"pairs against a frozen reference ({ref_text}){balance_text(stage)}. The implicit reward of an answer is "
-            f"β·log(π/π_ref); preference accuracy is how often the chosen answer's beats the rejected one's on "
-            f"held-out pairs.")
-
-
-def report_figures(doc: Document, stage: StageView) -> None:
-    """Held-out preference accuracy and margin, the training curves, loss and MaxVio."""
-    m, lg = stage.metrics, stage.log
-    figures = []
-    if is_number(m.get("pairwise_accuracy")):
-        figures.append(f"- **preference accuracy (held out): {pct(m['pairwise_accuracy'])}** (chance: 50.0 %)")
-    if is_number(m.get("reward_margin")):
-        figures.append(f"- implicit reward margin (held out): {num(m['reward_margin'])} (chosen "
-                       f"{num(m.get('chosen_reward'))}, rejected {num(m.get('rejected_reward'))})")
-    for key in ("train_loss", "eval_loss", "pairs", "eval_pairs"):
-        if is_number(m.get(key)):
-            figures.append(f"- {key.replace('_', ' ')}: {num(m[key])}")
-    if lg.has(LOSS):
-        figures.append(f"- logged loss: {trend(*lg.series(LOSS))}")
-    if lg.has(ACCURACY):
-        figures.append(f"- preference accuracy on training batches: {trend(*lg.series(ACCURACY))}")
-    figures += maxvio_figures(stage)
-    doc.key_figures(figures)
-    doc.plot(f"{stage.name}: preference accuracy and margin",
-             lambda: plot_panels(doc.plot_path(stage, "preferences"), stage, _CURVES, "preference accuracy and margin"))
-    training_plots(doc, stage, moe=True)

@@ -17,17 +17,14 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, ValidationError, model_serializer, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from posttrain.core.errors import DataError, PluginError
 from posttrain.core.generation import GenerationSpec, SamplingParams
-from posttrain.recipe import RewardSpec, StageConfig
-from posttrain.report.cross_stage import SCORES
-from posttrain.report.inputs import StageView, is_number
-from posttrain.report.markdown import Document, model_name, num, pct
-from posttrain.run_folder import (
+from posttrain.core.identity import ADDED
+from posttrain.core.run_folder import (
     ACCURACY,
     BENCHMARK,
     EVAL_FILE,
@@ -45,7 +42,10 @@ from posttrain.run_folder import (
     repair_jsonl_tail,
     temperature_label,
 )
+from posttrain.recipe import RewardSpec, StageConfig
+from posttrain.report.inputs import is_number
 from posttrain.stages.base import StageContext, StageResult
+from rewards.mix import RewardMix
 
 #: Counts the tokens of each completion text (None: it cannot, e.g. no tokenizer).
 TokenCounter = Callable[[list[str]], "list[int] | None"]
@@ -74,12 +74,12 @@ class Config(StageConfig):
     chunk_size: int = Field(128, ge=1)
     #: A benchmark preset by name (posttrain.eval_presets): its prompts, answer columns and rewards (unless
     #: `rewards` is given), and stop strings it needs (unless `sampling.stop` is given).
-    benchmark: str | None = None
+    benchmark: Annotated[str | None, ADDED] = None
     #: The preset's own options, e.g. humaneval `{style: complete}`, livecodebench `{version: release_v5}`.
-    benchmark_options: dict[str, Any] = Field(default_factory=dict)
+    benchmark_options: Annotated[dict[str, Any], ADDED] = Field(default_factory=dict)
     #: Sample at each of these temperatures: `pass@1/T=<t>` each and `pass@1/mean`. `pass@1` stays the one at
     #: `sampling.temperature`, which defaults to the first of these.
-    temperatures: list[float] | None = Field(None, min_length=1)
+    temperatures: Annotated[list[float] | None, ADDED] = Field(None, min_length=1)
 
     ref_fields: ClassVar[tuple[str, ...]] = ("model", "data")
     required_outputs: ClassVar[tuple[str, ...]] = (SAMPLES_FILE,)
@@ -124,16 +124,6 @@ class Config(StageConfig):
         if stop and self.sampling.stop is None:
             self.sampling = self.sampling.model_copy(update={"stop": stop})
 
-    @model_serializer(mode="wrap")
-    def _without_unset_options(self, handler: Any) -> Any:
-        """Leave the newer keys out while unset: eval stages written before them keep their config hash."""
-        data = handler(self)
-        if isinstance(data, dict):
-            for key, unset in (("benchmark", None), ("benchmark_options", {}), ("temperatures", None)):
-                if data.get(key, unset) == unset:
-                    data.pop(key, None)
-        return data
-
     def all_temperatures(self) -> list[float]:
         """The sampling temperatures, `sampling.temperature` (pass@1's) first."""
         primary = self.sampling.temperature
@@ -162,7 +152,7 @@ def evaluate(ctx: StageContext) -> Evaluation:
     cfg = ctx.config
     assert isinstance(cfg, Config)
     # The stage's model feeds the engines that load weights; a scripted or remote engine names its own.
-    local = cfg.generation.backend in ("hf", "vllm")
+    local = cfg.generation.loads_weights
     model = ctx.resolve_model(cfg.model) if local or not cfg.generation.model else cfg.generation.model
     rows = _rows(ctx, cfg)
     scorer = _Scorer(ctx.build_rewards(cfg.rewards), cfg.prompt_column)
@@ -236,26 +226,18 @@ def _generated_lengths(generator: Any, completions: list[list[str]]) -> list[lis
 class _Scorer:
     """Scores k completions per row with the weighted rewards; keeps each completion's reasons (the rows' errors)."""
 
-    def __init__(self, rewards: list[tuple[Any, float]], prompt_column: str):
-        self.rewards = rewards
-        self.total_weight = sum(w for _, w in rewards) or 1.0
+    def __init__(self, mix: RewardMix, prompt_column: str):
+        self.mix = mix
         self.prompt_column = prompt_column
 
     def __call__(self, chunk: list[dict[str, Any]],
                  completions: list[list[str]]) -> tuple[list[list[float]], list[list[str | None]]]:
-        from rewards.registry import combine
-
         flat = [c for cs in completions for c in cs]
         k = len(completions[0])
         columns = {key: [r[key] for r in chunk for _ in range(k)] for key in chunk[0] if key not in ("id",)}
         columns["prompts"] = columns.pop(self.prompt_column)
-        per_reward, weights, reasons = {}, {}, []
-        for i, (fn, weight) in enumerate(self.rewards):
-            per_reward[str(i)], errors = fn.score_with_errors(flat, **columns)  # build_rewards gives `Reward`s
-            weights[str(i)] = weight
-            reasons.append(errors)
-        combined = [s / self.total_weight for s in combine(per_reward, weights)]
-        why = ["; ".join(e for e in row if e) or None for row in zip(*reasons, strict=True)]
+        scored = self.mix.score(flat, columns)
+        combined, why = scored.totals(normalised=True), scored.reasons()
         return ([combined[i * k:(i + 1) * k] for i in range(len(chunk))],
                 [why[i * k:(i + 1) * k] for i in range(len(chunk))])
 
@@ -386,36 +368,3 @@ def _rows(ctx: StageContext, cfg: Config) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------
 # The report's section on this kind (posttrain.report finds these hooks on this module; the accuracy-by-stage
 # table across eval stages is the report's own)
-
-
-def report_describe(stage: StageView) -> str:
-    # An eval stage's metrics name the model it scored (other stages' name their output).
-    model = model_name(stage, "a model", fallback=stage.metrics.get("model"))
-    n = next((stage.metrics[k] for k in ("prompts", "num_prompts", "n") if is_number(stage.metrics.get(k))), None)
-    preset = stage.metrics.get(BENCHMARK) or stage.config.get(BENCHMARK)
-    what = f"prompts of the benchmark preset `{preset}`" if preset else "held-out prompts"
-    held = f" on {n} {what}" if n is not None else f" on {what}"
-    return (f"Scored {model}{held}: greedy accuracy (one answer per prompt) and sampled pass@1 "
-            f"(mean accuracy over k samples per prompt).")
-
-
-def report_figures(doc: Document, stage: StageView) -> None:
-    m = stage.metrics
-    figures = []
-    for key, label in SCORES.items():
-        if is_number(m.get(key)):
-            value = pct(m[key])
-            if key == PASS_AT_1 and is_number(m.get(TEMPERATURE)):
-                label += f" (T = {num(m[TEMPERATURE])})"
-            figures.append(f"- **{label}: {value}**" if key == ACCURACY else f"- {label}: {value}")
-    temps = [t for t in m.get(TEMPERATURES) or [] if is_number(t)]
-    per_t = [f"T = {num(t)}: {pct(m[at_temperature(PASS_AT_1, t)])}" for t in temps
-             if is_number(m.get(at_temperature(PASS_AT_1, t)))]
-    if per_t and is_number(m.get(PASS_AT_1_MEAN)):
-        figures.append(f"- sampled pass@1 by temperature: {', '.join(per_t)}; mean {pct(m[PASS_AT_1_MEAN])}")
-    if is_number(m.get(RESPONSE_LENGTH)):
-        parts = [f"{num(m[k])} when {what}" for k, what in ((RESPONSE_LENGTH_CORRECT, "correct"),
-                                                             (RESPONSE_LENGTH_WRONG, "wrong")) if is_number(m.get(k))]
-        figures.append(f"- response length: {num(m[RESPONSE_LENGTH])} tokens on average"
-                       + (f" ({', '.join(parts)})" if parts else ""))
-    doc.key_figures(figures or ["- no accuracy reported"])

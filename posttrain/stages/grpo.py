@@ -17,15 +17,14 @@ import logging
 import math
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from posttrain.core.errors import MissingDependencyError, StageError
 from posttrain.core.generation import SpeculativeSpec
-from posttrain.dynamic_sampling import DynamicSamplingConfig
-from posttrain.recipe import RewardSpec, for_identity
-from posttrain.run_folder import (
+from posttrain.core.identity import ADDED, PLACEMENT, Placement
+from posttrain.core.run_folder import (
     GROUPS_DROPPED,
     METRICS_FILE,
     PROMPTS_FILE,
@@ -34,10 +33,10 @@ from posttrain.run_folder import (
     ROLLOUT_LOGP_DIFF_MAX,
     read_jsonl,
 )
+from posttrain.recipe import RewardSpec
 from posttrain.stages.base import StageContext, StageResult
-from posttrain.stages.grpo_report import report_describe as report_describe
-from posttrain.stages.grpo_report import report_figures as report_figures
-from posttrain.stages.trainer import TrainerConfig, TrainerStage, require_columns
+from posttrain.training.dynamic_sampling import DynamicSamplingConfig
+from posttrain.training.trainer import TrainerConfig, TrainerStage, require_columns
 
 log = logging.getLogger("posttrain.grpo")
 
@@ -72,49 +71,29 @@ class RolloutSpec(BaseModel):
     backend: Literal["auto", "vllm", "transformers"] = "auto"
     #: vLLM mode: `colocate` (same GPUs as training) or `server` (`posttrain rollout-server` on GPUs of its own).
     mode: Literal["colocate", "server"] = "colocate"
-    server_host: str = "127.0.0.1"
+    server_host: Annotated[str, Placement(pin="127.0.0.1")] = "127.0.0.1"
     #: Not 8000, where `vllm serve` (a distillation teacher on this machine, say) listens by default.
-    server_port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    #: (Stages were first hashed with port 8000, the pin.)
+    server_port: Annotated[int, Placement(pin=8000)] = Field(DEFAULT_PORT, ge=1, le=65535)
     #: Server mode: `posttrain run` starts the rollout server for this stage on `gpus`, trains on the other GPUs
     #: of the machine, and stops the server after. Off: start it yourself (the run says how when it is not up).
-    start: bool = False
+    start: Annotated[bool, ADDED, PLACEMENT] = False
     #: The GPUs the started server uses: indices among those the machine shows (CUDA_VISIBLE_DEVICES order);
     #: several run vLLM data-parallel.
-    gpus: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    gpus: Annotated[list[int], ADDED, PLACEMENT] = Field(default_factory=lambda: [0], min_length=1)
     #: More `posttrain rollout-server` options for the started server, e.g. "--tensor-parallel-size 2".
-    server_args: str = ""
+    server_args: Annotated[str, ADDED, PLACEMENT] = ""
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     #: In-process rollouts: speculative decoding drafted by the model's MTP module (`speculative: {mtp: true}`).
-    speculative: SpeculativeSpec | None = None
+    speculative: Annotated[SpeculativeSpec | None, ADDED] = None
     #: A logging step whose mean per-token |log p_trainer - log p_vLLM| exceeds this logs a WARNING (vLLM only).
-    max_logp_diff: float = Field(0.05, gt=0)
+    max_logp_diff: Annotated[float, ADDED] = Field(0.05, gt=0)
 
     @model_validator(mode="after")
     def _start_needs_server_mode(self) -> RolloutSpec:
         if self.start and (self.mode != "server" or self.backend == "transformers"):
             raise ValueError("start: true starts a vLLM rollout server: set backend: vllm (or auto) and mode: server")
         return self
-
-    @model_serializer(mode="wrap")
-    def _without_unset_new_options(self, handler: Any, info: SerializationInfo) -> Any:
-        """Leave options added after a stage was written out while they keep their defaults: such a stage keeps
-        its config hash (and `max_logp_diff` only sets when to warn, never what is trained). Where the server
-        runs and who starts it are no part of the stage's identity (pinned to the old defaults there)."""
-        data = handler(self)
-        if isinstance(data, dict):
-            if self.speculative is None:
-                data.pop("speculative", None)
-            if self.max_logp_diff == 0.05:
-                data.pop("max_logp_diff", None)
-            if not self.start or for_identity(info):
-                data.pop("start", None)
-            if self.gpus == [0] or for_identity(info):
-                data.pop("gpus", None)
-            if not self.server_args or for_identity(info):
-                data.pop("server_args", None)
-            if for_identity(info):
-                data.update(server_host="127.0.0.1", server_port=8000)
-        return data
 
 
 class Config(TrainerConfig):
@@ -127,14 +106,12 @@ class Config(TrainerConfig):
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     #: Stop the stage when more than this share of one reward's rows failed over the last `reward_error_window`
     #: scoring rounds (one per generation batch); the error names that reward's first failure. 1 never stops.
-    max_reward_error_rate: float = Field(0.5, ge=0, le=1)
-    reward_error_window: int = Field(10, ge=1)
+    max_reward_error_rate: Annotated[float, ADDED] = Field(0.5, ge=0, le=1)
+    reward_error_window: Annotated[int, ADDED] = Field(10, ge=1)
     #: Log a warning, once per reward, when it scored 0.0 on every completion for this many scoring rounds in a
     #: row (with a sample completion and its gold): the first sign of a prompt/reward format mismatch. 0: never.
-    zero_reward_warning_rounds: int = Field(20, ge=0)
+    zero_reward_warning_rounds: Annotated[int, ADDED] = Field(20, ge=0)
 
-    omit_when_default: ClassVar[tuple[str, ...]] = (*TrainerConfig.omit_when_default, "max_reward_error_rate",
-                                                    "reward_error_window", "zero_reward_warning_rounds")
     trl_config: ClassVar[str | None] = "trl:GRPOConfig"
     trl_defaults: ClassVar[dict[str, Any]] = {
         "logging_steps": 5,
@@ -159,13 +136,13 @@ class GRPOStage(TrainerStage):
         return GRPOTrainer
 
     def mixins(self) -> tuple[type, ...]:
-        from posttrain.dynamic_sampling import DynamicSamplingMixin
-        from posttrain.mtp import SpeculativeRolloutMixin
+        from posttrain.training.dynamic_sampling import DynamicSamplingMixin
+        from posttrain.training.mtp import SpeculativeRolloutMixin
 
         mixins: tuple[type, ...] = (RewardErrorGuardMixin, ThinkOpenerMixin, ZeroRewardWarningMixin,
                                     DynamicSamplingMixin, SpeculativeRolloutMixin, *super().mixins())
         if getattr(self.args, "use_vllm", False):
-            from posttrain.vllm_sync import VLLMSyncMixin
+            from posttrain.training.vllm_sync import VLLMSyncMixin
 
             mixins += (VLLMSyncMixin,)
         return mixins
@@ -179,7 +156,7 @@ class GRPOStage(TrainerStage):
         return _rollout_args(self.cfg, self.ctx)
 
     def trainer_kwargs(self, dataset: Any) -> dict[str, Any]:
-        self.rewards = [fn for fn, _ in self.ctx.build_rewards(self.cfg.rewards)]
+        self.rewards = self.ctx.build_rewards(self.cfg.rewards).functions
         return {"train_dataset": dataset, "reward_funcs": self.rewards}
 
     def after_init(self, trainer: Any, dataset: Any) -> None:

@@ -10,22 +10,24 @@ keeps its columns (the rewards need them) and gains `pass_rate`.
 from __future__ import annotations
 
 import json
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 
 from data_pipelines.pass_rate_filter import PassRateBounds, histogram, pass_rate, select
 from posttrain.core.errors import StageError
-from posttrain.report.inputs import StageView, is_number
-from posttrain.report.markdown import Document, model_name, num, pct
-from posttrain.run_folder import PASS_AT_1, PROMPTS_FILE, SAMPLES_FILE, write_text_atomic
+from posttrain.core.identity import SELECTION
+from posttrain.core.run_folder import (
+    DROPPED_SOLVED,
+    DROPPED_UNSOLVED,
+    KEPT,
+    PASS_RATES,
+    PROMPTS_FILE,
+    SAMPLES_FILE,
+    write_text_atomic,
+)
 from posttrain.stages import eval as eval_stage
 from posttrain.stages.base import StageContext, StageResult
-
-KEPT = "kept"
-DROPPED_SOLVED = "dropped_solved"
-DROPPED_UNSOLVED = "dropped_unsolved"
-PASS_RATES = "pass_rates"
 
 
 class Config(eval_stage.Config):
@@ -35,11 +37,11 @@ class Config(eval_stage.Config):
     samples: int = Field(8, ge=1)
     #: Only sampled answers measure a pass rate; greedy decoding adds nothing here.
     greedy: bool = False
-    keep: PassRateBounds = Field(default_factory=PassRateBounds)
+    #: New bounds (or a new threshold) select again from the same samples: no new generation.
+    keep: Annotated[PassRateBounds, SELECTION] = Field(default_factory=PassRateBounds)
+    threshold: Annotated[float, SELECTION] = 1.0
 
     required_outputs: ClassVar[tuple[str, ...]] = (SAMPLES_FILE, PROMPTS_FILE)
-    #: New bounds (or a new threshold) select again from the same samples: no new generation.
-    selection_fields: ClassVar[tuple[str, ...]] = ("keep", "threshold")
     reusable_outputs: ClassVar[tuple[str, ...]] = (SAMPLES_FILE,)
 
 
@@ -65,24 +67,3 @@ def run(ctx: StageContext) -> StageResult:
 
 # --------------------------------------------------------------------------------------------------
 # The report's section on this kind
-
-
-def report_describe(stage: StageView) -> str:
-    model = model_name(stage, "a model", fallback=stage.metrics.get("model"))
-    return (f"Sampled answers with {model} to measure each prompt's pass rate, and kept the prompts it solves "
-            f"sometimes but not always (GRPO learns nothing from the others).")
-
-
-def report_figures(doc: Document, stage: StageView) -> None:
-    m = stage.metrics
-    figures = []
-    if is_number(m.get(KEPT)) and is_number(m.get("prompts")) and m["prompts"]:
-        figures.append(f"- **kept {num(m[KEPT])} of {num(m['prompts'])} prompts ({pct(m[KEPT] / m['prompts'])})**")
-    for key, what in ((DROPPED_SOLVED, "always solved"), (DROPPED_UNSOLVED, "never solved")):
-        if is_number(m.get(key)):
-            figures.append(f"- dropped as {what}: {num(m[key])}")
-    if is_number(m.get(PASS_AT_1)):
-        figures.append(f"- mean pass rate before filtering: {pct(m[PASS_AT_1])}")
-    if isinstance(m.get(PASS_RATES), dict):
-        figures.append("- prompts by pass rate: " + ", ".join(f"{k}: {v}" for k, v in m[PASS_RATES].items()))
-    doc.key_figures(figures or ["- no filter figures reported"])

@@ -23,15 +23,11 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from posttrain.core.errors import DataError
-from posttrain.moe_balance import MoEBalanceConfig
+from posttrain.core.run_folder import JUDGE_DATA_FILE, MODEL_DIR, PAIRS_FILE
 from posttrain.recipe import RewardSpec, StrictModel
-from posttrain.report.inputs import StageView, is_number
-from posttrain.report.markdown import Document, model_name, num, pct, trend
-from posttrain.report.plots import plot_panels
-from posttrain.report.training import training_plots
-from posttrain.run_folder import JUDGE_DATA_FILE, LOSS, MODEL_DIR, PAIRS_FILE
 from posttrain.stages.base import StageContext, StageResult
-from posttrain.stages.trainer import TrainerConfig, TrainerStage, require_columns
+from posttrain.training.moe_balance import MoEBalanceConfig
+from posttrain.training.trainer import TrainerConfig, TrainerStage, require_columns
 
 #: Training pairs scored for reward_stats.json when nothing is held out.
 STATS_SAMPLE = 512
@@ -159,7 +155,7 @@ class RewardModelStage(TrainerStage):
         from transformers import set_seed
 
         from posttrain.core.models import load_sequence_classifier, torch_dtype, without_router_logits
-        from posttrain.lora import apply_lora
+        from posttrain.training.lora import apply_lora
 
         dtype = {} if spec is None else {"dtype": torch_dtype(spec.dtype)}
         set_seed(self.args.seed)  # the head is initialised at random: as RewardTrainer does, seed first
@@ -271,9 +267,8 @@ def _write_judge_data(ctx: StageContext, spec: JudgeDataSpec, train: Any) -> int
     path = ctx.stage_dir / JUDGE_DATA_FILE
     if not ctx.is_main_process:
         return 0
-    verifiers = [(s.label, fn, w) for s, (fn, w) in zip(spec.verifiers, ctx.build_rewards(spec.verifiers),
-                                                          strict=True)]
-    count = write_judge_examples(pair_rows(train.to_list()), path, verifiers=verifiers, template=spec.template,
+    count = write_judge_examples(pair_rows(train.to_list()), path, verifiers=ctx.build_rewards(spec.verifiers),
+                                 template=spec.template,
                                  use_reference=spec.reference, scale=spec.scale, max_examples=spec.max_examples,
                                  seed=ctx.seed)
     ctx.log.info("wrote %d judged examples to %s", count, path)
@@ -284,36 +279,3 @@ def _write_judge_data(ctx: StageContext, spec: JudgeDataSpec, train: Any) -> int
 # The report's section on this kind (posttrain.report finds these hooks on this module)
 
 #: What TRL's RewardTrainer logs besides the loss, with panel titles.
-_CURVES = (
-    ("accuracy", "pairwise accuracy (training batches)"),
-    ("eval_accuracy", "pairwise accuracy (held out)"),
-    ("margin", "mean reward margin, chosen − rejected"),
-    ("eval_margin", "held-out reward margin"),
-)
-
-
-def report_describe(stage: StageView) -> str:
-    return (f"Trained a Bradley-Terry reward model from {model_name(stage, 'a model')} with TRL's RewardTrainer on "
-            f"chosen/rejected pairs; pairwise accuracy is how often it scores the chosen answer above the rejected "
-            f"one on held-out pairs.")
-
-
-def report_figures(doc: Document, stage: StageView) -> None:
-    """Held-out pairwise accuracy against chance, the accuracy and margin curves, and the loss."""
-    figures = []
-    acc = stage.metrics.get("pairwise_accuracy")
-    if is_number(acc):
-        figures.append(f"- **pairwise accuracy (held out): {pct(acc)}** (chance: 50.0 %)")
-    else:
-        figures.append("- pairwise accuracy: not reported")
-    for key in ("train_loss", "eval_loss", "pairs", "eval_pairs"):
-        if is_number(stage.metrics.get(key)):
-            figures.append(f"- {key.replace('_', ' ')}: {num(stage.metrics[key])}")
-    if stage.log.has(LOSS):
-        figures.append(f"- logged loss: {trend(*stage.log.series(LOSS))}")
-    if stage.log.has("accuracy"):
-        figures.append(f"- pairwise accuracy on training batches: {trend(*stage.log.series('accuracy'))}")
-    doc.key_figures(figures)
-    doc.plot(f"{stage.name}: pairwise accuracy",
-             lambda: plot_panels(doc.plot_path(stage, "accuracy"), stage, _CURVES, "pairwise accuracy and margin"))
-    training_plots(doc, stage)

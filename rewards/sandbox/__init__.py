@@ -40,7 +40,7 @@ tests' side of call-style tests, inside), `bwrap` (the
 command line), `seccomp` (the filter), `uids` (a uid per live sandbox), `languages` (what each
 language compiles and runs with), `results` (Limits, RunResult).
 
->>> run("print(sum(map(int, input().split())))", stdin="2 3").stdout  # doctest: +SKIP
+>>> run("print(sum(map(int, input().split())))", stdin="2 3").stdout
 '5\\n'
 """
 

@@ -14,7 +14,7 @@ from benchmarks.run import normalise
 @pytest.fixture(scope="module")
 def mtp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from data_pipelines.tasks.arithmetic import corpus
-    from posttrain.tiny import build_tiny_model, train_tokenizer
+    from posttrain.core.tiny import build_tiny_model, train_tokenizer
 
     out = tmp_path_factory.mktemp("bench_mtp")
     tok = train_tokenizer(corpus(), 512)

@@ -12,11 +12,11 @@ from data_pipelines.judge_data import (
     reference_answer,
     scripted_judgement,
     verdict_score,
-    verify,
     write_judge_examples,
 )
 from data_pipelines.tasks.arithmetic import solution_text
 from rewards.genrm import GenRMReward, parse_score, render
+from rewards.mix import RewardMix
 from rewards.registry import get_reward
 
 GOOD = solution_text(619, 35)  # ... \boxed{654}
@@ -41,7 +41,9 @@ def test_the_reference_is_the_solution_else_the_chosen_boxed_answer() -> None:
 
 def test_verifiers_label_every_completion() -> None:
     rows = pair_rows(PAIRS)
-    scores, errors = verify(rows, default_verifiers())
+    scored = RewardMix(default_verifiers()).score([r["completion"] for r in rows], {
+        "prompts": [r["prompt"] for r in rows], "solution": [r["solution"] for r in rows]})
+    scores, errors = [scored.row(i) for i in range(len(rows))], [scored.row_errors(i) for i in range(len(rows))]
     assert errors == [{}] * len(rows)
     assert scores[0] == {"math": 1.0, "format": 1.0}
     assert scores[1] == {"math": 0.0, "format": 1.0}  # slipped a digit

@@ -13,8 +13,6 @@ from data_pipelines.rejection_sampling import (
     Sample,
     Teacher,
     judge,
-    reward_labels,
-    score,
     select,
 )
 from data_pipelines.tasks.arithmetic import solution_text, train_prompts
@@ -66,16 +64,6 @@ def test_select_prefers_shorter_when_asked() -> None:
     samples[3].reason = "reward_answer"
     assert [s.index for s in select(samples)] == [0, 1, 2]
     assert [s.index for s in select(samples, prefer_shorter=True)] == [1, 2, 0]
-
-
-def test_reward_labels_are_unique() -> None:
-    assert reward_labels(["math", "format", "math", "math"]) == ["math", "format", "math_2", "math_3"]
-
-
-def test_score_passes_columns_like_trl() -> None:
-    scores, errors = score(_rewards(), ["Compute 365+75."] * 2, [RIGHT, WRONG], {"solution": ["440", "440"]})
-    assert scores == [{"answer": 1.0, "format": 1.0}, {"answer": 0.0, "format": 1.0}]
-    assert errors == [{}, {}]
 
 
 def test_keep_per_prompt_and_reasons() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from posttrain.recipe import parse_recipe
-from posttrain.runner import run_recipe
+from posttrain.run.runner import run_recipe
 from posttrain.stages import KINDS
 from tests.families import FAMILIES
 
@@ -156,9 +156,9 @@ def read_jsonl(path: Path) -> list[dict]:
 def report_at_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
     """report.json as usual, but report.md and its plots only when the test asks (the plots are seconds per
     family; the report has its own tests)."""
-    import posttrain.runner
+    import posttrain.run.runner
 
-    monkeypatch.setattr(posttrain.runner, "_write_report",
+    monkeypatch.setattr(posttrain.run.runner, "_write_report",
                         lambda run_dir, recipe, report, plots=True: report.write(run_dir, recipe.stage_names()))
 
 
@@ -175,7 +175,7 @@ class Records(logging.Handler):
 
 @pytest.fixture
 def balance_log() -> Iterator[list[logging.LogRecord]]:
-    handler, logger = Records(), logging.getLogger("posttrain.moe_balance")
+    handler, logger = Records(), logging.getLogger("posttrain.training.moe_balance")
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -318,7 +318,7 @@ def test_pairwise_mode_judges_both_orders_against_the_baseline(judge: Callable[.
 
 
 def test_in_a_weighted_mix_none_counts_as_absent(judge: Callable[..., GenRMReward]) -> None:
-    from rewards.registry import combine
+    from rewards.mix import combine
 
     genrm = get_reward("genrm", backend="openai", model="judge", base_url=judge().spec.base_url, max_retries=0)
     fmt = get_reward("format")
@@ -366,6 +366,25 @@ def test_bad_options_are_clear_errors(tmp_path: Path) -> None:
     empty.write_text("# nothing but comments\n")
     with pytest.raises(PluginError, match="no principles"):
         load_principles(str(empty))
+
+
+def test_the_engine_is_a_generation_spec_given_whole_or_by_its_own_option_names(server: JudgeServer) -> None:
+    """`generation=` / `sampling=` take the specs themselves; flat options are theirs, validated by them."""
+    server.reset()
+    engine = {"backend": "openai", "model": "judge", "base_url": server.url, "timeout_s": 5.0, "max_retries": 2,
+              "options": {"backoff_s": 0.01}}
+    whole = GenRMReward(generation=engine, sampling={"temperature": 0.3, "max_new_tokens": 64})
+    flat = GenRMReward(**engine, temperature=0.3, max_new_tokens=64)
+    assert whole.spec == flat.spec and whole.sampling == flat.sampling and whole.backend == "openai"
+    assert flat.spec.batch_size == GenRMReward.default_batch_size
+    assert whole(["answer ok8"], prompts=["case=ok8 Compute 1+1."]) == pytest.approx([0.8])
+    assert server.bodies[-1]["temperature"] == 0.3 and server.bodies[-1]["max_tokens"] == 64
+    with pytest.raises(PluginError, match=r"unknown option\(s\) \['temprature'\].*temperature"):
+        GenRMReward(**engine, temprature=0.3)
+    with pytest.raises(PluginError, match="not both"):
+        GenRMReward(generation=engine, model="other")
+    with pytest.raises(PluginError, match=r"(?s)bad options.*timeout_s"):
+        GenRMReward(**{**engine, "timeout_s": -1})
 
 
 def test_a_template_file_from_the_recipe_replaces_the_built_in(judge: Callable[..., GenRMReward],

@@ -16,7 +16,7 @@ from rewards.registry import get_reward
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny word-level tokenizer (digits are single tokens), saved like a model's."""
     from data_pipelines.tasks.arithmetic import corpus
-    from posttrain.tiny import train_tokenizer
+    from posttrain.core.tiny import train_tokenizer
 
     out = tmp_path_factory.mktemp("tok")
     train_tokenizer(corpus(), 512).save_pretrained(out)

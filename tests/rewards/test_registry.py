@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from posttrain.core.errors import PluginError
-from rewards.registry import Reward, as_reward, combine, get_reward
+from rewards.mix import combine
+from rewards.registry import Reward, as_reward, get_reward
 from tests.rewards.plugins import PickyVerifier, RendezvousVerifier, length_reward
 
 

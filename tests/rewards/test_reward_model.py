@@ -12,7 +12,7 @@ import pytest
 from data_pipelines.tasks.arithmetic import solution_text, train_prompts
 from posttrain.core.errors import PluginError
 from posttrain.recipe import parse_recipe
-from posttrain.runner import run_recipe
+from posttrain.run.runner import run_recipe
 from posttrain.stages import KINDS
 from rewards.registry import get_reward
 from rewards.reward_model import STATS_FILE, RewardModelReward

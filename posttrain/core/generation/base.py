@@ -9,11 +9,12 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, Union
+from typing import Annotated, Any, Literal, Protocol, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, model_serializer
 
 from posttrain.core.errors import PosttrainError
+from posttrain.core.identity import ADDED, identity_dump
 
 log = logging.getLogger("posttrain.generation")
 
@@ -98,21 +99,20 @@ class GenerationSpec(BaseModel):
     #: Backend-specific extras: vllm engine kwargs, scripted teacher kwargs, hf `device`, openai `backoff_s`.
     options: dict[str, Any] = Field(default_factory=dict)
     #: hf, vllm: speculative decoding with the model's MTP module (`speculative: {mtp: true}`).
-    speculative: SpeculativeSpec | None = None
+    speculative: Annotated[SpeculativeSpec | None, ADDED] = None
     #: hf, vllm: let the checkpoint's own tokenizer (and, where transformers has no built-in architecture, model)
     #: code run. Unset: the recipe's `model.trust_remote_code` when the model is the base or a stage's.
-    trust_remote_code: bool | None = None
+    trust_remote_code: Annotated[bool | None, ADDED] = None
 
     @model_serializer(mode="wrap")
-    def _without_unset_options(self, handler: Any) -> Any:
-        """Leave `speculative` and `trust_remote_code` out until set: specs written before they existed hash as
-        they did."""
-        data = handler(self)
-        if isinstance(data, dict):
-            for key in ("speculative", "trust_remote_code"):
-                if getattr(self, key) is None:
-                    data.pop(key, None)
-        return data
+    def _dump(self, handler: Any, info: SerializationInfo) -> Any:
+        return identity_dump(self, handler(self), info)
+
+    @property
+    def loads_weights(self) -> bool:
+        """Whether the engine loads model weights itself (hf, vllm), so that `model` is a weights reference (a
+        stage's name, a folder, a hub name); an OpenAI-compatible server or a scripted teacher names its own."""
+        return self.backend in ("hf", "vllm")
 
 
 class Generator(Protocol):

@@ -45,6 +45,9 @@ class HFGenerator(BaseGenerator):
         #: the end-of-sequence token: what an eval's response length counts.
         self.last_lengths: list[list[int]] = []
         self.speculative = self._speculative()
+        #: The model's context (max_position_embeddings); new tokens are clipped to what a batch's prompts leave.
+        self.context: int | None = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        self._clip_warned = False
 
     def _speculative(self) -> bool:
         """Whether to draft with the model's MTP module (asked for, and there is one)."""
@@ -119,8 +122,9 @@ class HFGenerator(BaseGenerator):
         enc = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(self.model.device)
         texts = [text for text, _ in rendered]
         greedy = sampling.temperature == 0
+        max_new = self._room(enc["input_ids"].shape[1], sampling.max_new_tokens)
         kwargs: dict[str, Any] = {
-            "max_new_tokens": sampling.max_new_tokens,
+            "max_new_tokens": max_new,
             "do_sample": not greedy,
             "num_return_sequences": 1 if greedy else n,  # greedy samples are all the same: decode once
             "pad_token_id": tok.pad_token_id,
@@ -135,7 +139,7 @@ class HFGenerator(BaseGenerator):
         if sampling.seed is not None and not greedy:
             torch.manual_seed(derive_seed(sampling.seed, texts))
         if self.speculative:
-            new: Any = self._speculative_batch(enc, 1 if greedy else n, sampling)
+            new: Any = self._speculative_batch(enc, 1 if greedy else n, sampling, max_new)
         else:
             with torch.inference_mode():
                 seqs = self.model.generate(**enc, **kwargs)
@@ -149,6 +153,21 @@ class HFGenerator(BaseGenerator):
             return [[openers[i] + d] * n for i, d in enumerate(decoded)], [[c] * n for c in counts]
         return ([[openers[i] + d for d in decoded[i * n:(i + 1) * n]] for i in range(len(texts))],
                 [counts[i * n:(i + 1) * n] for i in range(len(texts))])
+
+    def _room(self, prompt_tokens: int, wanted: int) -> int:
+        """New tokens a batch may take: `wanted`, clipped (with one warning) to what its longest prompt leaves of the
+        model's context; generating past the positions a model was built for gives garbage or an index error."""
+        if self.context is None or prompt_tokens + wanted <= self.context:
+            return wanted
+        room = self.context - prompt_tokens
+        if room < 1:
+            raise GenerationError(f"hf backend: a prompt of {prompt_tokens} tokens fills the whole context of "
+                                  f"{self.name} ({self.context} tokens); shorten the prompts")
+        if not self._clip_warned:
+            log.warning("hf backend: max_new_tokens %d does not fit the context of %s (%d tokens) after a prompt of "
+                        "%d tokens: clipped to %d", wanted, self.name, self.context, prompt_tokens, room)
+            self._clip_warned = True
+        return room
 
     def _eos_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id
@@ -170,7 +189,8 @@ class HFGenerator(BaseGenerator):
             counts.append(n)
         return counts
 
-    def _speculative_batch(self, enc: Any, copies: int, sampling: SamplingParams) -> list[list[int]]:
+    def _speculative_batch(self, enc: Any, copies: int, sampling: SamplingParams,
+                           max_new: int) -> list[list[int]]:
         """New tokens per sequence, drafted by the MTP module (`copies` sequences per prompt, in prompt order)."""
         from posttrain.core.generation.speculative import MTPDecoder
 
@@ -186,7 +206,7 @@ class HFGenerator(BaseGenerator):
         eos_ids = self._eos_ids()
         decoder = MTPDecoder(self.model)
         out = decoder.generate(enc["input_ids"].repeat_interleave(copies, 0),
-                               enc["attention_mask"].repeat_interleave(copies, 0), sampling.max_new_tokens,
+                               enc["attention_mask"].repeat_interleave(copies, 0), max_new,
                                temperature=sampling.temperature, top_p=sampling.top_p, eos_token_ids=eos_ids,
                                stop=stop)
         self.draft_stats.add(decoder.stats)

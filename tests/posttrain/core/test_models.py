@@ -17,7 +17,7 @@ from data_pipelines.tasks.arithmetic import eval_prompts, solution_text, train_p
 from posttrain.core.generation import GenerationSpec, HFGenerator, SamplingParams
 from posttrain.core.models import load_causal_lm, load_tokenizer, with_sequence_classification
 from posttrain.recipe import parse_recipe
-from posttrain.runner import run_recipe
+from posttrain.run.runner import run_recipe
 from posttrain.stages import KINDS
 from posttrain.stages.base import StageContext
 

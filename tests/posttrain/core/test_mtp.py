@@ -13,19 +13,19 @@ from safetensors.torch import save_file
 
 from posttrain.core.models import load_causal_lm
 from posttrain.core.mtp import MTPLayer, attach_mtp, has_mtp, mtp_hidden_states, mtp_layers, mtp_loss
-from posttrain.stages.trainer import restore_model_weights
+from posttrain.training.trainer import restore_model_weights
 
 
 @pytest.fixture(scope="module")
 def tok() -> Any:
     from data_pipelines.tasks.arithmetic import corpus
-    from posttrain.tiny import train_tokenizer
+    from posttrain.core.tiny import train_tokenizer
 
     return train_tokenizer(corpus(), 512)
 
 
 def tiny(tok: Any, depth: int = 1) -> Any:
-    from posttrain.tiny import build_tiny_model
+    from posttrain.core.tiny import build_tiny_model
 
     return build_tiny_model(tok, {"num_nextn_predict_layers": depth}, seed=0)
 
@@ -170,7 +170,7 @@ def test_resuming_from_a_trainer_checkpoint_restores_the_module(tok: Any, tmp_pa
 
 
 def test_attach_keeps_the_models_dtype_and_the_routers_fp32(tok: Any) -> None:
-    from posttrain.tiny import build_tiny_model
+    from posttrain.core.tiny import build_tiny_model
 
     model = build_tiny_model(tok, seed=0).to(torch.bfloat16)
     (layer,) = attach_mtp(model, 1)

@@ -96,7 +96,7 @@ def test_filter_logits_matches_transformers_top_k_and_top_p() -> None:
 def mtp_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny DeepSeek-V3 with one MTP depth, saved as a run saves it."""
     from data_pipelines.tasks.arithmetic import corpus
-    from posttrain.tiny import build_tiny_model, train_tokenizer
+    from posttrain.core.tiny import build_tiny_model, train_tokenizer
 
     out = tmp_path_factory.mktemp("mtp_base")
     tok = train_tokenizer(corpus(), 512)

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from posttrain.core.run_folder import read_jsonl
 from posttrain.eval_presets import get_benchmark
 from posttrain.recipe import parse_recipe
-from posttrain.run_folder import read_jsonl
-from posttrain.runner import run_recipe
+from posttrain.run.runner import run_recipe
 from posttrain.stages import KINDS
 
 RECIPE = """\

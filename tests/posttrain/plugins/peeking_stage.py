@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 from posttrain.core.errors import StageError
+from posttrain.core.run_folder import METRICS_FILE
 from posttrain.recipe import StageConfig
-from posttrain.run_folder import METRICS_FILE
 from posttrain.stages.base import StageContext, StageResult
 
 #: Written into the stage's folder: what the run folder held when the stage started.

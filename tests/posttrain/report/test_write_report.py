@@ -1,7 +1,7 @@
 """The run report as a whole: its order, its plots, rebuilding it, and which section each stage kind gets.
 
-Each kind's own section is tested beside its stage (tests/posttrain/stages/); the run folders are
-written here the way the stages write them (fake_run.py).
+Each kind's own section is tested beside it (tests/posttrain/report/sections/, or with its stage); the run folders
+are written here the way the stages write them (fake_run.py).
 """
 
 from __future__ import annotations
@@ -86,6 +86,19 @@ def test_cli_rebuilds_the_report(tmp_path: Path, python: str) -> None:
                           text=True, timeout=300)
     assert proc.returncode == 2
     assert "no readable report.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_drawing_a_report_imports_neither_torch_nor_a_trainer(tmp_path: Path, python: str) -> None:
+    """`posttrain report` is a view of files: on a machine (or in a notebook) without a GPU stack it must not pay for
+    torch, transformers or TRL, nor import the stage kinds that need them."""
+    run = make_run(tmp_path)
+    code = ("import sys; from posttrain.cli.main import main; main(['report', sys.argv[1]]); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'trl') "
+            "or m.startswith('posttrain.stages.') or m.startswith('posttrain.training')))")
+    proc = subprocess.run([python, "-c", code, str(run)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert "## 6. grpo (`grpo`)" in (run / "report.md").read_text()
 
 
 def test_report_of_a_real_run(tmp_path: Path, python: str) -> None:

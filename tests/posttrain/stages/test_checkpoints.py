@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from posttrain.core.models import load_causal_lm
+from posttrain.core.run_folder import read_jsonl
 from posttrain.recipe import parse_recipe
-from posttrain.run_folder import read_jsonl
-from posttrain.runner import run_recipe
+from posttrain.run.runner import run_recipe
 from posttrain.stages import KINDS
 from tests.posttrain.stages.test_sft import recipe, sft_data  # noqa: F401  (a fixture)
 

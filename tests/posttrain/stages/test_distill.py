@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from posttrain.core.errors import RecipeError
+from posttrain.core.run_folder import StageState
 from posttrain.recipe import parse_recipe
-from posttrain.run_folder import StageState
-from posttrain.runner import run_recipe
+from posttrain.run.runner import run_recipe
 from posttrain.stages import KINDS
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -11,7 +11,7 @@ import pytest
 
 from posttrain.core.errors import RecipeError
 from posttrain.recipe import parse_recipe
-from posttrain.runner import run_recipe
+from posttrain.run.runner import run_recipe
 from posttrain.stages import KINDS
 
 PLUGINS = "tests.data_pipelines.plugins"

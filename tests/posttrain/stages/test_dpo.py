@@ -14,7 +14,7 @@ from data_pipelines.tasks.arithmetic import sampled_solution, solution_text, tra
 from posttrain.core.models import load_causal_lm, load_tokenizer
 from posttrain.recipe import parse_recipe
 from posttrain.report import write_report
-from posttrain.runner import run_recipe
+from posttrain.run.runner import run_recipe
 from posttrain.stages import KINDS
 from posttrain.stages.reward_model import split_by_prompt
 from tests.posttrain.report.fake_run import stage_sections

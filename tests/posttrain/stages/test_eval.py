@@ -8,7 +8,7 @@ import pytest
 
 from data_pipelines.tasks.arithmetic import eval_prompts
 from posttrain.recipe import parse_recipe
-from posttrain.runner import run_recipe
+from posttrain.run.runner import run_recipe
 from posttrain.stages import KINDS
 from posttrain.stages.eval import pass_at_k, summarize
 from tests.posttrain.conftest import BuiltReport
@@ -122,8 +122,8 @@ def test_a_missing_prompt_column_is_a_clear_failure(tmp_path: Path, tiny_base: P
 
 
 def _digest(text: str) -> str:
-    from posttrain.runner import stage_hash
-    from posttrain.tiny import base_fingerprint
+    from posttrain.run.base_model import base_fingerprint
+    from posttrain.run.runner import stage_hash
 
     recipe = parse_recipe(text, kinds=KINDS)
     return stage_hash(recipe, recipe.stages[0], base_fingerprint(recipe), {})
@@ -201,7 +201,7 @@ def test_config_problems_are_found_when_the_recipe_is_validated(stage: str, mess
 
 def test_a_preset_fills_in_its_rewards_and_stop_strings_and_the_resolved_recipe_shows_them() -> None:
     from posttrain.eval_presets.code import COMPLETE_STOP
-    from posttrain.runner import stage_hash
+    from posttrain.run.runner import stage_hash
 
     text = """\
 model: {name_or_path: m}

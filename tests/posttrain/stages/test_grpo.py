@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from posttrain.core.models import load_causal_lm, load_tokenizer
-from posttrain.dynamic_sampling import DynamicSamplingConfig, concat_rollouts, zero_variance_groups
-from posttrain.moe_balance import find_routers
 from posttrain.recipe import parse_recipe
-from posttrain.runner import run_recipe
+from posttrain.run.runner import run_recipe
 from posttrain.stages import KINDS
 from posttrain.stages.grpo import LOSS_PRESETS, ThinkOpenerMixin, ZeroStreaks
+from posttrain.training.dynamic_sampling import DynamicSamplingConfig, concat_rollouts, zero_variance_groups
+from posttrain.training.moe_balance import find_routers
 from rewards.format import FormatReward
 from tests.posttrain.stages.interrupt import last_checkpoint, sigterm_once_written, start_run
 
@@ -225,7 +225,7 @@ def test_dynamic_sampling_drops_exactly_the_zero_variance_groups(tmp_path: Path,
     from trl import GRPOConfig, GRPOTrainer
 
     from posttrain.core.models import load_tokenizer
-    from posttrain.dynamic_sampling import DynamicSamplingMixin
+    from posttrain.training.dynamic_sampling import DynamicSamplingMixin
     from rewards.registry import get_reward
 
     class Trainer(DynamicSamplingMixin, GRPOTrainer):

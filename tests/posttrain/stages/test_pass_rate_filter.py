@@ -9,7 +9,7 @@ import pytest
 from data_pipelines.tasks.arithmetic import eval_prompts
 from posttrain.core.errors import RecipeError
 from posttrain.recipe import parse_recipe
-from posttrain.runner import run_recipe
+from posttrain.run.runner import run_recipe
 from posttrain.stages import KINDS
 from tests.posttrain.report.fake_run import stage_sections
 

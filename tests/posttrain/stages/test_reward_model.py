@@ -10,7 +10,7 @@ import pytest
 
 from data_pipelines.tasks.arithmetic import sampled_solution, solution_text, train_prompts
 from posttrain.recipe import parse_recipe
-from posttrain.runner import run_recipe
+from posttrain.run.runner import run_recipe
 from posttrain.stages import KINDS
 from posttrain.stages.reward_model import pairwise_metrics, split_by_prompt
 from tests.posttrain.conftest import BuiltReport

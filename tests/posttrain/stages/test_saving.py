@@ -18,10 +18,10 @@ from safetensors.torch import load_file
 
 from data_pipelines.tasks.arithmetic import solution_text, train_prompts
 from posttrain.core.models import load_causal_lm
-from posttrain.moe_balance import find_routers
 from posttrain.recipe import parse_recipe
-from posttrain.runner import run_recipe
+from posttrain.run.runner import run_recipe
 from posttrain.stages import KINDS
+from posttrain.training.moe_balance import find_routers
 
 STAGE = """\
   - name: {name}

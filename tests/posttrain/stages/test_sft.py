@@ -8,11 +8,11 @@ import torch
 
 from data_pipelines.tasks.arithmetic import solution_text, train_prompts
 from posttrain.core.models import load_causal_lm
-from posttrain.lora import LoraSpec, apply_lora, targeted_parts
-from posttrain.moe_balance import find_routers
 from posttrain.recipe import parse_recipe
-from posttrain.runner import run_recipe
+from posttrain.run.runner import run_recipe
 from posttrain.stages import KINDS
+from posttrain.training.lora import LoraSpec, apply_lora, targeted_parts
+from posttrain.training.moe_balance import find_routers
 from tests.posttrain.conftest import BuiltReport
 from tests.posttrain.report.fake_run import last_third_mean, sft_rows, stage_sections
 from tests.posttrain.stages.interrupt import last_checkpoint, sigterm_once_written, start_run

@@ -176,7 +176,7 @@ stages:
     rewards: [{{name: overlong, kwargs: {{max_length: 8, cache_length: 4, tokenizer: {remote_ckpt}{kwargs}}}}}]
 """, kinds=KINDS)
         ctx = StageContext(recipe, recipe.stages[0], tmp_path / "run", str(remote_ckpt), logging.getLogger("test"))
-        return [reward for reward, _ in ctx.build_rewards(recipe.stages[0].rewards)]
+        return ctx.build_rewards(recipe.stages[0].rewards).functions
 
     [trusted] = rewards(True)
     assert type(trusted.verifier._tok()).__name__ == "RemoteTokenizer"

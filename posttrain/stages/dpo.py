@@ -57,7 +57,7 @@ class DPOStage(TrainerStage):
     log_keys = (LOSS, DPO_ACCURACY, DPO_MARGIN, "eval_" + DPO_ACCURACY)
 
     def trainer_class(self) -> type:
-        from trl import DPOTrainer
+        from posttrain.training.trainers import DPOTrainer
 
         class Trainer(DPOTrainer):
             def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
-from collections import deque
-from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from posttrain.core.errors import MissingDependencyError, StageError
+from posttrain.core.errors import MissingDependencyError
 from posttrain.core.generation import SpeculativeSpec
 from posttrain.core.identity import ADDED, PLACEMENT, Placement
 from posttrain.core.run_folder import (
@@ -131,21 +128,9 @@ class GRPOStage(TrainerStage):
     padding_side = "left"
 
     def trainer_class(self) -> type:
-        from trl import GRPOTrainer
+        from posttrain.training.grpo_trainer import GRPOTrainer
 
         return GRPOTrainer
-
-    def mixins(self) -> tuple[type, ...]:
-        from posttrain.training.dynamic_sampling import DynamicSamplingMixin
-        from posttrain.training.mtp import SpeculativeRolloutMixin
-
-        mixins: tuple[type, ...] = (RewardErrorGuardMixin, ThinkOpenerMixin, ZeroRewardWarningMixin,
-                                    DynamicSamplingMixin, SpeculativeRolloutMixin, *super().mixins())
-        if getattr(self.args, "use_vllm", False):
-            from posttrain.training.vllm_sync import VLLMSyncMixin
-
-            mixins += (VLLMSyncMixin,)
-        return mixins
 
     def prepare_data(self, dataset: Any) -> Any:
         cfg = self.cfg
@@ -163,12 +148,11 @@ class GRPOStage(TrainerStage):
         from posttrain.core.models import without_router_logits
 
         without_router_logits(trainer.model)  # rollouts call `generate`: an MoE's router loss must stay off there
-        trainer.setup_reward_error_guard(self.cfg.max_reward_error_rate, self.cfg.reward_error_window)
-        trainer.setup_zero_reward_warning(self.cfg.zero_reward_warning_rounds)
+        cfg = self.cfg
+        trainer.setup_reward_checks(cfg.max_reward_error_rate, cfg.reward_error_window, cfg.zero_reward_warning_rounds)
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
         trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)
-        if hasattr(trainer, "logp_diff_callback"):
-            trainer.logp_diff_callback.threshold = self.cfg.rollout.max_logp_diff
+        trainer.logp_diff_callback.threshold = self.cfg.rollout.max_logp_diff
         self.bind_policy(trainer)
 
     def bind_policy(self, trainer: Any) -> None:
@@ -192,148 +176,6 @@ class GRPOStage(TrainerStage):
 
 def run(ctx: StageContext) -> StageResult:
     return GRPOStage(ctx).run()
-
-
-class RewardErrorGuardMixin:
-    """Stop GRPO when a reward keeps failing, instead of training to the end on what the other rewards say.
-
-    A failed row scores None (TRL leaves it out of the advantage), so a judge server that went down or a sandbox
-    that broke would otherwise train silently on a different objective. After each scoring round, each reward's
-    share of failed rows over the last `window` rounds (fewer at the start) is compared with `max_rate`; above
-    it, the stage fails with a `StageError` naming the reward, the rate and the reward's first failure (a rerun
-    resumes from the last checkpoint). Counted per process, from the `rewards.registry.Reward` counters.
-    Only rows left without a score count: a row scored with an error beside it (an answer the math reward
-    could not read, a program that did not compile) is the policy's doing, which a young policy does on
-    most rows; those are in `rewards/<name>/error_rate` and the zero-reward warning, and never stop a run.
-    """
-
-    _error_guard: tuple[float, int, dict[str, deque[tuple[int, int]]]] | None = None
-
-    def setup_reward_error_guard(self, max_rate: float, window: int) -> None:
-        self._error_guard = (max_rate, window, {})
-
-    def _calculate_rewards(self, inputs: Any, prompts: list[Any], completions: list[Any],
-                           completion_ids_list: Any) -> Any:
-        guarded = [f for f in getattr(self, "reward_funcs", []) if hasattr(f, "failed_count") and hasattr(f, "rows")]
-        before = [(f.rows, f.failed_count) for f in guarded]
-        out = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # type: ignore[misc]
-        if self._error_guard is not None:
-            for fn, (rows, failed) in zip(guarded, before, strict=True):
-                self._check_error_rate(fn, fn.rows - rows, fn.failed_count - failed)
-        return out
-
-    def _check_error_rate(self, fn: Any, rows: int, errors: int) -> None:
-        assert self._error_guard is not None
-        max_rate, window, history = self._error_guard
-        rounds = history.setdefault(fn.name, deque(maxlen=window))
-        rounds.append((rows, errors))
-        scored, failed = sum(r for r, _ in rounds), sum(e for _, e in rounds)
-        if not scored or failed / scored <= max_rate:
-            return
-        raise StageError(f"reward {fn.name}: {failed} of {scored} rows failed over the last {len(rounds)} scoring "
-                         f"round(s), more than max_reward_error_rate {max_rate:g}; its first error: "
-                         f"{(fn.first_failure or '?')[:1000]}")
-
-
-class ZeroStreaks:
-    """Scoring rounds in a row in which a reward gave 0.0 to every completion it scored, per reward.
-
-    A reward that reads answers in another layout than the prompt asks for (R1-Zero's `<answer>` tags
-    against a boxed-only reader) scores every completion 0: GRPO then trains on the other rewards alone
-    and nothing fails. A streak of `rounds` such rounds is reported once per reward; a round with any
-    other score ends the streak, a round with no score at all (every row failed) neither extends nor
-    ends it (the error guard speaks for those).
-    """
-
-    def __init__(self, rounds: int):
-        self.rounds = rounds
-        self.streaks: dict[str, int] = {}
-        self.reported: set[str] = set()
-
-    def update(self, name: str, scores: Sequence[float | None]) -> bool:
-        """Count one round of `name`'s scores (None or NaN: no score); True on the round the streak reaches
-        `rounds`, the first time only."""
-        scored = [s for s in scores if s is not None and not math.isnan(s)]
-        if not scored:
-            return False
-        self.streaks[name] = self.streaks.get(name, 0) + 1 if all(s == 0.0 for s in scored) else 0
-        if self.rounds and self.streaks[name] >= self.rounds and name not in self.reported:
-            self.reported.add(name)
-            return True
-        return False
-
-
-class ZeroRewardWarningMixin:
-    """Log once when a reward has scored 0.0 on every completion for `rounds` scoring rounds in a row, with one
-    completion as the reward saw it and its gold, so a prompt/reward mismatch shows in a run's first minutes."""
-
-    _zero_streaks: ZeroStreaks | None = None
-
-    def setup_zero_reward_warning(self, rounds: int) -> None:
-        self._zero_streaks = ZeroStreaks(rounds) if rounds > 0 else None
-
-    def _calculate_rewards(self, inputs: Any, prompts: list[Any], completions: list[Any],
-                           completion_ids_list: Any) -> Any:
-        out = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # type: ignore[misc]
-        streaks = self._zero_streaks
-        if streaks is not None:
-            names = getattr(self, "reward_func_names", None) or [f"reward {j}" for j in range(out.shape[1])]
-            for j, name in enumerate(names):
-                if streaks.update(name, out[:, j].tolist()) and self.accelerator.is_main_process:  # type: ignore
-                    log.warning("%s", zero_reward_message(name, streaks.rounds, completions[0], inputs[0]))
-        return out
-
-
-def zero_reward_message(name: str, rounds: int, completion: Any, row: dict[str, Any]) -> str:
-    """The warning of a reward stuck at 0: what it saw in one completion, and the gold it compared it with."""
-    from rewards.answer import completion_text
-
-    gold = {k: v for k, v in row.items() if k not in ("prompt", "completion", "completion_ids")}
-    gold = {"solution": gold["solution"]} if "solution" in gold else gold
-    text = completion_text(completion)
-    text = text if len(text) <= 600 else f"{text[:200]} … {text[-400:]}"
-    return (f"reward {name} scored 0.0 on every completion for {rounds} scoring rounds in a row: does the prompt "
-            f"ask for an answer layout this reward reads? (zero_reward_warning_rounds sets when this is said, 0 "
-            f"never) A completion: {text!r}; its row: {str(gold)[:300]}")
-
-
-class ThinkOpenerMixin:
-    """Rewards see the whole assistant turn when the chat template opened `<think>` in the prompt.
-
-    TRL hands rewards conversational prompts as message lists, so the rendered prompt ending in `<think>`
-    (DeepSeek-R1, Qwen3 thinking) is invisible to them and the completion starts inside the reasoning. The
-    prompt is rendered here as TRL renders it (with the trainer's `chat_template_kwargs`); where it ends with
-    the opener, the completions the rewards get start with it (`posttrain/core/chat.py` says why this is
-    decided from the prompt, never from the completion). Plain-text prompts are not templated by TRL: a
-    prompt string ending in `<think>` is read by the format reward itself.
-    """
-
-    _think_openers: dict[str, str]
-
-    def _calculate_rewards(self, inputs: Any, prompts: list[Any], completions: list[Any],
-                           completion_ids_list: Any) -> Any:
-        from posttrain.core.chat import with_opener
-
-        openers = [self._think_opener(p) for p in prompts]
-        if any(openers):
-            completions = [with_opener(c, o) for c, o in zip(completions, openers, strict=True)]
-        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # type: ignore[misc]
-
-    def _think_opener(self, prompt: Any) -> str:
-        import json
-
-        from posttrain.core.chat import render_generation_prompt, think_opener
-
-        if not isinstance(prompt, list):
-            return ""
-        if not hasattr(self, "_think_openers"):
-            self._think_openers = {}
-        key = json.dumps(prompt, sort_keys=True, default=str)
-        if key not in self._think_openers:
-            tokenizer = getattr(self, "_tokenizer", None) or self.processing_class  # type: ignore[attr-defined]
-            kwargs = getattr(self, "chat_template_kwargs", None) or {}
-            self._think_openers[key] = think_opener(render_generation_prompt(tokenizer, prompt, **kwargs))
-        return self._think_openers[key]
 
 
 def _rollout_args(cfg: Config, ctx: StageContext) -> dict[str, Any]:

@@ -87,7 +87,7 @@ class RewardModelStage(TrainerStage):
     log_keys = ("loss", "accuracy", "margin", "eval_accuracy")
 
     def trainer_class(self) -> type:
-        from trl import RewardTrainer
+        from posttrain.training.trainers import RewardTrainer
 
         held_out, tokenizer = self.held_out, self.tokenizer
 

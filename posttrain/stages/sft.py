@@ -32,7 +32,7 @@ class SFTStage(TrainerStage):
     cfg: Config
 
     def trainer_class(self) -> type:
-        from trl import SFTTrainer
+        from posttrain.training.trainers import SFTTrainer
 
         return SFTTrainer
 

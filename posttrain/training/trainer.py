@@ -46,7 +46,6 @@ from posttrain.core.run_folder import (
 from posttrain.recipe import StageConfig, trl_fields
 from posttrain.stages.base import StageContext, StageResult
 from posttrain.training.checkpoints import (
-    AtomicCheckpointMixin,
     checkpoint_step,
     finished_state,
     last_complete_checkpoint,
@@ -105,16 +104,9 @@ class TrainerStage:
 
     # -- what a stage says of itself ---------------------------------------------------------------
     def trainer_class(self) -> type:
-        """The TRL trainer (imported here, not at module level: `posttrain validate` stays fast)."""
+        """The trainer class: one of `posttrain.training.trainers` (or `grpo_trainer`), TRL's with posttrain's
+        additions declared once (imported here, not at module level: `posttrain validate` stays fast)."""
         raise NotImplementedError
-
-    def mixins(self) -> tuple[type, ...]:
-        """Classes put in front of the TRL trainer (MoE balancing and the MTP loss by default; MoE balancing
-        first, so that it also counts the MTP block's router)."""
-        from posttrain.training.moe_balance import MoEBalanceMixin
-        from posttrain.training.mtp import MTPMixin
-
-        return (MoEBalanceMixin, MTPMixin)
 
     def load_data(self) -> Any:
         """The stage's rows: its one source, or the weighted mix of its sources (`posttrain.training.data_mix`)."""
@@ -191,7 +183,7 @@ class TrainerStage:
         self.args = build_trl_config(cfg, checkpoint_dir(ctx), **{k: v for k, v in extra.items() if k not in cfg.trl})
         model = self.load_model(model_path)
         _log_partitioned(model, ctx)
-        trainer_cls = type("Trainer", (AtomicCheckpointMixin, *self.mixins(), self.trainer_class()), {})
+        trainer_cls = self.trainer_class()
         with training_env(ctx.stage_dir, self.args.report_to):  # trackers log under DIR/<stage>/
             trainer = trainer_cls(model=model, args=self.args, processing_class=self.tokenizer,
                                   **self.trainer_kwargs(dataset))

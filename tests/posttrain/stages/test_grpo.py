@@ -15,8 +15,9 @@ from posttrain.core.models import load_causal_lm, load_tokenizer
 from posttrain.recipe import parse_recipe
 from posttrain.run.runner import run_recipe
 from posttrain.stages import KINDS
-from posttrain.stages.grpo import LOSS_PRESETS, ThinkOpenerMixin, ZeroStreaks
+from posttrain.stages.grpo import LOSS_PRESETS
 from posttrain.training.dynamic_sampling import DynamicSamplingConfig, concat_rollouts, zero_variance_groups
+from posttrain.training.grpo_trainer import ThinkOpeners, ZeroStreaks
 from posttrain.training.moe_balance import find_routers
 from rewards.format import FormatReward
 from tests.posttrain.stages.interrupt import last_checkpoint, sigterm_once_written, start_run
@@ -320,8 +321,12 @@ class _Rewards:
         return FormatReward()(completions, prompts=prompts)
 
 
-class _GRPO(ThinkOpenerMixin, _Rewards):
-    pass
+class _GRPO(_Rewards):
+    """What GRPOTrainer._calculate_rewards does first: the completions the rewards get carry the opener."""
+
+    def _calculate_rewards(self, inputs: Any, prompts: list[Any], completions: list[Any], ids: Any) -> list[float]:
+        openers = ThinkOpeners(self.processing_class, self.chat_template_kwargs)
+        return super()._calculate_rewards(inputs, prompts, openers.apply(prompts, completions), ids)
 
 
 def test_grpo_rewards_see_the_opener_of_conversational_prompts(family_base: Callable[[str], Path]) -> None:

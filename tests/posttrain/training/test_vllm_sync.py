@@ -268,12 +268,31 @@ def test_the_stage_summarises_the_drift(tmp_path: Path) -> None:
     assert out["rollout_logp_diff_mean"] == 0.02 and out["rollout_logp_diff_max"] == 0.9
 
 
-def test_the_grpo_stage_adds_the_sync_mixin_only_for_vllm() -> None:
-    from posttrain.stages.grpo import GRPOStage
+def test_the_sync_is_installed_only_where_vllm_generates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GRPO's trainer always carries the sync; it installs only on a trainer with TRL's vLLM generation."""
+    from posttrain.training import vllm_sync
+    from posttrain.training.grpo_trainer import GRPOTrainer
     from posttrain.training.vllm_sync import VLLMSyncMixin
 
-    stage = GRPOStage.__new__(GRPOStage)
-    stage.args = SimpleNamespace(use_vllm=False)
-    assert VLLMSyncMixin not in stage.mixins()
-    stage.args = SimpleNamespace(use_vllm=True)
-    assert VLLMSyncMixin in stage.mixins()
+    assert VLLMSyncMixin in GRPOTrainer.__mro__
+    installed: list[Any] = []
+    monkeypatch.setattr(vllm_sync, "install_vllm_sync", installed.append)
+    monkeypatch.setattr(vllm_sync, "routing_buffers", lambda model: [])
+
+    class Trainer:
+        def __init__(self, generation: Any = None) -> None:
+            self.callbacks: list[Any] = []
+            if generation is not None:
+                self.vllm_generation = generation
+
+        def add_callback(self, callback: Any) -> None:
+            self.callbacks.append(callback)
+
+    class Synced(VLLMSyncMixin, Trainer):
+        pass
+
+    plain = Synced()
+    assert installed == [] and [type(c).__name__ for c in plain.callbacks] == ["LogpDiffCallback"]
+    generation = SimpleNamespace(model=None)
+    Synced(generation)
+    assert installed == [generation]

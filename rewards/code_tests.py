@@ -204,79 +204,108 @@ class _StringsOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def row_cases(language: str, *, tests: Any = None, test: Any = None, entry_point: Any = None, input_output: Any = None,
-              public_test_cases: Any = None, private_test_cases: Any = None, metadata: Any = None, fn_name: Any = None,
-              test_list: Any = None, test_imports: Any = None, test_setup_code: Any = None) -> list[Case]:
-    """Every test of one row as cases, whichever columns hold them (see the module's table); DataError if none."""
+def _tests_column(cols: dict[str, Any], name: str | None, language: str) -> list[Case]:
+    """`tests`: a stdin/stdout or call list, an `{inputs, outputs}` object, asserts, or a Python test program."""
+    where, value = "column `tests`", cols["tests"]
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            if language != "python" or "assert" not in value:
+                raise DataError(f"{where}: not valid JSON, nor a Python test program") from None
+            return test_program(value, where)
+    if isinstance(value, dict):
+        return io_cases(value, where, name)
+    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+        return asserts(value, where)
+    if isinstance(value, list | tuple):
+        return case_list(list(value), where, name)
+    raise DataError(f"{where}: expected a list of tests, got {str(value)[:100]!r}")
+
+
+def _input_output(cols: dict[str, Any], name: str | None, language: str) -> list[Case]:
+    """`input_output` (APPS, TACO): JSON text of `{inputs, outputs, fn_name?}`."""
+    value = load_json(cols["input_output"], "column `input_output`")
+    if not isinstance(value, dict):
+        raise DataError(f"column `input_output`: expected an object with inputs and outputs, got {str(value)[:80]!r}")
+    return io_cases(value, "column `input_output`", name, unwrap=True)
+
+
+def _livecodebench(cols: dict[str, Any], name: str | None, language: str) -> list[Case]:
+    """`public_test_cases` / `private_test_cases` (LiveCodeBench): JSON or LCB's compressed form."""
+    cases: list[Case] = []
+    for column in ("public_test_cases", "private_test_cases"):
+        if column in cols:
+            where = f"column `{column}`"
+            cases += case_list(lcb_cases(cols[column], where), where, name)
+    return cases
+
+
+def _test_list(cols: dict[str, Any], name: str | None, language: str) -> list[Case]:
+    """`test_list` (+ `test_imports`, `test_setup_code`; MBPP): a program per assert."""
+    imports = cols.get("test_imports")
+    imports = imports if isinstance(imports, list | tuple) else ([imports] if imports else [])
+    setup = "".join(f"{line}\n" for line in imports)
+    setup += f"{cols['test_setup_code']}\n" if cols.get("test_setup_code") else ""
+    value = load_json(cols["test_list"], "column `test_list`")
+    if not isinstance(value, list | tuple):
+        raise DataError("column `test_list`: expected a list of assert statements")
+    return asserts(value, "column `test_list`", setup)
+
+
+def _test_column(cols: dict[str, Any], name: str | None, language: str) -> list[Case]:
+    """`test`: `check(candidate)` + `entry_point` (HumanEval, EvalPlus), or test functions / asserts (KodCode)."""
+    test, entry_point = cols["test"], cols.get("entry_point")
+    if not isinstance(test, str) or not test.strip():
+        raise DataError("column `test` must be Python source: check(candidate), or test functions / asserts")
+    if entry_point is None and "def check(" not in test:
+        return test_program(test, "column `test`")
+    if "def check" not in test:
+        raise DataError("column `test` must define check(candidate) when `entry_point` is given")
+    if not isinstance(entry_point, str) or not entry_point.isidentifier():
+        raise DataError(f"column `entry_point` must name the function to check, got {entry_point!r}")
+    return [Case("check", json.dumps({"kind": "check", "test": test, "entry_point": entry_point}))]
+
+
+#: Test formats in the order a row is read: (the columns that hold its tests, their parser). The first format with
+#: a non-empty test column wins; the other columns a parser reads (`test_imports`, `entry_point`, ...) come along.
+FORMATS: tuple[tuple[tuple[str, ...], Any], ...] = (
+    (("tests",), _tests_column),
+    (("input_output",), _input_output),
+    (("public_test_cases", "private_test_cases"), _livecodebench),
+    (("test_list",), _test_list),
+    (("test",), _test_column),
+)
+#: Columns a format's parser reads besides its test columns.
+_COMPANIONS = ("test_imports", "test_setup_code", "entry_point")
+
+
+def row_cases(language: str, *, metadata: Any = None, fn_name: Any = None, **columns: Any) -> list[Case]:
+    """Every test of one row as cases, whichever columns hold them (`FORMATS`; the module's docstring lists the
+    shapes); DataError if none. `fn_name` or `metadata.func_name` names the function of call-style tests."""
     meta = load_json(metadata, "column `metadata`") if metadata is not None else {}
     if not isinstance(meta, dict):
         raise DataError(f"column `metadata`: expected an object, got {str(metadata)[:100]!r}")
     name = fn_name if fn_name is not None else meta.get("func_name", meta.get("fn_name"))
     if name is not None:
         name = _fn_name(name, "column `fn_name`" if fn_name is not None else "column `metadata`, func_name")
-    harness_only = "call-, assert- and check-style tests are Python only"
-    given = {k: v for k, v in (("tests", tests), ("input_output", input_output), ("public", public_test_cases),
-                               ("private", private_test_cases), ("test_list", test_list), ("test", test))
-             if v is not None and not (isinstance(v, list | tuple | str | dict) and len(v) == 0)}
-    if not given and any(isinstance(v, list | tuple | str | dict) for v in (tests, input_output, public_test_cases,
-                                                                         private_test_cases, test_list, test)):
+    test_columns = [c for names, _ in FORMATS for c in names]
+    unknown = sorted(set(columns) - set(test_columns) - set(_COMPANIONS))
+    if unknown:
+        raise TypeError(f"row_cases() got unexpected column(s) {unknown}")
+    given = {k: v for k, v in columns.items() if k in test_columns and v is not None
+             and not (isinstance(v, list | tuple | str | dict) and len(v) == 0)}
+    if not given and any(isinstance(columns.get(c), list | tuple | str | dict) for c in test_columns):
         raise DataError("the row's test list is empty: nothing to score against")
-    tests, input_output, test_list, test = (given.get(k) for k in ("tests", "input_output", "test_list", "test"))
-    public_test_cases, private_test_cases = given.get("public"), given.get("private")
-    if tests is not None:
-        where = "column `tests`"
-        value = tests
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                if language != "python" or "assert" not in value:
-                    raise DataError(f"{where}: not valid JSON, nor a Python test program") from None
-                return test_program(value, where)
-        if isinstance(value, dict):
-            cases = io_cases(value, where, name)
-        elif isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
-            cases = asserts(value, where)
-        elif isinstance(value, list | tuple):
-            cases = case_list(list(value), where, name)
-        else:
-            raise DataError(f"{where}: expected a list of tests, got {str(value)[:100]!r}")
-    elif input_output is not None:
-        value = load_json(input_output, "column `input_output`")
-        if not isinstance(value, dict):
-            raise DataError(f"column `input_output`: expected an object with inputs and outputs, got "
-                            f"{str(value)[:80]!r}")
-        cases = io_cases(value, "column `input_output`", name, unwrap=True)
-    elif public_test_cases is not None or private_test_cases is not None:
-        cases = []
-        for column, cell in (("public_test_cases", public_test_cases), ("private_test_cases", private_test_cases)):
-            if cell is not None:
-                cases += case_list(lcb_cases(cell, f"column `{column}`"), f"column `{column}`", name)
-    elif test_list is not None:
-        imports = test_imports if isinstance(test_imports, list | tuple) else ([test_imports] if test_imports else [])
-        setup = "".join(f"{line}\n" for line in imports) + (f"{test_setup_code}\n" if test_setup_code else "")
-        value = load_json(test_list, "column `test_list`")
-        if not isinstance(value, list | tuple):
-            raise DataError("column `test_list`: expected a list of assert statements")
-        cases = asserts(value, "column `test_list`", setup)
-    elif test is not None:
-        if not isinstance(test, str) or not test.strip():
-            raise DataError("column `test` must be Python source: check(candidate), or test functions / asserts")
-        if entry_point is not None or "def check(" in test:
-            if "def check" not in test:
-                raise DataError("column `test` must define check(candidate) when `entry_point` is given")
-            if not isinstance(entry_point, str) or not entry_point.isidentifier():
-                raise DataError(f"column `entry_point` must name the function to check, got {entry_point!r}")
-            cases = [Case("check", json.dumps({"kind": "check", "test": test, "entry_point": entry_point}))]
-        else:
-            cases = test_program(test, "column `test`")
-    else:
+    parser = next((parse for names, parse in FORMATS if any(c in given for c in names)), None)
+    if parser is None:
         raise DataError("row has no tests: give `tests`, `input_output`, `public_test_cases`/`private_test_cases`, "
                         "`test_list`, or `test` (+ `entry_point`)")
+    cases = parser({**{k: columns[k] for k in _COMPANIONS if columns.get(k) is not None}, **given}, name, language)
     if not cases:
         raise DataError("the row's test list is empty: nothing to score against")
     if language != "python" and any(c.kind != "stdin" for c in cases):
-        raise DataError(f"{harness_only}, got language {language!r}")
+        raise DataError(f"call-, assert- and check-style tests are Python only, got language {language!r}")
     return cases
 
 

@@ -31,16 +31,13 @@ from typing import Any
 
 from posttrain.core.errors import DataError, PluginError
 from rewards.answer import answer_text, last_code_block
-from rewards.code_tests import Case, call_passed, parse_tests, row_cases
+from rewards.code_tests import TEST_COLUMNS, Case, call_passed, parse_tests, row_cases
 from rewards.protocol import Scored, Verifier, default_workers
 from rewards.sandbox import Limits, RunResult, Sandbox, normalize_language
 from rewards.sandbox.languages import missing_toolchain
 
 #: (language, code, the row's tests): what one row runs; rows with equal jobs get equal scores.
 Job = tuple[str, str, tuple[Case, ...]]
-#: Columns that hold (or qualify) a row's tests.
-TEST_COLUMNS = ("tests", "test", "entry_point", "input_output", "public_test_cases", "private_test_cases",
-                "metadata", "fn_name", "test_list", "test_imports", "test_setup_code")
 
 
 def same_output(got: str, expected: str) -> bool:

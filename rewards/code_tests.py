@@ -278,6 +278,8 @@ FORMATS: tuple[tuple[tuple[str, ...], Any], ...] = (
 )
 #: Columns a format's parser reads besides its test columns.
 _COMPANIONS = ("test_imports", "test_setup_code", "entry_point")
+#: Every column that holds (or qualifies) a row's tests: what a code reward passes to `row_cases`.
+TEST_COLUMNS = (*(c for names, _ in FORMATS for c in names), *_COMPANIONS, "metadata", "fn_name")
 
 
 def row_cases(language: str, *, metadata: Any = None, fn_name: Any = None, **columns: Any) -> list[Case]:
@@ -290,7 +292,7 @@ def row_cases(language: str, *, metadata: Any = None, fn_name: Any = None, **col
     if name is not None:
         name = _fn_name(name, "column `fn_name`" if fn_name is not None else "column `metadata`, func_name")
     test_columns = [c for names, _ in FORMATS for c in names]
-    unknown = sorted(set(columns) - set(test_columns) - set(_COMPANIONS))
+    unknown = sorted(set(columns) - set(TEST_COLUMNS))
     if unknown:
         raise TypeError(f"row_cases() got unexpected column(s) {unknown}")
     given = {k: v for k, v in columns.items() if k in test_columns and v is not None

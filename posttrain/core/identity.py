@@ -2,7 +2,7 @@
 
 A stage's identity is the hash of its config (with its inputs' stamps): a finished stage whose hash is unchanged is
 skipped, a changed one runs again. So every option has one of four roles, and the role is written where the option
-is declared, as `Annotated` metadata that one serializer reads (`identity_dump`):
+is declared, as `Annotated` metadata that one serializer reads (`MarkedModel`, applying `identity_dump`):
 
 - *counts* (no mark): what the stage computes. Changing it reruns the stage.
 - `ADDED`: an option added after stages were written out. It counts, but is left out of every dump while it keeps
@@ -15,14 +15,10 @@ is declared, as `Annotated` metadata that one serializer reads (`identity_dump`)
   differs from the folder it sets aside in nothing else may start from that folder's reusable outputs.
 
     >>> from typing import Annotated
-    >>> from pydantic import BaseModel, model_serializer
-    >>> class Spec(BaseModel):
+    >>> class Spec(MarkedModel):
     ...     lr: float = 1e-3
     ...     warmup: Annotated[int, ADDED] = 0
     ...     port: Annotated[int, PLACEMENT] = 8000
-    ...     @model_serializer(mode="wrap")
-    ...     def _dump(self, handler, info):
-    ...         return identity_dump(self, handler(self), info)
     >>> Spec().model_dump(), Spec(port=9).model_dump(context={IDENTITY: True})
     ({'lr': 0.001, 'port': 8000}, {'lr': 0.001})
 """
@@ -32,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, SerializationInfo
+from pydantic import BaseModel, SerializationInfo, model_serializer
 
 #: `model_dump(context={IDENTITY: True})`: the dump a stage's identity (its config hash) is computed from.
 IDENTITY = "identity"
@@ -68,6 +64,15 @@ class Selection:
 ADDED = Added()
 PLACEMENT = Placement()
 SELECTION = Selection()
+
+
+class MarkedModel(BaseModel):
+    """A model whose dumps apply its options' marks (and those of every model nested in it): the one serializer.
+    Recipe sections derive from it, so a section dumped on its own hides its new options as the stage does."""
+
+    @model_serializer(mode="wrap")
+    def _marked_dump(self, handler: Any, info: SerializationInfo) -> Any:
+        return identity_dump(self, handler(self), info)
 
 
 def for_identity(info: SerializationInfo) -> bool:

@@ -34,6 +34,8 @@ import torch
 from torch import nn
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3DecoderLayer, DeepseekV3RMSNorm
 
+from posttrain.core.compat import with_cache
+
 log = logging.getLogger("posttrain.training.mtp")
 
 #: Model types whose MTP module this file builds (DeepSeek-V3's decoder layer and checkpoint layout).
@@ -79,8 +81,9 @@ class MTPLayer(DeepseekV3DecoderLayer):
     ) -> torch.Tensor:
         """h^k from h^{k-1} (`hidden_states`) and the embeddings of the tokens k places ahead."""
         x = self.eh_proj(torch.cat([self.enorm(inputs_embeds), self.hnorm(hidden_states)], dim=-1))
-        return super().forward(x, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
-                               use_cache=cache is not None, position_embeddings=position_embeddings, **kwargs)
+        parent = super().forward
+        return parent(x, attention_mask=attention_mask, position_ids=position_ids, use_cache=cache is not None,
+                      position_embeddings=position_embeddings, **with_cache(parent, cache), **kwargs)
 
     def logits(self, hidden_states: torch.Tensor, head: nn.Module) -> torch.Tensor:
         """Next-token logits of this depth through the shared output head."""
@@ -192,7 +195,7 @@ def mtp_hidden_states(model: Any, hidden: torch.Tensor, input_ids: torch.Tensor,
         position_ids = torch.arange(length, device=input_ids.device).unsqueeze(0).expand(batch, -1)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     mask = create_causal_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                              cache=None, position_ids=position_ids)
+                              position_ids=position_ids, **with_cache(create_causal_mask, None))
     position_embeddings = decoder.rotary_emb(hidden, position_ids)
     out = []
     h = hidden

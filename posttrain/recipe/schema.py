@@ -7,15 +7,15 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal, Protocol
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializeAsAny, model_serializer, model_validator
+from pydantic import ConfigDict, Field, SerializeAsAny, model_validator
 
-from posttrain.core.identity import ADDED, PLACEMENT, Placement, identity_dump, selection_fields
+from posttrain.core.identity import ADDED, PLACEMENT, MarkedModel, Placement, selection_fields
 
 #: TRL/transformers options that posttrain sets itself; a recipe may not override them under `trl:`.
 RESERVED_TRL_KEYS = {"output_dir": "the stage's folder DIR/<name>/ is used"}
 
 
-class StrictModel(BaseModel):
+class StrictModel(MarkedModel):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -131,10 +131,6 @@ class StageConfig(StrictModel):
     #: Outputs a rerun may start from when only `SELECTION` options changed (a filter's bounds): it resumes from the
     #: set-aside folder's copies instead of computing them again, so new bounds cost no new samples.
     reusable_outputs: ClassVar[tuple[str, ...]] = ()
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: Any, info: SerializationInfo) -> Any:
-        return identity_dump(self, handler(self), info)
 
     @property
     def selection_fields(self) -> tuple[str, ...]:

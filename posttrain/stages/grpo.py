@@ -16,11 +16,11 @@ import importlib.util
 import logging
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from posttrain.core.errors import MissingDependencyError
 from posttrain.core.generation import SpeculativeSpec
-from posttrain.core.identity import ADDED, PLACEMENT, Placement
+from posttrain.core.identity import ADDED, PLACEMENT, MarkedModel, Placement
 from posttrain.core.run_folder import (
     GROUPS_DROPPED,
     METRICS_FILE,
@@ -59,7 +59,7 @@ LOSS_PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_PORT = 8001
 
 
-class RolloutSpec(BaseModel):
+class RolloutSpec(MarkedModel):
     """Where completions come from during GRPO."""
 
     model_config = ConfigDict(extra="forbid")

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from posttrain.core.errors import PosttrainError
-from posttrain.core.identity import ADDED, identity_dump
+from posttrain.core.identity import ADDED, MarkedModel
 
 log = logging.getLogger("posttrain.generation")
 
@@ -74,7 +74,7 @@ class DraftStats:
         self.tokens += other.tokens
 
 
-class GenerationSpec(BaseModel):
+class GenerationSpec(MarkedModel):
     """Which engine generates, usable as a recipe sub-section (a teacher, a judge, an evaluator)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -103,10 +103,6 @@ class GenerationSpec(BaseModel):
     #: hf, vllm: let the checkpoint's own tokenizer (and, where transformers has no built-in architecture, model)
     #: code run. Unset: the recipe's `model.trust_remote_code` when the model is the base or a stage's.
     trust_remote_code: Annotated[bool | None, ADDED] = None
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: Any, info: SerializationInfo) -> Any:
-        return identity_dump(self, handler(self), info)
 
     @property
     def loads_weights(self) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from posttrain.core.compat import with_cache
 from posttrain.core.generation.base import DraftStats
 from posttrain.core.mtp import mtp_layers
 
@@ -202,7 +203,8 @@ class MTPDecoder:
 
     # -- pieces ------------------------------------------------------------------------------------
     def _main(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> torch.Tensor:
-        out = self.decoder(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        out = self.decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                           **with_cache(type(self.decoder).forward, cache))
         return out.last_hidden_state
 
     def _propose(self, hidden: torch.Tensor, ahead: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,

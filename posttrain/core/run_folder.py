@@ -160,7 +160,7 @@ def reward_of_mean_key(key: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Keys of an eval stage's metrics in report.json (CONTRACTS.md)
+# Keys of an eval stage's metrics in report.json (names scripts rely on)
 
 ACCURACY = "accuracy"
 PASS_AT_1 = "pass@1"
@@ -245,7 +245,7 @@ ReportStatus = Literal["done", "skipped", "failed"]
 
 @dataclass
 class ReportEntry:
-    """One stage in report.json (see CONTRACTS.md)."""
+    """One stage in report.json: `kind`, `status` (done, skipped, failed), `seconds`, `metrics`."""
 
     kind: str
     status: ReportStatus

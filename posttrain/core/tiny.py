@@ -25,7 +25,7 @@ CHAT_TEMPLATE = (
 )
 
 #: ~1.1M parameters (1,071,616 with the tiny recipe's 297-token vocabulary): trains at ~15k tokens/s on 2 CPU
-#: cores (see shared/FINDINGS.md).
+#: cores (docs/results.md has what it learns and how fast).
 TINY_DEFAULTS: dict[str, Any] = {
     "hidden_size": 128,
     "intermediate_size": 384,

@@ -128,6 +128,7 @@ def render(kinds: StageKindsLike) -> str:
         nested += _nested(config, seen)
     parts += ["## Sections used above", ""]
     for model in nested:
-        doc = (inspect.getdoc(model) or "").split("\n\n")[0].replace("\n", " ")
+        own = model.__dict__.get("__doc__") or ""  # not BaseModel's, for a model without a docstring
+        doc = inspect.cleandoc(own).split("\n\n")[0].replace("\n", " ")
         parts += [f"### `{model.__name__}`", "", doc, "", *_table(model), ""]
     return "\n".join(parts).rstrip() + "\n"

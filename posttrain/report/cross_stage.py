@@ -2,7 +2,7 @@
 length, and MaxVio across stages.
 
 They belong to no single kind's section, so they stay in the report package; the accuracy sections read
-the eval stages' metrics as CONTRACTS.md pins them (`accuracy`, `pass@1`, `pass@k`, `k`, `model`,
+the eval stages' metrics under the names scripts rely on (`accuracy`, `pass@1`, `pass@k`, `k`, `model`,
 `response_length`, `response_length_correct`, `response_length_wrong`).
 """
 

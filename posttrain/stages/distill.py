@@ -2,7 +2,7 @@
 
 For each prompt of the source, every teacher writes `n` answers; the recipe's rule-based rewards
 score them; the ones that pass the keep rule and the filters are kept (at most `keep_per_prompt`).
-Outputs in DIR/<name>/ (see CONTRACTS.md):
+Outputs in DIR/<name>/ (names scripts rely on):
 
 - `data.jsonl`: kept samples, `id`, `prompt_id`, `prompt`, `completion`, `teacher`, `scores` (and
   `errors`, {label: message}, where a reward failed on it) and the source's verifier columns

@@ -1,6 +1,6 @@
 """The bubblewrap command line of a sandbox, what this bubblewrap supports, and the interpreter inside.
 
-CONTRACTS.md ("Sandbox") lists what bubblewrap alone does not give and what this command line adds:
+What bubblewrap alone does not give, and this command line adds (docs/rewards.md, code tests and the sandbox):
 bubblewrap starts with an empty environment (its helper is PID 1 inside, and its environ is
 readable), all capabilities are dropped (bubblewrap run as root keeps them), the program runs as
 uid 1000 in a user namespace, and only the system's `/usr` and a few `/etc` files are visible.

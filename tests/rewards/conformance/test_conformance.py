@@ -2,7 +2,7 @@
 differs on purpose and says so.
 
 A row (see README.md here) is one case of a peer's own test suite, re-expressed for one of our rewards.
-A row without `ours` must score what the peer expects; a row with `ours` names the entry of the README's
+A row without `ours` must score what the peer expects; a row with `ours` names the entry of docs/rewards.md's
 conventions table that explains the difference and must score `ours`, so the table stays true. Rows run
 in process (math-verify) or in the real sandbox (code), a few seconds in all.
 """
@@ -22,7 +22,7 @@ import pytest
 from rewards.registry import Reward, get_reward
 
 HERE = Path(__file__).parent
-README = HERE.parents[2] / "README.md"
+CONVENTIONS = HERE.parents[2] / "docs" / "rewards.md"
 PEERS = ("open_r1", "trl", "verl_prime_math", "verl_sandbox", "math_verify")
 #: In-process options of the rewards the rows use: math-verify in this process, one sandbox thread.
 RUNTIME = {"math": {"workers": 0}, "code": {"workers": 1}}
@@ -41,9 +41,9 @@ ROWS = load_rows()
 
 
 def conventions() -> dict[str, str]:
-    """The README's conventions table: id -> the row's text."""
-    text = README.read_text()
-    section = text[text.index("**Conventions of the rewards**"):]
+    """The conventions table of docs/rewards.md: id -> the row's text."""
+    text = CONVENTIONS.read_text()
+    section = text[text.index("## Conventions"):]
     return {m[1]: m[0] for m in re.finditer(r"^\| (C\d+) \|.*$", section, re.MULTILINE)}
 
 
@@ -98,7 +98,7 @@ def test_every_difference_from_a_peer_is_a_documented_convention() -> None:
     for name, row in ROWS:
         if "ours" in row:
             assert row["ours"] != row["peer"], name
-            assert row.get("convention") in table, f"{name}: convention {row.get('convention')!r} not in the README"
+            assert row.get("convention") in table, f"{name}: convention {row.get('convention')!r} not in the table"
         else:
             assert "convention" not in row, name
     assert used == set(table), f"conventions no row shows: {sorted(set(table) - used)}"

@@ -1,4 +1,4 @@
-"""The bubblewrap command line: what CONTRACTS.md ("Sandbox") requires of it, read from the argv itself."""
+"""The bubblewrap command line: what containment requires of it (rewards/sandbox/bwrap.py), read from the argv."""
 
 from __future__ import annotations
 

@@ -115,6 +115,15 @@ MTP_ACCEPTANCE = "mtp/acceptance"
 #: the model being trained; large when weights or router biases did not reach vLLM.
 ROLLOUT_LOGP_DIFF = "rollout/logp_diff"
 ROLLOUT_LOGP_DIFF_MAX = "rollout/logp_diff_max"
+#: On-policy distillation, per logging step on the student's own samples (`eval_` + key: on held-out prompts): the
+#: exact reverse KL(student ‖ teacher) per completion token, summed over the vocabulary, and the share of completion
+#: positions where the student's most likely next token is the teacher's.
+OPD_REVERSE_KL = "opd/reverse_kl"
+OPD_AGREEMENT = "opd/agreement"
+#: GRPO with a distillation term: the per-token reverse KL to the teacher on the rollouts (the sampled estimate
+#: log π_old(y_t) − log π_teacher(y_t)), and the mean per-token term the advantages got (−weight × that).
+DISTILL_TERM_REVERSE_KL = "distill_term/reverse_kl"
+DISTILL_TERM = "distill_term/advantage"
 _MAX_VIOLATION_LAYER = re.compile(r"^moe/max_violation/layer_(\d+)$")
 _LOAD_LAYER = re.compile(r"^moe/load/layer_(\d+)$")
 _REWARD_MEAN = re.compile(r"^rewards/(.+)/mean$")
@@ -175,6 +184,12 @@ TEMPERATURE = "temperature"
 TEMPERATURES = "temperatures"
 BENCHMARK = "benchmark"
 
+#: A trainer stage's seconds in training steps (sampling included; loading, held-out evaluation and saving not),
+#: over every attempt of a resumed stage; an on_policy_distill stage's student seconds are those less the
+#: seconds of its teacher's forward passes (`teacher_seconds`): what a compute comparison between stages reads.
+TRAIN_SECONDS = "train_seconds"
+STUDENT_SECONDS = "student_seconds"
+TEACHER_SECONDS = "teacher_seconds"
 #: A pass_rate_filter stage's metrics: prompts kept, dropped as always / never solved, and prompts by pass rate.
 KEPT = "kept"
 DROPPED_SOLVED = "dropped_solved"

@@ -28,7 +28,8 @@ from posttrain.recipe.problems import Loc, Problems, did_you_mean
 #: Keys whose string value is a local file (or folder).
 FILE_KEYS = frozenset({"path", "config_file", "deepspeed"})
 #: Keys whose value is an earlier stage, a local path, a hub name or a built-in name.
-REF_KEYS = frozenset({"model", "data", "name_or_path", "dataset", "tokenizer", "template", "reference", "source"})
+REF_KEYS = frozenset({"model", "data", "name_or_path", "dataset", "tokenizer", "template", "reference", "source",
+                      "teacher"})
 #: Keys of a hub *data set* (the others name models; `source`: an entry of a weighted data mix).
 DATASET_KEYS = frozenset({"data", "dataset", "source"})
 #: Keys whose value is a `module:function` that must import and be callable.

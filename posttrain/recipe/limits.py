@@ -58,7 +58,7 @@ def check_limits(recipe: Any, problems: Problems, *, hub: bool = False) -> None:
     unchecked: set[str] = set()
 
     def model(ref: str | None, i: int) -> ModelFacts | None:
-        source = _source(recipe, ref, i)
+        source = model_source(recipe, ref, i)
         if source is None:
             return None
         if source not in facts:
@@ -136,7 +136,7 @@ def _generating_models(stage: Any) -> list[str | None]:
     return out
 
 
-def _source(recipe: Any, ref: str | None, index: int) -> str | None:
+def model_source(recipe: Any, ref: str | None, index: int) -> str | None:
     """Where the model `ref` (as stage `index` names it) comes from: "base", a local path or a hub name; an earlier
     stage's model has its own source's context. None: unknown (a later or unknown stage, a plugin)."""
     names = recipe.stage_names()

@@ -4,7 +4,7 @@ A problem names the file, the YAML line when known, the dotted key, what was exp
 found: ``recipes/x.yaml:12: stages[1].trl.learning_rate: expected a number, got 'fast'``
 (reporting: `problems.py`). Paths in a recipe are relative to its folder, and what it names
 beyond the schema (stages, files, rewards, plugins, hub names) is checked before anything runs
-(`check.py`, `limits.py`). `quick:` and `--set` overrides are applied to the raw YAML first.
+(`check.py`, `limits.py`, `teachers.py`). `quick:` and `--set` overrides are applied to the raw YAML first.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from posttrain.recipe.check import check_recipe, resolve_override, resolve_paths
 from posttrain.recipe.limits import check_limits
 from posttrain.recipe.problems import Loader, Loc, Problems, did_you_mean, duplicate_keys, node_lines, yaml_load
 from posttrain.recipe.schema import Recipe, StageConfig, StageKindsLike
+from posttrain.recipe.teachers import check_teachers
 from posttrain.recipe.trl import check_trl_options
 
 
@@ -111,6 +112,7 @@ def parse_recipe(
     if check:
         check_recipe(recipe, problems, hub=hub)
         check_limits(recipe, problems, hub=hub)
+        check_teachers(recipe, problems, hub=hub)
         problems.raise_if_any()
     if notes is not None:
         notes += problems.notes

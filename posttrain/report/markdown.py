@@ -119,15 +119,18 @@ def all_metrics(doc: Document, stage: StageView) -> None:
 def model_name(stage: StageView, default: str, fallback: Any = None) -> str:
     """The model a stage started from, as the recipe named it (`fallback` when the recipe names none)."""
     model = stage.config.get("model")
-    if model is None:
-        model = fallback
-    if model == "base":
+    return ref_name(stage, model if model is not None else fallback, default)
+
+
+def ref_name(stage: StageView, ref: Any, default: str) -> str:
+    """A model reference of `stage`'s options in words: the base model, an earlier stage's model, or a path."""
+    if ref == "base":
         return "the base model"
-    if not model:
+    if not ref:
         return default
-    if model in stage.recipe_stages:
-        return f"the model of stage `{model}`"
-    return f"`{short_path(model)}`"
+    if ref in stage.recipe_stages:
+        return f"the model of stage `{ref}`"
+    return f"`{short_path(ref)}`"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -73,5 +73,6 @@ KINDS = StageKinds({
     "dpo": "posttrain.stages.dpo",
     "eval": "posttrain.stages.eval",
     "pass_rate_filter": "posttrain.stages.pass_rate_filter",
+    "on_policy_distill": "posttrain.stages.on_policy_distill",
 })
 register_stage_kind = KINDS.register

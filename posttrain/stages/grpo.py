@@ -32,6 +32,7 @@ from posttrain.core.run_folder import (
 )
 from posttrain.recipe import RewardSpec
 from posttrain.stages.base import StageContext, StageResult
+from posttrain.training.distill_term import DistillationTerm
 from posttrain.training.dynamic_sampling import DynamicSamplingConfig
 from posttrain.training.trainer import TrainerConfig, TrainerStage, require_columns
 
@@ -108,6 +109,9 @@ class Config(TrainerConfig):
     #: Log a warning, once per reward, when it scored 0.0 on every completion for this many scoring rounds in a
     #: row (with a sample completion and its gold): the first sign of a prompt/reward format mismatch. 0: never.
     zero_reward_warning_rounds: Annotated[int, ADDED] = Field(20, ge=0)
+    #: An on-policy distillation term beside the rewards: `{teacher: <stage, path or hub name>, weight: w}` adds
+    #: w × (log π_teacher − log π_old) to each completion token's advantage (posttrain/training/distill_term.py).
+    distillation: Annotated[DistillationTerm | None, ADDED] = None
 
     trl_config: ClassVar[str | None] = "trl:GRPOConfig"
     trl_defaults: ClassVar[dict[str, Any]] = {
@@ -153,6 +157,12 @@ class GRPOStage(TrainerStage):
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
         trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)
         trainer.logp_diff_callback.threshold = self.cfg.rollout.max_logp_diff
+        if cfg.distillation is not None:
+            from posttrain.training.teacher import load_teacher
+
+            teacher, _ = load_teacher(self.ctx, cfg.distillation.teacher, self.tokenizer,
+                                      trainer.model.config.get_text_config().vocab_size)
+            trainer.setup_distill_term(teacher, cfg.distillation.weight)
         self.bind_policy(trainer)
 
     def bind_policy(self, trainer: Any) -> None:

@@ -8,8 +8,10 @@ test instead of silently dropping a feature.
 - `_calculate_rewards` (TRL, private), in `GRPOTrainer` below: the rewards see the whole assistant turn when
   the template opened `<think>` in the prompt; a reward whose rows keep failing stops the stage; a reward stuck
   at 0.0 is reported once.
-- `_generate_and_score_completions` (TRL, private), in `DynamicSamplingMixin` (dynamic_sampling.py): DAPO's
-  dynamic sampling, groups whose rewards are all equal dropped and refilled.
+- `_generate_and_score_completions` (TRL, private), in `DistillTermMixin` (distill_term.py): with a `distillation`
+  teacher, each token's advantage gets the teacher's log-probability gap (on the batch dynamic sampling left); and
+  in `DynamicSamplingMixin` (dynamic_sampling.py): DAPO's dynamic sampling, groups whose rewards are all equal
+  dropped and refilled.
 - `_generate_single_turn` (TRL, private), in `SpeculativeRolloutMixin` (mtp.py): in-process rollouts drafted by
   DeepSeek-V3's MTP module.
 - `_save_checkpoint` (transformers, private), in `AtomicCheckpointMixin` (checkpoints.py): a checkpoint appears
@@ -22,7 +24,8 @@ test instead of silently dropping a feature.
   biases synced and the sampler's drift logged; without vLLM it only adds the (idle) drift callback.
 
 The order of the bases is the order the additions wrap TRL's methods: atomic checkpoints outermost, the
-sampling loop around generation, MoE balancing before the MTP loss (so it also counts the MTP block's router).
+distillation term around the sampling loop around generation, MoE balancing before the MTP loss (so it also counts
+the MTP block's router).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from trl import GRPOTrainer as TRLGRPOTrainer
 
 from posttrain.core.errors import StageError
 from posttrain.training.checkpoints import AtomicCheckpointMixin
+from posttrain.training.distill_term import DistillTermMixin
 from posttrain.training.dynamic_sampling import DynamicSamplingMixin
 from posttrain.training.moe_balance import MoEBalanceMixin
 from posttrain.training.mtp import MTPMixin, SpeculativeRolloutMixin
@@ -48,7 +52,7 @@ log = logging.getLogger("posttrain.grpo")
 #: TRL/transformers methods this trainer overrides (name -> the class of ours that does): what the test checks.
 OVERRIDES: dict[str, tuple[str, ...]] = {
     "_calculate_rewards": ("GRPOTrainer",),
-    "_generate_and_score_completions": ("DynamicSamplingMixin",),
+    "_generate_and_score_completions": ("DistillTermMixin", "DynamicSamplingMixin"),
     "_generate_single_turn": ("SpeculativeRolloutMixin",),
     "_save_checkpoint": ("AtomicCheckpointMixin",),
     "compute_loss": ("MoEBalanceMixin", "MTPMixin"),
@@ -57,8 +61,8 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
 }
 
 
-class GRPOTrainer(AtomicCheckpointMixin, DynamicSamplingMixin, SpeculativeRolloutMixin, MoEBalanceMixin, MTPMixin,
-                  VLLMSyncMixin, TRLGRPOTrainer):
+class GRPOTrainer(AtomicCheckpointMixin, DistillTermMixin, DynamicSamplingMixin, SpeculativeRolloutMixin,
+                  MoEBalanceMixin, MTPMixin, VLLMSyncMixin, TRLGRPOTrainer):
     """TRL's GRPOTrainer with posttrain's additions (see the module's table). Set up after `__init__` with
     `setup_reward_checks`, and with the mixins' own `setup_*` methods (the grpo stage does it)."""
 

@@ -40,6 +40,7 @@ from posttrain.core.run_folder import (
     MTP_LOSS,
     REWARD,
     STEP,
+    TRAIN_SECONDS,
     read_jsonl,
     trim_jsonl,
 )
@@ -57,6 +58,7 @@ from posttrain.training.lora import LoraSpec
 from posttrain.training.moe_balance import MoEBalanceConfig
 from posttrain.training.mtp import MTPConfig
 from posttrain.training.saving import is_sharded, save_final
+from posttrain.training.step_clock import StepClock
 from posttrain.training.tracking import trainer_settings, training_env
 
 log = logging.getLogger("posttrain.training")
@@ -192,13 +194,18 @@ class TrainerStage:
                 trainer.add_callback(Fp32RouterBiases())
             if hasattr(trainer, "setup_mtp"):
                 trainer.setup_mtp(cfg.mtp)
+            self.clock = StepClock()
+            trainer.add_callback(self.clock)
             self.after_init(trainer, dataset)
             prepare_trainer(trainer, ctx, self.log_keys)
             ctx.log.info(self.describe(self.args, dataset))
             result = train_resumably(trainer, ctx)
         # TRL's SFTTrainer turns `output_router_logits` on in the config; saved so, the model crashes `generate`.
         without_router_logits(trainer.accelerator.unwrap_model(trainer.model))
-        metrics: dict[str, Any] = {"train_loss": round(result.training_loss, 5), "steps": result.global_step}
+        if not self.clock.started:  # training had finished earlier: its checkpoint holds the count
+            self.clock.restore(trainer.state)
+        metrics: dict[str, Any] = {"train_loss": round(result.training_loss, 5), "steps": result.global_step,
+                                   TRAIN_SECONDS: round(self.clock.seconds, 2)}
         metrics.update(self.summary(trainer, result, dataset))  # before saving, which merges a LoRA adapter away
         out = save_final(trainer, self.tokenizer, ctx, base=model_path)
         if self.mix_counts:

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posttrain.core.run_folder import GROUPS_DROPPED, REWARD, reward_mean_key, reward_of_mean_key, reward_std_key
+from posttrain.core.run_folder import (
+    DISTILL_TERM,
+    DISTILL_TERM_REVERSE_KL,
+    GROUPS_DROPPED,
+    REWARD,
+    reward_mean_key,
+    reward_of_mean_key,
+    reward_std_key,
+)
 from posttrain.report.inputs import StageView, is_number, mean
-from posttrain.report.markdown import Document, model_name, num, pct, trend
+from posttrain.report.markdown import Document, model_name, num, pct, ref_name, trend
 from posttrain.report.plots import FIGSIZE, curve, plot_panels, pyplot, save, step_axis
 from posttrain.report.training import balance_text, maxvio_figures, training_plots
 
@@ -21,6 +29,7 @@ ZERO_STD = "frac_reward_zero_std"
 #: Keys shown as "training dynamics", in order of interest, with their panel titles.
 DYNAMICS = (
     (KL, "KL to the reference"),
+    (DISTILL_TERM_REVERSE_KL, "reverse KL to the teacher per token"),
     (MEAN_LENGTH, "mean completion length (tokens)"),
     (ENTROPY, "token entropy (nats)"),
     (GROUPS_DROPPED, "groups dropped"),
@@ -34,7 +43,18 @@ def report_describe(stage: StageView) -> str:
     scored = f" with the rewards {', '.join(f'`{n}`' for n in names)}" if names else ""
     return (f"Trained {model_name(stage, 'the policy')} with GRPO (TRL's GRPOTrainer): sampled a group of completions "
             f"per prompt, scored them{scored}, and reinforced the completions that beat their group's mean"
-            f"{balance_text(stage)}.")
+            f"{_distillation_text(stage)}{balance_text(stage)}.")
+
+
+def _distillation_text(stage: StageView) -> str:
+    """How the stage distilled beside the rewards ("" without a teacher)."""
+    term = stage.config.get("distillation")
+    if not isinstance(term, dict) or not term.get("teacher"):
+        return ""
+    weight = term.get("weight", 0.1)
+    return (f"; each token's advantage also got {num(weight)} × the gap between the log-probabilities of the teacher "
+            f"({ref_name(stage, term['teacher'], 'the teacher')}) and the policy (on-policy distillation as a dense "
+            "reward)")
 
 
 def report_figures(doc: Document, stage: StageView) -> None:
@@ -52,6 +72,10 @@ def report_figures(doc: Document, stage: StageView) -> None:
         figures.append(f"- KL to the reference{coef}: {trend(steps, kl)}, mean {num(mean(kl))}")
     elif lg.rows:
         figures.append("- KL: not logged (β = 0: no reference model)")
+    if lg.has(DISTILL_TERM_REVERSE_KL):
+        steps, rkl = lg.series(DISTILL_TERM_REVERSE_KL)
+        figures.append(f"- **distillation term**: reverse KL to the teacher per token {trend(steps, rkl)}; its mean "
+                       f"share of each token's advantage {trend(*lg.series(DISTILL_TERM))}")
     if lg.has(MEAN_LENGTH):
         figures.append(f"- mean completion length (tokens): {trend(*lg.series(MEAN_LENGTH))}")
     if lg.has(ENTROPY):

@@ -38,6 +38,8 @@ CASES = [(grpo_trainer.GRPOTrainer, name, owner) for name, owners in grpo_traine
          for owner in owners]
 CASES += [(cls, name, owner) for cls in (trainers.SFTTrainer, trainers.RewardTrainer, trainers.DPOTrainer)
           for name, owners in trainers.OVERRIDES.items() for owner in owners]
+CASES += [(trainers.OnPolicyDistillTrainer, name, owner) for name, owners in trainers.DISTILLATION_OVERRIDES.items()
+          for owner in owners]
 
 
 @pytest.mark.parametrize(("trainer", "name", "owner"), CASES,
@@ -55,8 +57,9 @@ def test_every_overridden_method_still_exists_in_the_pinned_trl(trainer: type, n
 
 def test_the_override_tables_name_every_override() -> None:
     """A method of ours that shadows TRL's without being listed would escape the check above."""
-    for trainer, table in ((grpo_trainer.GRPOTrainer, grpo_trainer.OVERRIDES), (trainers.SFTTrainer,
-                                                                             trainers.OVERRIDES)):
+    tables = ((grpo_trainer.GRPOTrainer, grpo_trainer.OVERRIDES), (trainers.SFTTrainer, trainers.OVERRIDES),
+              (trainers.OnPolicyDistillTrainer, trainers.DISTILLATION_OVERRIDES))
+    for trainer, table in tables:
         trl_base = next(c for c in trainer.__mro__ if c.__module__.split(".")[0] == "trl")
         ours = [c for c in trainer.__mro__ if c.__module__.startswith("posttrain.")]
         shadowing = {(name, c.__name__) for c in ours for name, value in vars(c).items()

@@ -60,7 +60,8 @@ def _type_name(annotation: Any) -> str:
     text = str(annotation) if not isinstance(annotation, type) else annotation.__name__
     for noise in ("typing.", "posttrain.", "rewards.", "data_pipelines.", "NoneType"):
         text = text.replace(noise, "None" if noise == "NoneType" else "")
-    for module in ("core.generation.base.", "recipe.schema.", "training.", "stages.", "core.", "filters.",
+    for module in ("on_policy_distill.", "distill_term.", "core.generation.base.", "recipe.schema.", "training.",
+                   "stages.", "core.", "filters.",
                    "decontamination.", "sources.", "rejection_sampling.", "pass_rate_filter.", "data_mix.", "lora.",
                    "moe_balance.", "mtp.", "dynamic_sampling.", "grpo.", "eval.", "distill.", "reward_model.", "dpo."):
         text = text.replace(module, "")

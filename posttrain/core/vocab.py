@@ -48,19 +48,24 @@ class Vocab:
 def vocab_mismatch(student: Vocab, teacher: Vocab) -> str | None:
     """Why `teacher` cannot teach `student` token by token, or None when their vocabularies are the same."""
     if student.tokens != teacher.tokens:
-        differing = sorted(set(student.tokens.items()) ^ set(teacher.tokens.items()), key=lambda kv: kv[1])
-        token, index = differing[0]
-        theirs = teacher.tokens.get(token)
-        where = (f"e.g. {token!r} is token {index} for one and {theirs if theirs is not None else 'absent'} for the "
-                 f"other" if theirs is not None and theirs != index else f"e.g. token {index}, {token!r}, is in one "
-                 "only")
+        mine, theirs = _by_id(student.tokens), _by_id(teacher.tokens)
+        index = min(i for i in mine.keys() | theirs.keys() if mine.get(i) != theirs.get(i))
         return (f"the teacher's tokenizer differs from the student's: teacher {teacher.describe()}, student "
-                f"{student.describe()}; {where}")
+                f"{student.describe()}; e.g. token {index} is {_shown(theirs.get(index))} for the teacher and "
+                f"{_shown(mine.get(index))} for the student")
     if student.rows is not None and teacher.rows is not None and student.rows != teacher.rows:
         return (f"the teacher's output layer has {teacher.rows:,} rows and the student's {student.rows:,} (same "
                 f"tokenizer, padded differently: teacher {teacher.name}, student {student.name}); the distributions "
                 "are compared over the whole output layer")
     return None
+
+
+def _by_id(tokens: dict[str, int]) -> dict[int, str]:
+    return {i: t for t, i in tokens.items()}
+
+
+def _shown(token: str | None) -> str:
+    return "absent" if token is None else repr(token)
 
 
 def read_vocab(name_or_path: str, *, hub: bool = False, revision: str | None = None,

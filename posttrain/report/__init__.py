@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from posttrain.core.run_folder import REPORT_MD
+from posttrain.report.compute import compute_section
 from posttrain.report.cross_stage import accuracy_section, length_section, maxvio_comparison_section
 from posttrain.report.inputs import MetricsLog, StageView, load_stages
 from posttrain.report.markdown import Document, all_metrics, overview, status_line
@@ -72,6 +73,7 @@ def write_report(run_dir: Path, *, kinds: ReportKinds, plots: bool = True) -> Pa
         doc.add(PLOTS_LATER, "")
     doc.attempt("the accuracy-by-stage summary", lambda: accuracy_section(doc, stages))
     doc.attempt("accuracy against response length", lambda: length_section(doc, stages))
+    doc.attempt("accuracy against training seconds", lambda: compute_section(doc, stages))
     doc.attempt("the stage overview", lambda: overview(doc, stages))
     for i, stage in enumerate(stages, 1):
         doc.add(f"## {i}. {stage.name} (`{stage.kind}`)", "")

@@ -26,30 +26,29 @@ WHY = ("on-policy distillation compares the two models' next-token distributions
 
 
 def check_teachers(recipe: Any, problems: Problems, *, hub: bool = False) -> None:
-    """A problem for each teacher whose vocabulary is not its student's; a note for each that cannot be read yet."""
+    """A problem for each teacher whose vocabulary is not its student's; a note for each pair that cannot be read
+    yet."""
     cache: dict[str, Vocab | None] = {}
+    unread: dict[str, list[str]] = {}  # what could not be read -> the teachers left unchecked for it
     for i, stage in enumerate(recipe.stages):
         for loc, teacher in _teachers(stage.model_dump(mode="json"), ("stages", i)):
-            student_source = model_source(recipe, getattr(stage, "model", None), i)
-            teacher_source = model_source(recipe, teacher, i)
-            if student_source is None or teacher_source is None or student_source == teacher_source:
+            sources = (model_source(recipe, getattr(stage, "model", None), i), model_source(recipe, teacher, i))
+            if None in sources or sources[0] == sources[1]:
                 continue  # an unknown or later stage is reported by the reference checks
-            vocabs = []
-            for source in (student_source, teacher_source):
+            for source in sources:
                 if source not in cache:
                     cache[source] = _vocab(recipe, source, hub)
-                vocabs.append(cache[source])
-            student, found = vocabs
+            student, found = (cache[s] for s in sources)
             if student is None or found is None:
-                unread = ", ".join(_label(recipe, s) for s, v in zip((student_source, teacher_source), vocabs,
-                                                                       strict=True) if v is None)
-                problems.notes.append(f"{_where(loc)}: not checked that the teacher shares the student's tokenizer "
-                                      f"({unread} cannot be read before the run); the stage checks it before "
-                                      "training")
+                what = ", ".join(_label(recipe, s) for s in sources if cache[s] is None)
+                unread.setdefault(what, []).append(_where(loc))
                 continue
             problem = vocab_mismatch(student, found)
             if problem is not None:
                 problems.add(loc, f"{problem}; {WHY}")
+    for what, where in unread.items():
+        problems.notes.append(f"{', '.join(where)}: not checked that the teacher shares the student's tokenizer "
+                              f"({what} cannot be read before the run); the stage checks it before training")
 
 
 def _teachers(obj: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:

@@ -136,7 +136,7 @@ def test_validate_exits_2_naming_both(folders: dict[str, Path], tmp_path: Path, 
     path = tmp_path / "r.yaml"
     path.write_text(opd(folders, str(folders["other"])))
     proc = subprocess.run([python, "-m", "posttrain.cli", "validate", str(path)], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=600)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "stages[0].teacher: the teacher's tokenizer differs from the student's" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -110,5 +110,6 @@ def test_ctrl_c_during_the_final_save_only_saves_on_the_rerun(
     expected = json.loads((reference / "report.json").read_text())["stages"]["sft"]
     assert report["status"] == "done" and report["metrics"]["steps"] == STEPS
     assert report["metrics"]["train_loss"] == expected["metrics"]["train_loss"]
+    assert report["metrics"]["train_seconds"] > 0  # the first run's steps, read back from its last checkpoint
     assert (out / "sft" / "model" / "tokenizer.json").exists()
     same_model(out, reference)

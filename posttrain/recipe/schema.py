@@ -42,6 +42,8 @@ class TokenizerTrainSpec(StrictModel):
     corpus: str
     corpus_kwargs: dict[str, Any] = Field(default_factory=dict)
     vocab_size: int = Field(512, ge=300, le=200_000)
+    #: Add DeepSeek-V3's tool-call tokens and use its tool-call chat template and parser (stages with `tools`).
+    tool_calls: Annotated[bool, ADDED] = False
 
 
 class TokenizerSpec(StrictModel):

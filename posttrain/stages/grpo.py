@@ -30,6 +30,7 @@ from posttrain.core.run_folder import (
     ROLLOUT_LOGP_DIFF_MAX,
     read_jsonl,
 )
+from posttrain.core.tools import ToolOptions
 from posttrain.recipe import RewardSpec
 from posttrain.stages.base import StageContext, StageResult
 from posttrain.training.dynamic_sampling import DynamicSamplingConfig
@@ -93,7 +94,7 @@ class RolloutSpec(MarkedModel):
         return self
 
 
-class Config(TrainerConfig):
+class Config(TrainerConfig, ToolOptions):
     #: Prompts with the columns the rewards need: an earlier stage (its `data_file`), a file, or a hub set.
     data_file: str = PROMPTS_FILE
     prompt_column: str = "prompt"
@@ -135,14 +136,31 @@ class GRPOStage(TrainerStage):
     def prepare_data(self, dataset: Any) -> Any:
         cfg = self.cfg
         require_columns(dataset, [cfg.prompt_column], cfg, "GRPO prompts", "set prompt_column")
-        return dataset.rename_column(cfg.prompt_column, "prompt") if cfg.prompt_column != "prompt" else dataset
+        dataset = dataset.rename_column(cfg.prompt_column, "prompt") if cfg.prompt_column != "prompt" else dataset
+        if cfg.tools and isinstance(dataset[0]["prompt"], str):  # TRL's tool loop takes chats
+            from posttrain.core.generation import as_messages
+
+            dataset = dataset.map(lambda row: {"prompt": as_messages(row["prompt"])})
+        return dataset
 
     def trl_overrides(self) -> dict[str, Any]:
-        return _rollout_args(self.cfg, self.ctx)
+        out = _rollout_args(self.cfg, self.ctx)
+        if self.cfg.tools:  # TRL counts the rounds of tool outputs; max_turns counts the policy's turns
+            out["max_tool_calling_iterations"] = self.cfg.max_turns - 1
+        return out
 
     def trainer_kwargs(self, dataset: Any) -> dict[str, Any]:
         self.rewards = self.ctx.build_rewards(self.cfg.rewards).functions
-        return {"train_dataset": dataset, "reward_funcs": self.rewards}
+        out = {"train_dataset": dataset, "reward_funcs": self.rewards}
+        self.tools = self.ctx.build_tools(self.cfg.tools) if self.cfg.tools else []
+        if self.tools:
+            from posttrain.core.tool_calls import control_markers, enable_tool_calls
+            from posttrain.training.tools import as_function
+
+            enable_tool_calls(self.tokenizer)  # before TRL checks the template and sets its parser
+            markers = control_markers(self.tokenizer)
+            out["tools"] = [as_function(tool, markers) for tool in self.tools]
+        return out
 
     def after_init(self, trainer: Any, dataset: Any) -> None:
         from posttrain.core.models import without_router_logits
@@ -152,6 +170,7 @@ class GRPOStage(TrainerStage):
         trainer.setup_reward_checks(cfg.max_reward_error_rate, cfg.reward_error_window, cfg.zero_reward_warning_rounds)
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
         trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)
+        trainer.setup_tool_metrics(self.tools)
         trainer.logp_diff_callback.threshold = self.cfg.rollout.max_logp_diff
         self.bind_policy(trainer)
 
@@ -167,8 +186,10 @@ class GRPOStage(TrainerStage):
     def describe(self, args: Any, dataset: Any) -> str:
         per_step = args.per_device_train_batch_size * self.ctx.num_processes * args.gradient_accumulation_steps
         mix = ", ".join(f"{r.label}×{r.weight:g}" for r in self.cfg.rewards)
+        tools = (f", tools {', '.join(t.name for t in self.cfg.tools)} (at most {self.cfg.max_turns} turns)"
+                 if self.cfg.tools else "")
         return (f"GRPO on {len(dataset)} prompts: {args.num_generations} completions per prompt, "
-                f"{per_step} completions per step, rewards {mix}")
+                f"{per_step} completions per step, rewards {mix}{tools}")
 
     def summary(self, trainer: Any, result: Any, dataset: Any) -> dict[str, Any]:
         return {**_summary(self.ctx), "beta": self.args.beta, "loss_type": self.args.loss_type}

@@ -7,7 +7,8 @@ test instead of silently dropping a feature.
 
 - `_calculate_rewards` (TRL, private), in `GRPOTrainer` below: the rewards see the whole assistant turn when
   the template opened `<think>` in the prompt; a reward whose rows keep failing stops the stage; a reward stuck
-  at 0.0 is reported once.
+  at 0.0 is reported once. And in `ToolMetricsMixin` (tools.py): with tools, how the policy used them (calls,
+  failures, turns, accuracy with and without a call, seconds in calls). The tool loop itself is TRL's (`tools=`).
 - `_generate_and_score_completions` (TRL, private), in `DynamicSamplingMixin` (dynamic_sampling.py): DAPO's
   dynamic sampling, groups whose rewards are all equal dropped and refilled.
 - `_generate_single_turn` (TRL, private), in `SpeculativeRolloutMixin` (mtp.py): in-process rollouts drafted by
@@ -41,13 +42,14 @@ from posttrain.training.checkpoints import AtomicCheckpointMixin
 from posttrain.training.dynamic_sampling import DynamicSamplingMixin
 from posttrain.training.moe_balance import MoEBalanceMixin
 from posttrain.training.mtp import MTPMixin, SpeculativeRolloutMixin
+from posttrain.training.tools import ToolMetricsMixin
 from posttrain.training.vllm_sync import VLLMSyncMixin
 
 log = logging.getLogger("posttrain.grpo")
 
 #: TRL/transformers methods this trainer overrides (name -> the class of ours that does): what the test checks.
 OVERRIDES: dict[str, tuple[str, ...]] = {
-    "_calculate_rewards": ("GRPOTrainer",),
+    "_calculate_rewards": ("GRPOTrainer", "ToolMetricsMixin"),
     "_generate_and_score_completions": ("DynamicSamplingMixin",),
     "_generate_single_turn": ("SpeculativeRolloutMixin",),
     "_save_checkpoint": ("AtomicCheckpointMixin",),
@@ -58,7 +60,7 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
 
 
 class GRPOTrainer(AtomicCheckpointMixin, DynamicSamplingMixin, SpeculativeRolloutMixin, MoEBalanceMixin, MTPMixin,
-                  VLLMSyncMixin, TRLGRPOTrainer):
+                  VLLMSyncMixin, ToolMetricsMixin, TRLGRPOTrainer):
     """TRL's GRPOTrainer with posttrain's additions (see the module's table). Set up after `__init__` with
     `setup_reward_checks`, and with the mixins' own `setup_*` methods (the grpo stage does it)."""
 

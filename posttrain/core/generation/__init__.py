@@ -9,6 +9,8 @@ through this module so that a recipe can swap the engine without touching them. 
   server), with a thread pool, retries with exponential backoff and per-request timeouts;
 - `scripted`: a `module:function` called as `fn(prompts, n, sampling, **options) -> list[list[str]]`.
 
+`ToolLoop(generator, tools, max_turns)` wraps any of them for a model that calls tools mid-answer (`tool_loop.py`).
+
 A prompt is a string or a chat (a list of `{"role", "content"}` messages). A completion is the
 generated text only (no prompt), special tokens skipped, `<think>` kept. Seeds: `scripted`,
 `openai` and `vllm` derive a stream per (seed, prompt, sample), so results do not depend on how
@@ -39,10 +41,12 @@ from posttrain.core.generation.base import (
 from posttrain.core.generation.hf import HFGenerator
 from posttrain.core.generation.openai import OpenAIGenerator
 from posttrain.core.generation.scripted import ScriptedGenerator
+from posttrain.core.generation.tool_loop import Conversation, ToolLoop
 from posttrain.core.generation.vllm import VLLMGenerator
 
 __all__ = [
     "BaseGenerator",
+    "Conversation",
     "DraftStats",
     "GenerationError",
     "GenerationSpec",
@@ -53,6 +57,7 @@ __all__ = [
     "SamplingParams",
     "ScriptedGenerator",
     "SpeculativeSpec",
+    "ToolLoop",
     "VLLMGenerator",
     "as_messages",
     "derive_seed",

@@ -85,8 +85,14 @@ class HFGenerator(BaseGenerator):
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise GenerationError(f"hf backend: {self.name!r} has no chat template, so chat prompts cannot be "
                                   "rendered; pass plain-text prompts or set chat: false")
-        text = self.tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True,
+                                                  **self.template_kwargs)
         return text, False
+
+    def read_turn(self, text: str) -> dict[str, Any]:
+        from posttrain.core.tool_calls import parse_turn
+
+        return parse_turn(self.tokenizer, text)
 
     def generate(
         self, prompts: Sequence[Prompt], n: int = 1, sampling: SamplingParams | None = None

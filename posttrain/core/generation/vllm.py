@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from posttrain.core.chat import think_opener
 from posttrain.core.errors import MissingDependencyError
@@ -56,7 +57,7 @@ class VLLMGenerator(BaseGenerator):
                 texts.append(p)
             else:
                 texts.append(self.tokenizer.apply_chat_template(as_messages(p), tokenize=False,
-                                                                add_generation_prompt=True))
+                                                                add_generation_prompt=True, **self.template_kwargs))
         params = [
             self.vllm.SamplingParams(
                 n=n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
@@ -75,6 +76,11 @@ class VLLMGenerator(BaseGenerator):
                    for p, t in zip(prompts, texts, strict=True)]
         return [[opener + truncate_at_stop(o.text, sampling.stop) for o in r.outputs]
                 for opener, r in zip(openers, results, strict=True)]
+
+    def read_turn(self, text: str) -> dict[str, Any]:
+        from posttrain.core.tool_calls import parse_turn
+
+        return parse_turn(self.tokenizer, text)
 
     def _spec_counts(self) -> tuple[int, int] | None:
         """(drafted, accepted) tokens so far from vLLM's speculative-decoding counters (None where unavailable)."""

@@ -60,3 +60,11 @@ def family_base(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Pat
         return built[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tool_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DeepSeek-V3 trained to call the python tool (tests/tool_model.py), built once per session."""
+    from tests.tool_model import build_tool_model
+
+    return build_tool_model(tmp_path_factory.mktemp("tool_model"))

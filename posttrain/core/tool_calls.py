@@ -85,6 +85,8 @@ def enable_tool_calls(tokenizer: Any) -> Any:
 
     if template == trl_templates.deepseekv3_chat_template:
         tokenizer.chat_template = trl_templates.deepseekv3_training_chat_template
+    if not trl_templates.supports_tool_calling(tokenizer):
+        raise ToolFormatError(tool_support_problem(tokenizer) or "the chat template cannot render a tool call")
     if getattr(tokenizer, "response_template", None) is None:
         if renders_deepseek_calls(tokenizer):
             tokenizer.response_template = DEEPSEEK_V3_RESPONSE_TEMPLATE

@@ -13,7 +13,9 @@ to write (tests/posttrain/training/test_tools.py checks this on a real step). Wh
   calls per completion, the share of calls that failed, assistant turns, the share of completions that called a
   tool, the accuracy of those that did and of those that did not (a completion is correct when its weighted
   reward, over the weights' sum, reaches 1), and the seconds spent inside tool calls. TRL's own
-  `tools/call_frequency` and `tools/failure_frequency` (exceptions only, which our tools never raise) stay.
+  `tools/call_frequency` and `tools/failure_frequency` (exceptions only, which our tools never raise) stay;
+  TRL's frequency also counts calls whose output it dropped because it would overflow `max_completion_length`
+  (the completion then ends at the call), ours only the outputs the policy read.
 """
 
 from __future__ import annotations

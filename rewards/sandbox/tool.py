@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from posttrain.core.errors import DataError, PluginError
+from posttrain.core.errors import DataError, MissingDependencyError, PluginError
 from posttrain.core.tools import ToolSpec, error_output
 from rewards.sandbox.languages import TABLE, check_toolchain, normalize_language
 from rewards.sandbox.results import Limits, RunResult
@@ -37,8 +37,9 @@ class SandboxTool:
         try:
             self.language = normalize_language(language or name)
             check_toolchain(self.language)
-            limits = Limits(timeout_s=float(timeout_s), memory_mb=int(memory_mb),
-                            max_output_bytes=max(4 * int(max_output_chars), 1 << 12)).check()
+            limits = Limits(timeout_s=float(timeout_s), memory_mb=int(memory_mb)).check()
+        except MissingDependencyError as exc:
+            raise MissingDependencyError(f"tool {name!r}: {exc}") from None
         except DataError as exc:
             raise PluginError(f"tool {name!r}: {exc}") from None
         self.name = name
@@ -90,6 +91,10 @@ class SandboxTool:
         elif result.status == "runtime_error" and result.exit_code is not None:
             status += f", exit code {result.exit_code}"
         return error_output(text, status)
+
+    def close(self) -> None:
+        """End the sandboxes this tool keeps (one per thread that called it)."""
+        self.sandbox.close()
 
     def counters(self) -> tuple[int, int, float]:
         """(calls, failed calls, seconds in calls) so far."""

@@ -125,7 +125,10 @@ class ToolLoop:
         return {"role": "tool", "name": name, "content": neutralize(str(text), self.markers)}
 
     def close(self) -> None:
-        """Stop the tools' threads (their sandboxes end with them)."""
+        """Stop the tools' threads and close the tools (their sandboxes end)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        for tool in self.tools.values():
+            if callable(getattr(tool, "close", None)):
+                tool.close()

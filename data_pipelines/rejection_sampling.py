@@ -24,10 +24,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from data_pipelines.filters import SampleFilter
+from data_pipelines.filters import SampleFilter, sample_views
 from posttrain.core.generation import Generator, SamplingParams, as_messages
 from posttrain.core.tools import is_conversation, tool_use
-from rewards.answer import completion_text
 from rewards.mix import RewardMix
 
 log = logging.getLogger("posttrain.data.rejection")
@@ -80,8 +79,8 @@ class Sample:
 
     @property
     def text(self) -> str:
-        """What the filters read: the answer, or a conversation's assistant turns (the tools' outputs left out)."""
-        return completion_text(self.completion)
+        """The answer, or a conversation's whole text (its calls and the tools' outputs too: what SFT trains on)."""
+        return sample_views(self.completion)[2]
 
     @property
     def passed(self) -> bool:
@@ -292,12 +291,12 @@ class RejectionSampler:
             if len(same) >= self.keep_per_prompt:
                 s.reason = "keep_per_prompt"  # enough kept already: not examined further
                 continue
-            reason = self.filter.check(s.text, row["prompt"], reasoning=s.reasoning)
+            reason = self.filter.check(s.completion, row["prompt"], reasoning=s.reasoning)
             if reason is None and self.contaminated is not None and self.contaminated(s.text):
                 reason = "contaminated"
             if reason is None:
                 kept.append(s)
-                self.filter.add(s.text)
+                self.filter.add(s.completion)
             s.reason = reason
         for s in group:
             if s.reason is not None:

@@ -54,7 +54,6 @@ from posttrain.core.run_folder import (
 from posttrain.core.tools import ToolOptions
 from posttrain.recipe import RewardSpec, StageConfig
 from posttrain.stages.base import StageContext, StageResult
-from rewards.answer import completion_text
 from rewards.mix import unique_labels
 
 #: Files appended chunk by chunk (truncated to the last finished chunk on resume).
@@ -370,7 +369,7 @@ def _resume(out: Path, fingerprint: str, sampler: Any, log: logging.Logger) -> d
             f.truncate(size)  # drop rows of a chunk that was cut off before its progress was saved
     if (out / DATA_FILE).exists():
         for line in (out / DATA_FILE).read_text().splitlines():
-            sampler.filter.add(completion_text(json.loads(line)["completion"]))
+            sampler.filter.add(json.loads(line)["completion"])
     return state
 
 

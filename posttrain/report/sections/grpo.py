@@ -1,17 +1,25 @@
 """The report's section on a `grpo` stage: reward per component, training dynamics, loss and MaxVio.
 
 Read from what TRL's GRPOTrainer logs to metrics.jsonl (reward, rewards/<name>/mean|std, kl, ...) and
-what posttrain adds (dynamic sampling, MoE balancing); `posttrain.stages.grpo` exposes these hooks.
+what posttrain adds (dynamic sampling, MoE balancing, tool use); `posttrain.stages.grpo` exposes these hooks.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from posttrain.core.run_folder import GROUPS_DROPPED, REWARD, reward_mean_key, reward_of_mean_key, reward_std_key
+from posttrain.core.run_folder import (
+    GROUPS_DROPPED,
+    REWARD,
+    TOOL_USED,
+    reward_mean_key,
+    reward_of_mean_key,
+    reward_std_key,
+)
 from posttrain.report.inputs import StageView, is_number, mean
 from posttrain.report.markdown import Document, model_name, num, pct, trend
 from posttrain.report.plots import FIGSIZE, curve, plot_panels, pyplot, save, step_axis
+from posttrain.report.tools import plot_tool_use, tool_curve_figures
 from posttrain.report.training import balance_text, maxvio_figures, training_plots
 
 KL = "kl"
@@ -63,6 +71,7 @@ def report_figures(doc: Document, stage: StageView) -> None:
     if lg.has(ZERO_STD):
         zero_std = mean(lg.series(ZERO_STD)[1])
         figures.append(f"- groups with equal rewards (no signal): mean {pct(zero_std)}")
+    figures += tool_curve_figures(stage)
     figures += maxvio_figures(stage)
     doc.key_figures(figures)
     if not lg.rows:
@@ -71,6 +80,8 @@ def report_figures(doc: Document, stage: StageView) -> None:
     doc.plot(f"{stage.name}: rewards", lambda: plot_rewards(doc.plot_path(stage, "rewards"), stage))
     doc.plot(f"{stage.name}: training dynamics",
              lambda: plot_panels(doc.plot_path(stage, "dynamics"), stage, DYNAMICS, "training dynamics"))
+    if lg.has(TOOL_USED):
+        doc.plot(f"{stage.name}: tool use", lambda: plot_tool_use(doc.plot_path(stage, "tools"), stage))
     training_plots(doc, stage, moe=True)
 
 

@@ -40,14 +40,14 @@ class ToolSpec(MarkedModel):
     model_config = ConfigDict(extra="forbid")
 
     #: The name the model calls it by (`python`); also the sandbox language unless `language` says otherwise.
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    name: Annotated[str, ADDED] = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
     #: The sandbox language (python, bash, javascript, c, cpp, go, rust, java); default: `name`.
-    language: str | None = None
+    language: Annotated[str | None, ADDED] = None
     #: Wall-clock seconds each call may run (compile time apart).
-    timeout_s: float = Field(5.0, gt=0)
-    memory_mb: int = Field(512, ge=16)
+    timeout_s: Annotated[float, ADDED] = Field(5.0, gt=0)
+    memory_mb: Annotated[int, ADDED] = Field(512, ge=16)
     #: The output the model sees, at most (the head and the tail are kept, the middle cut).
-    max_output_chars: int = Field(2000, ge=64)
+    max_output_chars: Annotated[int, ADDED] = Field(2000, ge=64)
     #: What the model is told the tool does (in the tool's schema, for templates that show it).
     description: Annotated[str | None, ADDED] = None
 

@@ -14,6 +14,10 @@ Outputs in DIR/<name>/ (names scripts rely on):
   samples each reward failed on (`reward_errors`);
 - `errors.jsonl`: prompts a teacher failed on after retries (`teacher_error`).
 
+With `tools`, every teacher runs the tool loop (posttrain/core/generation/tool_loop.py): a kept row's completion
+is the whole conversation (its calls, the tools' real outputs, its answer), rows are chats whatever `format` says,
+and the filters read each part of it as `data_pipelines.filters.sample_views` says.
+
 Prompts are processed in fixed chunks; after each chunk the rows are appended and `progress.json`
 records the byte length of every output and the running stats. An interrupted run truncates the
 outputs to the last recorded chunk and goes on from there, so no row is lost or written twice, and
@@ -105,8 +109,7 @@ class TeacherSpec(GenerationSpec):
 
 
 class Config(StageConfig, ToolOptions):
-    """Options of a `distill` stage. With `tools`, every teacher runs the tool loop: a kept row's completion is the
-    whole conversation (its calls, the tools' real outputs, its answer) and rows are chats whatever `format` says."""
+    """Options of a `distill` stage."""
 
     kind: Literal["distill"] = "distill"
     #: Training prompts.

@@ -119,12 +119,12 @@ def parse_prompt(prompt: Any) -> tuple[int, int]:
 
 
 def teacher(prompts: list[Any], n: int, sampling: Any = None, tools: list[dict[str, Any]] | None = None,
-            tool_rate: float = 0.5, seed: int | None = None) -> list[list[Any]]:
+            tool_rate: float = 0.5, head_slip: float = 0.0, seed: int | None = None) -> list[list[Any]]:
     """Scripted teacher (backend `scripted`): n turns per prompt or chat.
 
     A prompt (or a chat whose last message is the user's) gets its first turn: a tool call with probability
-    `tool_rate` when a `python` tool is offered, else a head answer. A chat that ends with the tool's output gets
-    the answer read from it. Deterministic given (seed, chat, sample index).
+    `tool_rate` when a `python` tool is offered, else a head answer, off by one with probability `head_slip`. A
+    chat that ends with the tool's output gets the answer read from it. Deterministic given (seed, chat, sample).
     """
     from posttrain.core.generation import sample_rng
 
@@ -139,7 +139,9 @@ def teacher(prompts: list[Any], n: int, sampling: Any = None, tools: list[dict[s
             continue
         row: list[Any] = []
         for i in range(n):
-            use = offered and sample_rng(seed, prompt, i).random() < tool_rate
-            row.append(tool_call_turn(a, b) if use else head_answer(a, b))
+            rng = sample_rng(seed, prompt, i)
+            use = offered and rng.random() < tool_rate
+            slip = rng.random() < head_slip
+            row.append(tool_call_turn(a, b) if use else head_answer(a, b, a * b + 1 if slip else None))
         out.append(row)
     return out

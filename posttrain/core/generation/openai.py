@@ -78,12 +78,23 @@ class OpenAIGenerator(BaseGenerator):
     def generate_with_errors(
         self, prompts: Sequence[Prompt], n: int = 1, sampling: SamplingParams | None = None
     ) -> tuple[list[list[str]], list[str | None]]:
-        sampling = sampling or SamplingParams()
+        return self._sample_all(prompts, n, sampling or SamplingParams(), None)
+
+    def generate_turns(
+        self, chats: Sequence[list[dict[str, Any]]], n: int, sampling: SamplingParams, tools: list[dict[str, Any]]
+    ) -> tuple[list[list[dict[str, Any]]], list[str | None]]:
+        """The server reads the tool calls (OpenAI's `tools` and `tool_calls`; vLLM needs `--enable-auto-tool-choice`
+        and the model's `--tool-call-parser`): each turn comes back as a message."""
+        return self._sample_all(chats, n, sampling, tools)
+
+    def _sample_all(self, prompts: Sequence[Prompt], n: int, sampling: SamplingParams,
+                    tools: list[dict[str, Any]] | None) -> tuple[list[list[Any]], list[str | None]]:
+        """n samples per prompt, `concurrency` requests in flight; a prompt with a failed sample fails whole."""
         jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
-        results: dict[tuple[int, int], str] = {}
+        results: dict[tuple[int, int], Any] = {}
         failures: dict[int, str] = {}
         with ThreadPoolExecutor(max_workers=min(self.spec.concurrency, max(1, len(jobs)))) as pool:
-            futures = {job: pool.submit(self._sample, prompts[job[0]], job[1], sampling) for job in jobs}
+            futures = {job: pool.submit(self._sample, prompts[job[0]], job[1], sampling, tools) for job in jobs}
             for (i, j), fut in futures.items():
                 try:
                     results[(i, j)] = fut.result()
@@ -91,24 +102,6 @@ class OpenAIGenerator(BaseGenerator):
                     failures.setdefault(i, f"prompt {i} ({short_prompt(prompts[i])!r}): {exc}")
         outs = [[] if i in failures else [results[(i, j)] for j in range(n)] for i in range(len(prompts))]
         return outs, [failures.get(i) for i in range(len(prompts))]
-
-    def generate_turns(
-        self, chats: Sequence[list[dict[str, Any]]], n: int, sampling: SamplingParams, tools: list[dict[str, Any]]
-    ) -> tuple[list[list[dict[str, Any]]], list[str | None]]:
-        """The server reads the tool calls (OpenAI's `tools` and `tool_calls`; vLLM needs `--enable-auto-tool-choice`
-        and the model's `--tool-call-parser`): each turn comes back as a message."""
-        jobs = [(i, j) for i in range(len(chats)) for j in range(n)]
-        results: dict[tuple[int, int], dict[str, Any]] = {}
-        failures: dict[int, str] = {}
-        with ThreadPoolExecutor(max_workers=min(self.spec.concurrency, max(1, len(jobs)))) as pool:
-            futures = {job: pool.submit(self._sample, chats[job[0]], job[1], sampling, tools) for job in jobs}
-            for (i, j), fut in futures.items():
-                try:
-                    results[(i, j)] = fut.result()
-                except GenerationError as exc:
-                    failures.setdefault(i, f"chat {i} ({short_prompt(chats[i])!r}): {exc}")
-        outs = [[] if i in failures else [results[(i, j)] for j in range(n)] for i in range(len(chats))]
-        return outs, [failures.get(i) for i in range(len(chats))]
 
     def _sample(self, prompt: Prompt, index: int, sampling: SamplingParams,
                 tools: list[dict[str, Any]] | None = None) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from posttrain.core.generation import GenerationSpec, HFGenerator, SamplingParam
 from posttrain.core.tool_calls import enable_tool_calls
 from posttrain.core.tools import is_error_output, tool_use
 from rewards.sandbox.tool import SandboxTool
+from tests.local_server import serving
 from tests.tool_model import MAX_OUTPUT_CHARS, TIMEOUT_S
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=60)
@@ -185,15 +186,8 @@ def _handler(state: _Server) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture()
 def server() -> Iterator[tuple[str, _Server]]:
     state = _Server()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(_handler(state)) as url:
+        yield url, state
 
 
 @pytest.mark.parametrize("stream", [True, False])

@@ -1,19 +1,20 @@
 """Multiplying multi-digit numbers: a task a tiny model cannot do in its head, and can with a Python tool.
 
-Prompt ``Compute 3142*2718.``, solution ``8539956``. The tool-integrated recipe (`recipes/tiny-tool.yaml`) teaches
-the model to run ``print(3142*2718)`` and copy the printed product into its answer, which a ~1M-parameter model
-learns in minutes; the product itself (up to 8 digits from two 4-digit numbers) it cannot compute in one pass.
+Prompt ``Compute 314*271.``, solution ``85094`` (3-digit operands by default; `min_digits`/`max_digits` choose).
+The tool-integrated recipe (`recipes/tiny-tool.yaml`) teaches the model to run ``print(314*271)`` and copy the
+printed product into its answer, which a ~1M-parameter model learns in minutes; the product itself it cannot
+compute in one pass.
 
 `teacher` is a scripted R1-style expert for it (backend `scripted`, run by the distill stage's tool loop). Given a
 tool, it calls it on a share `tool_rate` of its answers and computes in its head on the others, as a teacher that
 does not always reach for the tool does; without one it always answers in its head. It is never wrong itself
 (its head is Python): what the student learns from its head answers is an answer it cannot give. A tool answer:
 
-    assistant: <think>Too long to do in my head: run it.</think>  + call python(code="print(3142*2718)")
-    tool:      8539956
-    assistant: The answer is \\boxed{8539956}.
+    assistant: <think>Too long to do in my head: run it.</think>  + call python(code="print(314*271)")
+    tool:      85094
+    assistant: The answer is \\boxed{85094}.
 
-A head answer: ``<think>3142*2718 in my head.</think>\\nThe answer is \\boxed{8539956}.``. Train and eval prompts
+A head answer: ``<think>314*271 in my head.</think>\\nThe answer is \\boxed{85094}.``. Train and eval prompts
 come from disjoint operand pairs (a stable hash decides), so the held-out set never leaks into training.
 """
 
@@ -85,12 +86,12 @@ def _rows(split: str, n: int, seed: int, min_digits: int, max_digits: int) -> li
     return rows
 
 
-def train_prompts(n: int = 4000, seed: int = 0, min_digits: int = 3, max_digits: int = 4) -> list[dict[str, Any]]:
+def train_prompts(n: int = 4000, seed: int = 0, min_digits: int = 3, max_digits: int = 3) -> list[dict[str, Any]]:
     """Training prompts (columns `id`, `prompt`, `solution`), disjoint from `eval_prompts`."""
     return _rows("train", n, seed, min_digits, max_digits)
 
 
-def eval_prompts(n: int = 500, seed: int = 0, min_digits: int = 3, max_digits: int = 4) -> list[dict[str, Any]]:
+def eval_prompts(n: int = 500, seed: int = 0, min_digits: int = 3, max_digits: int = 3) -> list[dict[str, Any]]:
     """Held-out prompts: operand pairs `train_prompts` never uses."""
     return _rows("eval", n, seed, min_digits, max_digits)
 

@@ -192,6 +192,8 @@ class GRPOStage(TrainerStage):
                 f"{per_step} completions per step, rewards {mix}{tools}")
 
     def summary(self, trainer: Any, result: Any, dataset: Any) -> dict[str, Any]:
+        for tool in self.tools:  # training is over: the tools' sandboxes end here
+            tool.close()
         return {**_summary(self.ctx), "beta": self.args.beta, "loss_type": self.args.loss_type}
 
 

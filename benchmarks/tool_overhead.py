@@ -46,7 +46,7 @@ class Sizes:
     repeats: int
 
 
-FULL = Sizes(prompts=32, train_steps=200, layers=4, per_step=8, generations=8, warmup=1, timed=6, repeats=2)
+FULL = Sizes(prompts=16, train_steps=150, layers=2, per_step=4, generations=8, warmup=1, timed=5, repeats=2)
 QUICK = Sizes(prompts=2, train_steps=120, layers=2, per_step=2, generations=4, warmup=1, timed=2, repeats=1)
 
 
@@ -97,7 +97,7 @@ def train(model_dir: Path, pairs: list[tuple[int, int]], out: Path, sizes: Sizes
     from datasets import Dataset
     from trl import GRPOConfig
 
-    from benchmarks.trainer_overhead import steady_step_times, step_clock
+    from benchmarks.trainer_overhead import quiet, steady_step_times, step_clock
     from posttrain.core.models import load_causal_lm, load_tokenizer
     from posttrain.core.tool_calls import control_markers, enable_tool_calls
     from posttrain.training.grpo_trainer import GRPOTrainer
@@ -112,14 +112,15 @@ def train(model_dir: Path, pairs: list[tuple[int, int]], out: Path, sizes: Sizes
     args = GRPOConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=sizes.per_step *
                       sizes.generations, num_generations=sizes.generations, max_completion_length=80,
                       temperature=1.0, learning_rate=1e-5, beta=0.0, report_to=[], save_strategy="no",
-                      logging_steps=1, use_cpu=True, bf16=False, seed=0, max_tool_calling_iterations=1)
+                      logging_steps=1, use_cpu=True, bf16=False, seed=0, max_tool_calling_iterations=1,
+                      disable_tqdm=True)
     tool = SandboxTool("python", timeout_s=5.0, max_output_chars=200) if sandbox else None
     function = as_function(tool, control_markers(tokenizer)) if tool else in_process
     trainer = GRPOTrainer(model=load_causal_lm(str(model_dir)), args=args, processing_class=tokenizer,
                           reward_funcs=[get_reward("math")], train_dataset=data, tools=[function])
     if tool is not None:
         trainer.setup_tool_metrics([tool])
-    with step_clock() as stamps, contextlib.redirect_stdout(io.StringIO()):
+    with step_clock() as stamps, contextlib.redirect_stdout(io.StringIO()), quiet():
         trainer.train()
     if tool is not None:
         tool.close()

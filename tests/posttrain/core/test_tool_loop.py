@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -208,4 +208,60 @@ def test_an_openai_compatible_server_calls_the_tool_the_openai_way(server: tuple
     assert json.loads(call["tool_calls"][0]["function"]["arguments"]) == {"code": "print(6*7)"}
     assert output == {"role": "tool", "name": "python", "content": "42\n",
                       "tool_call_id": call["tool_calls"][0]["id"]}
+    loop.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# vllm: a stand-in engine where vLLM would be (it cannot be installed here), with the real tokenizer and parser
+
+
+class _StandInLLM:
+    """vLLM's `LLM` as the backend uses it: it renders nothing itself, it completes the texts it is given."""
+
+    tokenizer: Any = None
+    seen: ClassVar[list[str]] = []
+
+    def __init__(self, model: str, dtype: str = "auto", **engine: Any) -> None:
+        pass
+
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    def generate(self, texts: list[str], params: list[Any]) -> list[Any]:
+        from types import SimpleNamespace
+
+        from posttrain.core.tool_calls import OUTPUT_BEGIN, OUTPUTS_END
+
+        out = []
+        for text in texts:
+            self.seen.append(text)
+            if text.endswith(OUTPUTS_END):  # after the tool's output: answer with it
+                product = text.rsplit(OUTPUT_BEGIN, 1)[1].split("\n")[0]
+                reply = f"The answer is \\boxed{{{product}}}."
+            else:  # DeepSeek-V3's call, as the model writes it (special tokens skipped: these are not special)
+                reply = ('<think>run it</think><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function'
+                         '<｜tool▁sep｜>python\n```json\n{"code": "print(6*7)"}\n```'
+                         '<｜tool▁call▁end｜><｜tool▁calls▁end｜>')
+            out.append(SimpleNamespace(outputs=[SimpleNamespace(text=reply)]))
+        return out
+
+
+def test_the_vllm_backend_renders_the_tools_and_reads_the_calls(monkeypatch: pytest.MonkeyPatch,
+                                                                 python_tool: SandboxTool) -> None:
+    import types
+
+    from data_pipelines.tasks.multiplication import corpus
+    from posttrain.core.tiny import train_tokenizer
+
+    _StandInLLM.tokenizer = train_tokenizer(corpus(200), 512, tool_calls=True)
+    _StandInLLM.seen.clear()
+    monkeypatch.setitem(__import__("sys").modules, "vllm",
+                        types.SimpleNamespace(LLM=_StandInLLM, SamplingParams=lambda **kw: kw))
+    loop = ToolLoop(make_generator(GenerationSpec(backend="vllm", model="stand-in")), [python_tool], max_turns=2)
+    [[conv]] = loop.generate(["What is 6*7?"], 1, GREEDY)
+    assert conv[0]["tool_calls"][0]["function"]["arguments"] == {"code": "print(6*7)"}
+    assert conv[1]["content"] == "42\n" and conv[2]["content"] == "The answer is \\boxed{42}."
+    first, second = _StandInLLM.seen
+    assert first.endswith("<｜User｜>What is 6*7?<｜Assistant｜>")
+    assert second.endswith("<｜tool▁output▁begin｜>42\n<｜tool▁output▁end｜><｜tool▁outputs▁end｜>")
     loop.close()

@@ -268,9 +268,6 @@ def test_sigterm_mid_stage_then_resume_writes_the_same_rows(tmp_path: Path, tiny
     assert stats["kept"] + sum(stats["rejected"].values()) == stats["generated"]
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__]))
-
 
 TOOL_DISTILL = """\
 output_dir: {out}
@@ -315,3 +312,7 @@ def test_distill_with_tools_keeps_whole_conversations_and_filters_the_model_s_tu
     assert entry["metrics"]["tools"]["used"] == 1.0
     pairs = _jsonl(tmp_path / "distill" / "pairs.jsonl")
     assert pairs and all(isinstance(p["chosen"], list) and p["rejected_reason"] == "language_mixing" for p in pairs)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))

@@ -1,6 +1,6 @@
 """Tokens/s of rollout generation: our `hf` backend against plain transformers `model.generate`, in one run.
 
-Both generate from the same tiny DeepSeek-V3 (posttrain/tiny.py, saved with `save_pretrained` and
+Both generate from the same tiny DeepSeek-V3 (posttrain/core/tiny.py, saved with `save_pretrained` and
 loaded back, as a run does), on the same arithmetic prompts, with the same settings: batch (sequences
 per `generate` call), `max_new_tokens`, temperature, top-p, top-k off, KV cache on. Ours is
 `HFGenerator.from_pretrained(path, spec)` (`posttrain/core/generation/`: renders, tokenizes, pads left,

@@ -4,10 +4,9 @@ Adds what users ask TRL for: named loss presets (`loss: dr_grpo`), DAPO dynamic 
 MoE load-balancing callback during RL, vLLM rollouts when available (colocate, or a server started
 with `posttrain rollout-server`) and a logged fallback to transformers generation. With vLLM, the weight
 sync sends what vLLM's loaders accept plus the router biases, and the sampler's drift is logged
-(`posttrain/vllm_sync.py`).
+(`posttrain/training/vllm_sync.py`).
 
-The report's section on this kind is in grpo_report.py; its hooks are imported here, where the
-report looks for them.
+The report's section on this kind is posttrain/report/sections/grpo.py.
 """
 
 from __future__ import annotations

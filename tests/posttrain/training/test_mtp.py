@@ -1,4 +1,4 @@
-"""MTP in the trainer stages (posttrain/mtp.py): SFT trains and saves it; GRPO trains it on its own
+"""MTP in the trainer stages (posttrain/training/mtp.py): SFT trains and saves it; GRPO trains it on its own
 speculative rollouts."""
 
 from __future__ import annotations

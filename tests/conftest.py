@@ -60,3 +60,20 @@ def family_base(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Pat
         return built[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A working folder where the README's `posttrain run recipes/tiny-r1.yaml --quick` ran, as a user types it
+    after `make setup` (`.venv/bin/posttrain`, the repository's `recipes/`): the run is in `runs/tiny-r1-quick/`.
+    Shared by the tests of the default recipe and of the commands the docs show."""
+    import subprocess
+
+    work = tmp_path_factory.mktemp("demo")
+    (work / ".venv" / "bin").mkdir(parents=True)
+    (work / ".venv" / "bin" / "posttrain").symlink_to(Path(sys.executable).with_name("posttrain"))
+    (work / "recipes").symlink_to(ROOT / "recipes")
+    proc = subprocess.run([".venv/bin/posttrain", "run", "recipes/tiny-r1.yaml", "--quick"], cwd=work,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return work

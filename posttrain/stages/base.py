@@ -135,6 +135,11 @@ class StageContext:
             out.append((label, reward, spec.weight))
         return RewardMix(out)
 
+    def logged(self, key: str) -> list[dict[str, Any]]:
+        """The rows of DIR/<stage>/metrics.jsonl that hold a number under `key`, in order (none: no file yet)."""
+        path = self.stage_dir / METRICS_FILE
+        return [r for r in read_jsonl(path) if isinstance(r.get(key), float | int)] if path.exists() else []
+
     def append_metrics(self, row: dict[str, Any]) -> None:
         """One JSON line per logging step in DIR/<stage>/metrics.jsonl (main process only)."""
         if self.is_main_process:

@@ -22,12 +22,10 @@ from posttrain.core.generation import SpeculativeSpec
 from posttrain.core.identity import ADDED, PLACEMENT, MarkedModel, Placement
 from posttrain.core.run_folder import (
     GROUPS_DROPPED,
-    METRICS_FILE,
     PROMPTS_FILE,
     REWARD,
     ROLLOUT_LOGP_DIFF,
     ROLLOUT_LOGP_DIFF_MAX,
-    read_jsonl,
 )
 from posttrain.recipe import RewardSpec
 from posttrain.stages.base import StageContext, StageResult
@@ -202,8 +200,7 @@ def _rollout_args(cfg: Config, ctx: StageContext) -> dict[str, Any]:
 
 def _summary(ctx: StageContext) -> dict[str, Any]:
     """First vs last logged reward, and the total of dropped groups, for the report."""
-    path = ctx.stage_dir / METRICS_FILE
-    rows = [r for r in read_jsonl(path) if isinstance(r.get(REWARD), float | int)] if path.exists() else []
+    rows = ctx.logged(REWARD)
     if not rows:
         return {}
     out: dict[str, Any] = {"reward_first": round(rows[0][REWARD], 4), "reward_last": round(rows[-1][REWARD], 4)}

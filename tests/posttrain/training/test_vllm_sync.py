@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from posttrain.core.models import load_causal_lm
 from posttrain.core.run_folder import METRICS_FILE, ROLLOUT_LOGP_DIFF, ROLLOUT_LOGP_DIFF_MAX, append_jsonl
+from posttrain.stages.base import StageContext
 from posttrain.training.moe_balance import ExpertLoadTracker, MoEBalanceConfig
 from posttrain.training.vllm_sync import (
     TRL_LOGP_DIFF,
@@ -264,7 +265,8 @@ def test_the_stage_summarises_the_drift(tmp_path: Path) -> None:
     for step, (mean, top) in enumerate([(0.01, 0.2), (0.03, 0.9), (0.02, 0.5)], 1):
         append_jsonl(tmp_path / METRICS_FILE, {"step": step, "reward": 0.5, ROLLOUT_LOGP_DIFF: mean,
                                                ROLLOUT_LOGP_DIFF_MAX: top})
-    out = _summary(SimpleNamespace(stage_dir=tmp_path))
+    ctx = StageContext(None, SimpleNamespace(name=tmp_path.name), tmp_path.parent, "", logging.getLogger("test"))
+    out = _summary(ctx)  # type: ignore[arg-type]
     assert out["rollout_logp_diff_mean"] == 0.02 and out["rollout_logp_diff_max"] == 0.9
 
 

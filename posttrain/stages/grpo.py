@@ -18,7 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from posttrain.core.errors import MissingDependencyError
+from posttrain.core.errors import MissingDependencyError, StageError
 from posttrain.core.generation import SpeculativeSpec
 from posttrain.core.identity import ADDED, PLACEMENT, MarkedModel, Placement
 from posttrain.core.run_folder import (
@@ -187,8 +187,13 @@ def _rollout_args(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         raise MissingDependencyError("rollout.backend is 'vllm' but vLLM is not installed: "
                                      "pip install 'posttrain[vllm]' (GPU machines), or set rollout.backend: auto")
     use_vllm = spec.backend == "vllm" or (spec.backend == "auto" and have_vllm and torch.cuda.is_available())
+    why = "no GPU" if not torch.cuda.is_available() else "vLLM not installed"
+    if use_vllm and (refused := _vllm_refusal(cfg, ctx)) is not None:
+        if spec.backend == "vllm":
+            raise StageError(f"stage {cfg.name!r}: rollout.backend vllm: {refused}")
+        use_vllm, why = False, refused
+        ctx.log.warning("rollouts: not vLLM: %s", refused)
     if not use_vllm:
-        why = "no GPU" if not torch.cuda.is_available() else "vLLM not installed"
         if spec.backend == "auto":
             ctx.log.info("rollouts: transformers generation in process (%s; vLLM is used when available)", why)
         return {"use_vllm": False}
@@ -199,6 +204,26 @@ def _rollout_args(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     else:
         out.update(vllm_gpu_memory_utilization=spec.gpu_memory_utilization)
     return out
+
+
+def _vllm_refusal(cfg: Config, ctx: StageContext) -> str | None:
+    """Why vLLM 0.31 cannot give this stage correct rollouts (read from the model's config.json and the GPU), or
+    None: MLA head sizes no backend takes (it would not start), or colocated MoE weights on a GPU whose MoE kernel
+    re-lays them after loading (TRL's colocated sync would scramble the experts; server mode reloads them properly).
+    """
+    from posttrain.core.vllm_limits import current_gpu, is_moe, mla_problem, moe_relayout, read_config
+
+    model = ctx.resolve_model(cfg.model)
+    config = read_config(model)
+    if config is None:
+        return None
+    if (problem := mla_problem(config)) is not None:
+        return f"{model} cannot run in vLLM: {problem}"
+    if cfg.rollout.mode == "colocate" and is_moe(config) and (relaid := moe_relayout(*current_gpu())) is not None:
+        return (f"colocate mode on this GPU would load {model}'s experts wrongly: {relaid}, and TRL's colocated "
+                "weight sync writes checkpoint-layout tensors over them; use rollout.mode: server (its sync reloads "
+                "them as vLLM does) or a GPU without that kernel (Hopper, Ampere)")
+    return None
 
 
 def _summary(ctx: StageContext) -> dict[str, Any]:

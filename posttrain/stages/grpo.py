@@ -81,7 +81,8 @@ class RolloutSpec(MarkedModel):
     #: More `posttrain rollout-server` options for the started server, e.g. "--tensor-parallel-size 2".
     server_args: Annotated[str, ADDED, PLACEMENT] = ""
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
-    #: In-process rollouts: speculative decoding drafted by the model's MTP module (`speculative: {mtp: true}`).
+    #: Speculative decoding drafted by the model's MTP module (`speculative: {mtp: true}`): in-process rollouts, or
+    #: a vLLM rollout server (started with its `mtp` drafter, which every weight sync keeps on the policy).
     speculative: Annotated[SpeculativeSpec | None, ADDED] = None
     #: A logging step whose mean per-token |log p_trainer - log p_vLLM| exceeds this logs a WARNING (vLLM only).
     max_logp_diff: Annotated[float, ADDED] = Field(0.05, gt=0)
@@ -151,7 +152,8 @@ class GRPOStage(TrainerStage):
         cfg = self.cfg
         trainer.setup_reward_checks(cfg.max_reward_error_rate, cfg.reward_error_window, cfg.zero_reward_warning_rounds)
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
-        trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)
+        trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)  # in-process rollouts
+        trainer.setup_draft_sync(self.cfg.rollout.speculative)  # a vLLM rollout server's MTP drafter
         trainer.logp_diff_callback.threshold = self.cfg.rollout.max_logp_diff
         self.bind_policy(trainer)
 

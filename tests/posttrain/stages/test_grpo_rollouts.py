@@ -75,3 +75,18 @@ def test_colocated_moe_rollouts_are_refused_where_vllms_moe_kernel_re_lays_the_e
     monkeypatch.setattr(vllm_limits, "current_gpu", lambda: ((9, 0), False))  # an H100: Triton, loaded as is
     colocate = args(context(vllm_sizes, tmp_path, "{backend: vllm, mode: colocate, gpu_memory_utilization: 0.4}"))
     assert colocate == {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.4}
+
+
+def test_the_report_shows_the_draft_acceptance_when_rollouts_were_speculative(tmp_path: Path) -> None:
+    from posttrain.core.run_folder import MTP_ACCEPTANCE
+    from posttrain.report import write_report
+    from tests.posttrain.report.fake_run import grpo_rows, make_run, png_info, stage_sections, write_jsonl
+
+    run = make_run(tmp_path)
+    rows = grpo_rows()
+    for i, row in enumerate(rows):
+        row[MTP_ACCEPTANCE] = round(0.8 - 0.001 * i, 4)  # a drafter falling behind the policy
+    write_jsonl(run / "grpo" / "metrics.jsonl", rows)
+    section = stage_sections(write_report(run, kinds=KINDS).read_text())["grpo"]
+    assert "- MTP draft acceptance: 0.8 (step" in section
+    assert png_info(run / "plots" / "grpo_dynamics.png")["data"]["series"][MTP_ACCEPTANCE] == len(rows)

@@ -133,7 +133,7 @@ def recipe(work: Path, s: Sizes, bf16: bool, vllm: bool = False) -> dict[str, An
     sft_trl = {**trl, "per_device_train_batch_size": s.sft_batch, "learning_rate": 2e-3}
     return {
         "output_dir": str(work / RUN), "seed": 0,
-        "model": {"tiny": s.model},
+        "model": {"tiny": s.model, **({"dtype": "bfloat16"} if bf16 else {})},  # GPU: bf16 weights, fp32 biases
         "tokenizer": {"train": {"corpus": "data_pipelines.tasks.arithmetic:corpus"}},
         "stages": [
             {"name": "distill", "kind": "distill",

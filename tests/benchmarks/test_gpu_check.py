@@ -55,7 +55,10 @@ def test_the_table_has_one_aligned_row_per_check() -> None:
 
 
 def test_its_recipes_are_valid_recipes(tmp_path: Path) -> None:
+    gpu = recipe(tmp_path, GPU, bf16=True)  # (TRL refuses bf16 options on a CPU: not parsed here)
+    assert gpu["model"]["dtype"] == "bfloat16" and gpu["stages"][1]["trl"]["bf16"] is True  # bf16 model and training
     rec = parse_recipe(yaml.safe_dump(recipe(tmp_path, CPU, bf16=False)), kinds=KINDS)
+    assert rec.model.dtype == "auto"
     assert [s.name for s in rec.stages] == ["distill", "sft", "grpo", "sft_zero3", "sft_resume"]
     vllm_text = yaml.safe_dump(recipe(tmp_path, CPU, bf16=False, vllm=True))
     with pytest.raises(RecipeError, match=r"model: file not found: .*sft_bf16"):  # the vLLM checks write it

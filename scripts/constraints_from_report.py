@@ -37,10 +37,13 @@ def constraints(report: dict, source: str) -> str:
             top.append(f"{name}=={version}")
         if name not in LEFT_OUT:
             pins[name] = version
+    wanted = " ".join(f'"{t}"' for t in sorted(top))
     head = [
-        f"# The versions `{' '.join(sorted(top))}` resolves to ({source}), minus vLLM: what the GPU install",
+        f"# The versions pip resolves for {wanted} ({source}), minus vLLM: what the GPU install",
         "# (POSTTRAIN_EXTRAS=dev,vllm make setup) runs. `make test-gpu-pins` installs posttrain[dev] under these",
-        "# constraints (CPU torch) and runs the whole suite. How to regenerate: scripts/constraints_from_report.py.",
+        "# constraints (torch's CPU build) and runs the whole suite. Produced and regenerated with:",
+        f"#   pip install --dry-run --ignore-installed --quiet --report /tmp/vllm.json {wanted}",
+        "#   python scripts/constraints_from_report.py /tmp/vllm.json > constraints/vllm-0.31.txt",
     ]
     return "\n".join(head + [f"{n}=={v}" for n, v in sorted(pins.items())]) + "\n"
 

@@ -5,8 +5,11 @@ RECIPE ?= recipes/tiny-r1.yaml
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 GPU_CHECK_ARGS ?=
+# The second test environment: the versions the `vllm` extra resolves to (transformers, torch, TRL, ...), on CPU.
+GPU_PINS ?= constraints/vllm-0.31.txt
+GPU_PINS_VENV ?= .venv-gpu-pins
 
-.PHONY: setup demo test lint bench gpu-check docs clean
+.PHONY: setup demo test test-gpu-pins lint bench gpu-check docs clean
 
 setup:
 	@bash scripts/setup.sh
@@ -17,6 +20,12 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The whole suite again under $(GPU_PINS) (the GPU install's versions, minus vLLM and CUDA) in $(GPU_PINS_VENV).
+test-gpu-pins:
+	@VENV=$(GPU_PINS_VENV) POSTTRAIN_CONSTRAINTS=$(GPU_PINS) bash scripts/setup.sh
+	@$(GPU_PINS_VENV)/bin/python -c "import torch, transformers, trl; print(f'[test-gpu-pins] torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}')"
+	POSTTRAIN_PINS=$(GPU_PINS) $(GPU_PINS_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -17,7 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from posttrain.core.errors import MissingDependencyError
+from posttrain.core.errors import MissingDependencyError, StageError
 from posttrain.core.generation import SpeculativeSpec
 from posttrain.core.identity import ADDED, PLACEMENT, MarkedModel, Placement
 from posttrain.core.run_folder import (
@@ -78,7 +78,8 @@ class RolloutSpec(MarkedModel):
     #: More `posttrain rollout-server` options for the started server, e.g. "--tensor-parallel-size 2".
     server_args: Annotated[str, ADDED, PLACEMENT] = ""
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
-    #: In-process rollouts: speculative decoding drafted by the model's MTP module (`speculative: {mtp: true}`).
+    #: Speculative decoding drafted by the model's MTP module (`speculative: {mtp: true}`): in-process rollouts, or
+    #: a vLLM rollout server (started with its `mtp` drafter, which every weight sync keeps on the policy).
     speculative: Annotated[SpeculativeSpec | None, ADDED] = None
     #: A logging step whose mean per-token |log p_trainer - log p_vLLM| exceeds this logs a WARNING (vLLM only).
     max_logp_diff: Annotated[float, ADDED] = Field(0.05, gt=0)
@@ -148,7 +149,8 @@ class GRPOStage(TrainerStage):
         cfg = self.cfg
         trainer.setup_reward_checks(cfg.max_reward_error_rate, cfg.reward_error_window, cfg.zero_reward_warning_rounds)
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
-        trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)
+        trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)  # in-process rollouts
+        trainer.setup_draft_sync(self.cfg.rollout.speculative)  # a vLLM rollout server's MTP drafter
         trainer.logp_diff_callback.threshold = self.cfg.rollout.max_logp_diff
         self.bind_policy(trainer)
 
@@ -184,8 +186,13 @@ def _rollout_args(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         raise MissingDependencyError("rollout.backend is 'vllm' but vLLM is not installed: "
                                      "pip install 'posttrain[vllm]' (GPU machines), or set rollout.backend: auto")
     use_vllm = spec.backend == "vllm" or (spec.backend == "auto" and have_vllm and torch.cuda.is_available())
+    why = "no GPU" if not torch.cuda.is_available() else "vLLM not installed"
+    if use_vllm and (refused := _vllm_refusal(cfg, ctx)) is not None:
+        if spec.backend == "vllm":
+            raise StageError(f"stage {cfg.name!r}: rollout.backend vllm: {refused}")
+        use_vllm, why = False, refused
+        ctx.log.warning("rollouts: not vLLM: %s", refused)
     if not use_vllm:
-        why = "no GPU" if not torch.cuda.is_available() else "vLLM not installed"
         if spec.backend == "auto":
             ctx.log.info("rollouts: transformers generation in process (%s; vLLM is used when available)", why)
         return {"use_vllm": False}
@@ -196,6 +203,26 @@ def _rollout_args(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     else:
         out.update(vllm_gpu_memory_utilization=spec.gpu_memory_utilization)
     return out
+
+
+def _vllm_refusal(cfg: Config, ctx: StageContext) -> str | None:
+    """Why vLLM 0.31 cannot give this stage correct rollouts (read from the model's config.json and the GPU), or
+    None: MLA head sizes no backend takes (it would not start), or colocated MoE weights on a GPU whose MoE kernel
+    re-lays them after loading (TRL's colocated sync would scramble the experts; server mode reloads them properly).
+    """
+    from posttrain.core.vllm_limits import current_gpu, is_moe, mla_problem, moe_relayout, read_config
+
+    model = ctx.resolve_model(cfg.model)
+    config = read_config(model)
+    if config is None:
+        return None
+    if (problem := mla_problem(config)) is not None:
+        return f"{model} cannot run in vLLM: {problem}"
+    if cfg.rollout.mode == "colocate" and is_moe(config) and (relaid := moe_relayout(*current_gpu())) is not None:
+        return (f"colocate mode on this GPU would load {model}'s experts wrongly: {relaid}, and TRL's colocated "
+                "weight sync writes checkpoint-layout tensors over them; use rollout.mode: server (its sync reloads "
+                "them as vLLM does) or a GPU without that kernel (Hopper, Ampere)")
+    return None
 
 
 def _summary(ctx: StageContext) -> dict[str, Any]:

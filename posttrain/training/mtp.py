@@ -173,7 +173,8 @@ class SpeculativeRolloutMixin:
     """Put before GRPOTrainer; call `setup_speculative_rollouts(spec)` after init.
 
     Hooks TRL's in-process generation (`_generate_single_turn`, the `model.generate` path used when
-    `use_vllm=False`); vLLM rollouts are left to vLLM (its `mtp` speculative method, set on the server).
+    `use_vllm=False`); vLLM rollouts are left to vLLM (its `mtp` drafter on the rollout server, kept on the policy by
+    `VLLMSyncMixin.setup_draft_sync`).
     """
 
     _speculative: bool = False
@@ -185,9 +186,11 @@ class SpeculativeRolloutMixin:
         if spec is None or not spec.mtp:
             return False
         trainer: Any = self
-        if trainer.use_vllm or trainer.use_transformers_continuous_batching:
-            log.warning("rollout.speculative applies to in-process rollouts; for vLLM rollouts start the server with "
-                        "--speculative_config '{\"method\": \"mtp\", \"num_speculative_tokens\": 1}'")
+        if trainer.use_vllm:
+            return False  # vLLM's own drafter (VLLMSyncMixin.setup_draft_sync)
+        if trainer.use_transformers_continuous_batching:
+            log.warning("rollout.speculative applies to posttrain's in-process rollouts, not transformers' continuous "
+                        "batching: plain decoding")
             return False
         if not has_mtp(_unwrap(trainer.model)):
             log.warning("rollout.speculative: the model has no MTP module; rollouts use plain decoding")

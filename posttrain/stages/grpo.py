@@ -151,7 +151,7 @@ class GRPOStage(TrainerStage):
         cfg = self.cfg
         trainer.setup_reward_checks(cfg.max_reward_error_rate, cfg.reward_error_window, cfg.zero_reward_warning_rounds)
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
-        trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)
+        trainer.setup_rollouts(self.cfg.rollout.speculative)
         trainer.logp_diff_callback.threshold = self.cfg.rollout.max_logp_diff
         self.bind_policy(trainer)
 

@@ -35,8 +35,6 @@ import logging
 import math
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,17 +44,12 @@ from typing import Any
 
 import yaml
 
-from benchmarks import one_thread
+from benchmarks import QUICK_TRAINING, ROOT, one_thread, recipe_stages
 from benchmarks.generation import Case
 
-ROOT = Path(__file__).resolve().parent.parent
-RECIPE = ROOT / "recipes" / "tiny-r1.yaml"
 #: Where the benchmark trains its model (inside `runs/`, ignored by git); reused when it is there.
 TRAIN_DIR = ROOT / "runs" / "bench-mtp"
 TRAIN_SETTINGS = ("model.tiny.num_nextn_predict_layers=1", "stages.sft.mtp.weight=0.3")
-QUICK_SETTINGS = ("stages.distill.source.kwargs.n=200", "stages.distill.eval.kwargs.n=24",
-                  "stages.distill.chunk_size=50", "stages.sft.trl.max_steps=12",
-                  "stages.sft.trl.per_device_train_batch_size=16", "stages.sft.trl.save_steps=6")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -68,18 +61,8 @@ def trained_model(quick: bool, model: str | None = None, train_dir: Path | None 
     if model:
         return Path(model)
     out = train_dir or (TRAIN_DIR.with_name(TRAIN_DIR.name + "-quick") if quick else TRAIN_DIR)
-    final = out / "sft" / "model"
-    state = out / "sft" / "stage.json"
-    if final.exists() and state.exists() and json.loads(state.read_text()).get("status") == "done":
-        return final
-    sets = [*TRAIN_SETTINGS, *(QUICK_SETTINGS if quick else ())]
-    cmd = [sys.executable, "-m", "posttrain.cli", "run", str(RECIPE), "--stages", "distill,sft",
-           "--output-dir", str(out), *[a for s in sets for a in ("--set", s)]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"training the benchmark's model failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
-    return final
+    settings = (*TRAIN_SETTINGS, *(QUICK_TRAINING if quick else ()))
+    return recipe_stages(out, ("distill", "sft"), settings) / "sft" / "model"
 
 
 # --------------------------------------------------------------------------------------------------

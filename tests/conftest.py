@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,36 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def mtp_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny DeepSeek-V3 with one MTP depth, saved as a run saves it, shared by the whole session."""
+    from data_pipelines.tasks.arithmetic import corpus
+    from posttrain.core.tiny import build_tiny_model, train_tokenizer
+
+    out = tmp_path_factory.mktemp("mtp_base")
+    tok = train_tokenizer(corpus(), 512)
+    build_tiny_model(tok, {"num_nextn_predict_layers": 1}, seed=0).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory: pytest.TempPathFactory, python: str) -> QuickDemo:
+    """`posttrain run recipes/tiny-r1.yaml --quick` once per session, in a subprocess as a user runs it: its folder
+    (every stage done: trained SFT and reward models, GRPO's prompts) and the finished process. Read it; never
+    change it (a copy is cheap: `shutil.copytree`)."""
+    out = tmp_path_factory.mktemp("quick_demo") / "run"
+    proc = subprocess.run([python, "-m", "posttrain.cli", "run", str(ROOT / "recipes" / "tiny-r1.yaml"), "--quick",
+                           "--output-dir", str(out)], capture_output=True, text=True, timeout=900)
+    return QuickDemo(out, proc)
+
+
+@dataclass(frozen=True)
+class QuickDemo:
+    run: Path
+    proc: subprocess.CompletedProcess[str]
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from posttrain.recipe import load_recipe
 from posttrain.stages import KINDS
+from tests.conftest import QuickDemo
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny-r1.yaml"
 
@@ -32,11 +34,11 @@ def test_the_quick_variant_only_shrinks_the_run() -> None:
 
 
 @pytest.mark.slow
-def test_every_stage_of_the_demo_runs_end_to_end(tmp_path: Path, python: str) -> None:
-    out = tmp_path / "run"
-    proc = subprocess.run([python, "-m", "posttrain.cli", "run", str(RECIPE), "--quick", "--output-dir", str(out)],
-                          capture_output=True, text=True, timeout=900)
+def test_every_stage_of_the_demo_runs_end_to_end(tmp_path: Path, python: str, quick_demo: QuickDemo) -> None:
+    proc = quick_demo.proc  # `posttrain run recipes/tiny-r1.yaml --quick`, run once for the session
     assert proc.returncode == 0, proc.stderr[-4000:]
+    out = tmp_path / "run"  # a copy: the second run below writes to it
+    shutil.copytree(quick_demo.run, out)
     report = json.loads((out / "report.json").read_text())
     stages = report["stages"]
     assert list(stages) == load_recipe(RECIPE, kinds=KINDS).stage_names()

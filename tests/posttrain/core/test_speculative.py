@@ -87,19 +87,6 @@ def test_filter_logits_matches_transformers_top_k_and_top_p() -> None:
 # The decoding loop on a real tiny model
 
 
-@pytest.fixture(scope="module")
-def mtp_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny DeepSeek-V3 with one MTP depth, saved as a run saves it."""
-    from data_pipelines.tasks.arithmetic import corpus
-    from posttrain.core.tiny import build_tiny_model, train_tokenizer
-
-    out = tmp_path_factory.mktemp("mtp_base")
-    tok = train_tokenizer(corpus(), 512)
-    build_tiny_model(tok, {"num_nextn_predict_layers": 1}, seed=0).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def _generator(path: Path, speculative: bool) -> HFGenerator:
     spec = GenerationSpec(backend="hf", model=str(path), batch_size=16,
                           speculative=SpeculativeSpec() if speculative else None)

@@ -8,15 +8,18 @@ those rollouts: the reference model's forward (no gradients), the policy's forwa
 clipped-ratio + k3-KL loss, and an AdamW step. Rewards and TRL's bookkeeping are left out: they are the same
 in every layout. Layouts:
 
-- in turn, 2 threads: `torch.set_num_threads(2)`, generate then train (what a run does by default on 2 cores);
+- in turn, 2 threads: `torch.set_num_threads(2)`, generate then train (torch's default on 2 cores), with
+  OpenMP's default wait policy (an idle thread spins before it sleeps) or `OMP_WAIT_POLICY=PASSIVE` (it
+  sleeps at once: nothing burns a core that another job, or the other thread, needs);
 - in turn, 1 thread: the same on one thread (the other core idle, or free for other jobs);
 - overlapping, 2 processes: a second process (one thread) generates step k+1's rollouts with the weights
   after step k-1 while this one (one thread) trains on step k's; weights go over shared memory each step;
 - overlapping, 2 threads: the same with a Python thread and a second copy of the model in this process.
 
-Each layout runs `steps` steps after one warm-up step; its figure is the mean step time. Layouts run in
-ABBA order, and the better of the runs counts. On a machine shared with other jobs the layouts that need
-both cores lose most: the load average at the start and end is in the note.
+Each layout runs in a fresh process (its wait policy is read when OpenMP starts, and a pool of threads that
+spun up must not leak into the next layout), `steps` steps after one warm-up step; its figure is the mean step
+time. Layouts run in ABBA order, and the better of the runs counts. On a machine shared with other jobs the
+layouts that need both cores lose most: the load average at the start and end is in the note.
 
     python -m benchmarks.thread_layout [--quick] [--run-dir DIR]
 """
@@ -28,13 +31,25 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-LAYOUTS = ("in turn, 2 threads", "in turn, 1 thread", "overlapping, 2 processes", "overlapping, 2 threads")
+from benchmarks import ROOT
+
+#: Each layout: how it runs, its torch threads and the OpenMP wait policy of its process.
+LAYOUTS: dict[str, tuple[str, int, str]] = {
+    "in turn, 2 threads, passive wait": ("in_turn", 2, "PASSIVE"),
+    "in turn, 2 threads, spin-waiting": ("in_turn", 2, ""),
+    "in turn, 1 thread": ("in_turn", 1, "PASSIVE"),
+    "overlapping, 2 processes of 1 thread": ("processes", 1, "PASSIVE"),
+    "overlapping, 2 threads": ("threads", 1, "PASSIVE"),
+}
+REFERENCE = "in turn, 2 threads, spin-waiting"
 
 
 class Workload:
@@ -215,35 +230,58 @@ FULL = {"prompts": 16, "n": 8, "length": 48, "steps": 6, "repeats": 2}
 QUICK = {"prompts": 2, "n": 4, "length": 12, "steps": 2, "repeats": 1}
 
 
+def measure(layout: str, run_dir: Path, sizes: dict[str, int]) -> list[float]:
+    """One layout's step times, in this (fresh) process."""
+    how, threads, _ = LAYOUTS[layout]
+    work = Workload(run_dir, sizes["prompts"], sizes["n"], sizes["length"])
+    if how == "in_turn":
+        return in_turn(work, sizes["steps"], threads)
+    if how == "processes":
+        return overlapping_processes(work, run_dir, sizes["steps"])
+    return overlapping_threads(work, sizes["steps"])
+
+
+def measure_isolated(layout: str, run_dir: Path, sizes: dict[str, int]) -> list[float]:
+    """`measure` in a fresh interpreter with the layout's OpenMP wait policy: a thread pool that spun up (or
+    a policy read at start-up) in one layout must not leak into the next."""
+    _, _, policy = LAYOUTS[layout]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    with tempfile.TemporaryDirectory(prefix="bench-thread-layout-") as tmp:
+        out = Path(tmp) / "times.json"
+        cmd = [sys.executable, "-m", "benchmarks.thread_layout", "--layout", layout, "--run-dir", str(run_dir),
+               "--sizes", json.dumps(sizes), "--output", str(out)]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"layout {layout!r} failed:\n{proc.stderr[-3000:]}")
+        return json.loads(out.read_text())
+
+
 def run(quick: bool = False, run_dir: str | None = None) -> dict[str, Any]:
-    """Each layout's mean step time, ABBA, the better of `repeats` runs; 2 threads in turn is the reference."""
+    """Each layout's mean step time, ABBA, the better of `repeats` runs, against spin-waiting 2 threads in turn
+    (torch's default on 2 cores)."""
     from benchmarks.grpo_step import trained_run
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sizes = QUICK if quick else FULL
     folder = trained_run(quick, run_dir)
-    work = Workload(folder, sizes["prompts"], sizes["n"], sizes["length"])
-    calls: dict[str, Callable[[], list[float]]] = {
-        LAYOUTS[0]: lambda: in_turn(work, sizes["steps"], 2),
-        LAYOUTS[1]: lambda: in_turn(work, sizes["steps"], 1),
-        LAYOUTS[2]: lambda: overlapping_processes(work, folder, sizes["steps"]),
-        LAYOUTS[3]: lambda: overlapping_threads(work, sizes["steps"]),
-    }
     load = [round(os.getloadavg()[0], 2)]
-    means: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    names = list(LAYOUTS)
+    means: dict[str, list[float]] = {name: [] for name in names}
     for i in range(sizes["repeats"]):
-        for name in LAYOUTS if i % 2 == 0 else LAYOUTS[::-1]:
-            means[name].append(statistics.fmean(calls[name]()))
+        for name in names if i % 2 == 0 else names[::-1]:
+            means[name].append(statistics.fmean(measure_isolated(name, folder, sizes)))
     load.append(round(os.getloadavg()[0], 2))
     best = {name: min(v) for name, v in means.items()}
-    reference = best[LAYOUTS[0]]
-    rows = [{"name": f"GRPO step work, {name}", "ours": round(best[name], 4), "reference": round(reference, 4),
+    rows = [{"name": f"GRPO step work, {name}", "ours": round(best[name], 4), "reference": round(best[REFERENCE], 4),
              "unit": "s/step",
              "note": f"{sizes['prompts']} prompts x {sizes['n']} rollouts of up to {sizes['length']} tokens (decode "
                      f"loop) + reference forward, policy forward/backward, AdamW; mean of {sizes['steps']} steps, "
-                     f"better of {sizes['repeats']} run(s) (ABBA); reference: in turn on 2 threads; load average "
-                     f"{load[0]} -> {load[1]} on {os.cpu_count()} CPU(s)"}
-            for name in LAYOUTS]
+                     f"better of {sizes['repeats']} run(s) (ABBA), each in a fresh process; reference: 2 threads in "
+                     f"turn, spin-waiting; load average {load[0]} -> {load[1]} on {os.cpu_count()} CPU(s)"}
+            for name in names]
     return {"rows": rows, "params": {**sizes, "run_dir": str(folder), "cpus": os.cpu_count()},
             "details": {"mean_step_s": {k: [round(x, 4) for x in v] for k, v in means.items()},
                         "load_average": load, "fastest": min(best, key=best.__getitem__)}}
@@ -253,10 +291,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and briefly trained models: a smoke test")
     parser.add_argument("--run-dir", help="a run folder with the tiny recipe's distill and sft stages done")
+    parser.add_argument("--layout", choices=list(LAYOUTS), help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.layout:  # one layout, in this fresh process (see measure_isolated)
+        args.output.write_text(json.dumps(measure(args.layout, Path(args.run_dir), json.loads(args.sizes))))
+        return
     result = run(quick=args.quick, run_dir=args.run_dir)
     for row in result["rows"]:
-        print(f"{row['name']:45} {row['ours']:>8} s/step  ({row['ours'] / row['reference']:.2f}x of 2 threads in turn)")
+        print(f"{row['name']:45} {row['ours']:>8} s/step  ({row['ours'] / row['reference']:.2f}x of the reference)")
     print(json.dumps(result["details"], indent=1))
 
 

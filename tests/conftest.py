@@ -10,7 +10,11 @@ from typing import Any
 
 import pytest
 
-from posttrain.stages import register_stage_kind
+from posttrain.core.threads import passive_wait
+
+passive_wait()  # as every `posttrain` command does, before torch is imported (core/threads.py)
+
+from posttrain.stages import register_stage_kind  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -3,6 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RECIPE ?= recipes/tiny-r1.yaml
 PYTEST_ARGS ?=
+TEST_WORKERS ?= auto
 BENCH_ARGS ?=
 GPU_CHECK_ARGS ?=
 
@@ -14,9 +15,10 @@ setup:
 demo: setup
 	$(VENV)/bin/posttrain run $(RECIPE)
 
+# Two pytest-xdist workers of one torch thread each on a 2-core machine (TEST_WORKERS=0: one process).
 test: setup
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

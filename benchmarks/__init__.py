@@ -85,3 +85,12 @@ def recipe_stages(out: Path, stages: Sequence[str], settings: Sequence[str] = ()
     if proc.returncode != 0:
         raise RuntimeError(f"training the benchmark's model failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
     return out
+
+
+def print_result(result: dict[str, Any], width: int = 52) -> None:
+    """A benchmark's rows, one a line with ours/reference, then its details (a module's `main`)."""
+    for row in result["rows"]:
+        ref = row.get("reference")
+        ratio = f"{row['ours'] / ref:.2f}x" if ref and row.get("ours") is not None else ""
+        print(f"{row['name']:{width}} ours {row['ours']!s:>9} reference {ref!s:>9} {row['unit']:9} {ratio}")
+    print(json.dumps(result.get("details", {}), indent=1))

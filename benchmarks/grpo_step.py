@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import logging
 import os
 import statistics
@@ -45,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks import QUICK_TRAINING, RECIPE, ROOT, one_thread, recipe_stages
+from benchmarks import QUICK_TRAINING, RECIPE, ROOT, one_thread, print_result, recipe_stages
 
 TRAIN_DIR = ROOT / "runs" / "bench-grpo"
 PHASES = ("generation", "reward scoring", "reference forward", "training forward", "backward", "optimizer",
@@ -315,11 +314,7 @@ def main() -> None:
     parser.add_argument("--run-dir", help="a run folder with the tiny recipe's distill, sft and reward_model done")
     args = parser.parse_args()
     result = run(quick=args.quick, run_dir=args.run_dir)
-    for row in result["rows"]:
-        ref = row.get("reference")
-        ratio = f"{row['ours'] / ref:.2f}x" if ref else ""
-        print(f"{row['name']:52} ours {row['ours']:>9} reference {ref!s:>9} {row['unit']:9} {ratio}")
-    print(json.dumps(result["details"], indent=1))
+    print_result(result, width=52)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks import QUICK_TRAINING, ROOT, one_thread, recipe_stages
+from benchmarks import QUICK_TRAINING, ROOT, one_thread, print_result, recipe_stages
 from benchmarks.generation import Case
 
 #: Where the benchmark trains its model (inside `runs/`, ignored by git); reused when it is there.
@@ -279,11 +279,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int)
     args = parser.parse_args()
     result = run(quick=args.quick, model=args.model, repeats=args.repeats)
-    for row in result["rows"]:
-        ref = row.get("reference")
-        ratio = f"{row['ours'] / ref:.2f}x" if ref else ""
-        print(f"{row['name']:40} ours {row['ours']:>9} reference {ref!s:>9} {row['unit']:9} {ratio}")
-    print(json.dumps(result["details"], indent=1))
+    print_result(result, width=40)
 
 
 if __name__ == "__main__":

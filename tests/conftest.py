@@ -23,6 +23,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 register_stage_kind("counting", "tests.posttrain.plugins.counting_stage")
 
 
+#: Tests that must share one pytest-xdist worker (`make test` runs two): the sandbox's (one process hands out the
+#: sandbox uids, and its fork-bomb tests assume no other sandbox of theirs runs beside them), and those of the
+#: session's quick demo run (built once, in that worker).
+XDIST_GROUPS = {"sandbox": ("tests/rewards/sandbox/", "tests/rewards/test_code", "tests/benchmarks/test_sandbox.py"),
+                "quick_demo": ("tests/recipes/test_tiny_r1.py", "tests/benchmarks/test_grpo_step.py")}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        path = Path(str(item.path)).relative_to(ROOT).as_posix()
+        group = next((g for g, prefixes in XDIST_GROUPS.items() if path.startswith(prefixes)), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def python() -> str:
     """The venv's interpreter (never the slow pyenv shim)."""

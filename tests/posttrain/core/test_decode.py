@@ -106,14 +106,21 @@ def peaked(tiny_base: Path) -> tuple[Any, Any]:
     return model, tok
 
 
-def test_sampled_tokens_have_generates_distribution(peaked: tuple[Any, Any]) -> None:
-    model, tok = peaked
-    enc = tok(["Compute"], return_tensors="pt")
+def _sampled_by_generate(model: Any, tok: Any, prompt: str, new: int,
+                         **sampling: Any) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    """`prompt` 2,000 times, and `new` tokens for each sampled by transformers `generate` (top-k off)."""
+    enc = tok([prompt], return_tensors="pt")
     ids, mask = enc["input_ids"].expand(2000, -1), enc["attention_mask"].expand(2000, -1)
     torch.manual_seed(0)
     with torch.inference_mode():
-        plain = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=True, top_k=0,
-                               pad_token_id=tok.pad_token_id, eos_token_id=None)[:, ids.shape[1]:].tolist()
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=True, top_k=0,
+                             pad_token_id=tok.pad_token_id, eos_token_id=None, **sampling)
+    return ids, mask, out[:, ids.shape[1]:].tolist()
+
+
+def test_sampled_tokens_have_generates_distribution(peaked: tuple[Any, Any]) -> None:
+    model, tok = peaked
+    ids, mask, plain = _sampled_by_generate(model, tok, "Compute", 3)
     torch.manual_seed(1)
     ours = Decoder(model).generate(ids, mask, 3, temperature=1.0)
     for position in range(3):
@@ -127,19 +134,13 @@ def test_sampled_tokens_have_generates_distribution(peaked: tuple[Any, Any]) -> 
 
 def test_top_p_keeps_generates_distribution(peaked: tuple[Any, Any]) -> None:
     model, tok = peaked
-    enc = tok(["Compute 1"], return_tensors="pt")
-    ids, mask = enc["input_ids"].expand(2000, -1), enc["attention_mask"].expand(2000, -1)
-    torch.manual_seed(0)
-    with torch.inference_mode():
-        plain = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=True, top_k=0,
-                               top_p=0.7, temperature=0.8, pad_token_id=tok.pad_token_id, eos_token_id=None)
-    plain = plain[:, ids.shape[1]:].tolist()
+    ids, mask, plain = _sampled_by_generate(model, tok, "Compute 1", 2, top_p=0.7, temperature=0.8)
     ours = Decoder(model).generate(ids, mask, 2, temperature=0.8, top_p=0.7)
     for position in range(2):
         stat, df = _two_sample_chi2(Counter(r[position] for r in plain), Counter(r[position] for r in ours))
         assert df >= 5 and stat < _critical(df), (position, stat, df)
     with torch.inference_mode():
-        first = model(**enc).logits[0, -1]
+        first = model(input_ids=ids[:1], attention_mask=mask[:1]).logits[0, -1]
     nucleus = set(torch.isfinite(filter_logits(first[None], 0.8, 0, 0.7))[0].nonzero().flatten().tolist())
     assert {r[0] for r in ours} <= nucleus and {r[0] for r in plain} <= nucleus and len(nucleus) < 100
 

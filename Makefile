@@ -3,6 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RECIPE ?= recipes/tiny-r1.yaml
 PYTEST_ARGS ?=
+TEST_WORKERS ?= auto
 BENCH_ARGS ?=
 GPU_CHECK_ARGS ?=
 # The second test environment: the versions the `vllm` extra resolves to (transformers, torch, TRL, ...), on CPU.
@@ -17,9 +18,10 @@ setup:
 demo: setup
 	$(VENV)/bin/posttrain run $(RECIPE)
 
+# Two pytest-xdist workers of one torch thread each on a 2-core machine (TEST_WORKERS=0: one process).
 test: setup
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The whole suite again under $(GPU_PINS) (the GPU install's versions, minus vLLM and CUDA) in $(GPU_PINS_VENV).
 test-gpu-pins:

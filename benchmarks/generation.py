@@ -3,14 +3,14 @@
 Both generate from the same tiny DeepSeek-V3 (posttrain/core/tiny.py, saved with `save_pretrained` and
 loaded back, as a run does), on the same arithmetic prompts, with the same settings: batch (sequences
 per `generate` call), `max_new_tokens`, temperature, top-p, top-k off, KV cache on. Ours is
-`HFGenerator.from_pretrained(path, spec)` (`posttrain/core/generation/`: renders, tokenizes, pads left,
-batches, seeds, generates, decodes, truncates at stop strings); the reference is transformers as its
-docs show it: `tokenizer(prompts, padding=True)` -> `model.generate(...)` -> `batch_decode`, chunked
-to the same batch. The model is untrained, so where it would stop is chance: its end-of-sequence id
-is switched off, and every completion of both runs to `max_new_tokens` (the token count is taken
-from `generate`'s output tensor and checked to be equal). Greedy outputs of both must be identical.
-Ours runs `generate` under `torch.inference_mode()`, the reference under generate's own `no_grad`:
-measured alone, that is worth ~8 % on long completions and is most of our edge.
+`HFGenerator.from_pretrained(path, spec)` (`posttrain/core/generation/`: renders, tokenizes, buckets by
+length, pads left, seeds, decodes with posttrain's decode loop, truncates at stop strings); the reference
+is transformers as its docs show it: `tokenizer(prompts, padding=True)` -> `model.generate(...)` ->
+`batch_decode`, chunked to the same batch. The model is untrained, so where it would stop is chance: its
+end-of-sequence token is one it cannot generate, and every completion of both runs to `max_new_tokens`
+(ours counted from the backend's token counts, the reference's from `generate`'s output tensor, and
+checked to be equal). No row finishes early, so this measures the loop's cost per token; the SFT model's
+rollouts, whose rows end at different lengths, are in `grpo_step`. Greedy outputs of both must be identical.
 
 Calls alternate ours / reference / reference / ours after one warm-up call each; a method's
 figure is tokens per call over its median call time (every call makes the same number of tokens).
@@ -115,6 +115,7 @@ def build_model(out: Path, seed: int = 0, overrides: dict[str, Any] | None = Non
     model = build_tiny_model(tokenizer, overrides, seed=seed)
     model.config.eos_token_id = None
     model.generation_config.eos_token_id = None
+    tokenizer.add_special_tokens({"eos_token": "<|never|>"})  # an id past the model's vocabulary: never generated
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -159,25 +160,25 @@ def measure(case: Case, ours: Any, reference: PlainGenerate, prompts: list[str],
     from posttrain.core.generation import SamplingParams
 
     sampling = SamplingParams(temperature=case.temperature, top_p=1.0, max_new_tokens=case.max_new_tokens, seed=seed)
-    counters = {"ours": TokenCounter(ours.model), "reference": TokenCounter(reference.model)}
+    counter = TokenCounter(reference.model)
     calls = {"ours": lambda: ours.generate(prompts, case.n, sampling),
              "reference": lambda: reference.generate(prompts, case, seed)}
+    counts = {"ours": lambda: sum(sum(row) for row in ours.last_lengths), "reference": lambda: counter.tokens}
     try:
         first = {name: call() for name, call in calls.items()}  # warm-up (and the outputs compared below)
         totals = {name: {"tokens": 0, "seconds": 0.0, "per_call_s": []} for name in calls}
         order = [("ours", "reference"), ("reference", "ours")]
         for i in range(repeats):
             for name in order[i % 2]:
-                before = counters[name].tokens
+                before = counter.tokens
                 start = time.perf_counter()
                 calls[name]()
                 seconds = time.perf_counter() - start
                 totals[name]["seconds"] += seconds
-                totals[name]["tokens"] += counters[name].tokens - before
+                totals[name]["tokens"] += counts[name]() - (before if name == "reference" else 0)
                 totals[name]["per_call_s"].append(seconds)
     finally:
-        for counter in counters.values():
-            counter.close()
+        counter.close()
     for t in totals.values():
         t["mean_tokens_per_s"] = t["tokens"] / t["seconds"]
         # Every call makes the same number of tokens; the median call is robust to bursts of load from other jobs.
@@ -253,7 +254,7 @@ def run(quick: bool = False, repeats: int | None = None, seed: int = 0) -> dict[
             details[case.name] = {"case": asdict(case), **result}
             note = (f"{case.label}; median of {repeats} timed calls each (ABBA) after a warm-up; untrained tiny "
                     f"DeepSeek-V3 (~1.1M params), torch on 1 thread; reference: tokenizer -> model.generate -> "
-                    f"batch_decode; ours runs under torch.inference_mode")
+                    f"batch_decode; no completion ends early (end-of-sequence off)")
             if "greedy_outputs_match" in result:
                 note += f"; greedy outputs identical: {result['greedy_outputs_match']}"
             rows.append({"name": f"hf backend, {case.name}", "ours": round(result["ours"]["tokens_per_s"], 1),

@@ -19,18 +19,6 @@ from posttrain.stages import KINDS
 
 
 @pytest.fixture(scope="module")
-def mtp_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from data_pipelines.tasks.arithmetic import corpus
-    from posttrain.core.tiny import build_tiny_model, train_tokenizer
-
-    out = tmp_path_factory.mktemp("mtp_base")
-    tok = train_tokenizer(corpus(), 512)
-    build_tiny_model(tok, {"num_nextn_predict_layers": 1}, seed=0).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("mtp_data") / "data.jsonl"
     with open(path, "w") as f:

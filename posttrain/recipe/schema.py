@@ -75,7 +75,7 @@ class RewardSpec(StrictModel):
 class LaunchSpec(StrictModel):
     """Run the stage in several processes with `accelerate launch` (DDP, or DeepSpeed/FSDP by config file), on one
     machine or several (accelerate's own multi-node launch: run `posttrain run` on every machine, each with its
-    `machine_rank`; recipes/README.md has a SLURM script)."""
+    `machine_rank`; docs/gpu.md has a SLURM script)."""
 
     #: Processes in all, over every machine (accelerate's --num_processes): GPUs per machine x machines.
     num_processes: int = Field(1, ge=1)

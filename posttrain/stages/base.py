@@ -136,6 +136,11 @@ class StageContext:
             out.append((label, reward, spec.weight))
         return RewardMix(out)
 
+    def logged(self, key: str) -> list[dict[str, Any]]:
+        """The rows of DIR/<stage>/metrics.jsonl that hold a number under `key`, in order (none: no file yet)."""
+        path = self.stage_dir / METRICS_FILE
+        return [r for r in read_jsonl(path) if isinstance(r.get(key), float | int)] if path.exists() else []
+
     def build_tools(self, specs: list[ToolSpec]) -> list[Any]:
         """The sandbox tools the specs name (`rewards/sandbox/tool.py`), each checked now: a language whose toolchain is
         missing, or no sandbox on this machine, fails the stage before it starts (naming the fix), never mid-run."""

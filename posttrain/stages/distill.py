@@ -23,8 +23,7 @@ records the byte length of every output and the running stats. An interrupted ru
 outputs to the last recorded chunk and goes on from there, so no row is lost or written twice, and
 with a deterministic teacher a resumed run writes what an uninterrupted one does.
 
-The report's section on this kind is in distill_report.py; its hooks are imported here, where the
-report looks for them.
+The report's section on this kind is posttrain/report/sections/distill.py.
 """
 
 from __future__ import annotations

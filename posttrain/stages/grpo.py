@@ -4,10 +4,9 @@ Adds what users ask TRL for: named loss presets (`loss: dr_grpo`), DAPO dynamic 
 MoE load-balancing callback during RL, vLLM rollouts when available (colocate, or a server started
 with `posttrain rollout-server`) and a logged fallback to transformers generation. With vLLM, the weight
 sync sends what vLLM's loaders accept plus the router biases, and the sampler's drift is logged
-(`posttrain/vllm_sync.py`).
+(`posttrain/training/vllm_sync.py`).
 
-The report's section on this kind is in grpo_report.py; its hooks are imported here, where the
-report looks for them.
+The report's section on this kind is posttrain/report/sections/grpo.py.
 """
 
 from __future__ import annotations
@@ -18,17 +17,15 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from posttrain.core.errors import MissingDependencyError
+from posttrain.core.errors import MissingDependencyError, StageError
 from posttrain.core.generation import SpeculativeSpec
 from posttrain.core.identity import ADDED, PLACEMENT, MarkedModel, Placement
 from posttrain.core.run_folder import (
     GROUPS_DROPPED,
-    METRICS_FILE,
     PROMPTS_FILE,
     REWARD,
     ROLLOUT_LOGP_DIFF,
     ROLLOUT_LOGP_DIFF_MAX,
-    read_jsonl,
 )
 from posttrain.core.tools import ToolOptions
 from posttrain.recipe import RewardSpec
@@ -82,7 +79,8 @@ class RolloutSpec(MarkedModel):
     #: More `posttrain rollout-server` options for the started server, e.g. "--tensor-parallel-size 2".
     server_args: Annotated[str, ADDED, PLACEMENT] = ""
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
-    #: In-process rollouts: speculative decoding drafted by the model's MTP module (`speculative: {mtp: true}`).
+    #: Speculative decoding drafted by the model's MTP module (`speculative: {mtp: true}`): in-process rollouts, or
+    #: a vLLM rollout server (started with its `mtp` drafter, which every weight sync keeps on the policy).
     speculative: Annotated[SpeculativeSpec | None, ADDED] = None
     #: A logging step whose mean per-token |log p_trainer - log p_vLLM| exceeds this logs a WARNING (vLLM only).
     max_logp_diff: Annotated[float, ADDED] = Field(0.05, gt=0)
@@ -169,7 +167,8 @@ class GRPOStage(TrainerStage):
         cfg = self.cfg
         trainer.setup_reward_checks(cfg.max_reward_error_rate, cfg.reward_error_window, cfg.zero_reward_warning_rounds)
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
-        trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)
+        trainer.setup_rollouts(self.cfg.rollout.speculative)
+        trainer.setup_draft_sync(self.cfg.rollout.speculative)  # a vLLM rollout server\'s MTP drafter
         trainer.setup_tool_metrics(self.tools)
         trainer.logp_diff_callback.threshold = self.cfg.rollout.max_logp_diff
         self.bind_policy(trainer)
@@ -210,8 +209,13 @@ def _rollout_args(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         raise MissingDependencyError("rollout.backend is 'vllm' but vLLM is not installed: "
                                      "pip install 'posttrain[vllm]' (GPU machines), or set rollout.backend: auto")
     use_vllm = spec.backend == "vllm" or (spec.backend == "auto" and have_vllm and torch.cuda.is_available())
+    why = "no GPU" if not torch.cuda.is_available() else "vLLM not installed"
+    if use_vllm and (refused := _vllm_refusal(cfg, ctx)) is not None:
+        if spec.backend == "vllm":
+            raise StageError(f"stage {cfg.name!r}: rollout.backend vllm: {refused}")
+        use_vllm, why = False, refused
+        ctx.log.warning("rollouts: not vLLM: %s", refused)
     if not use_vllm:
-        why = "no GPU" if not torch.cuda.is_available() else "vLLM not installed"
         if spec.backend == "auto":
             ctx.log.info("rollouts: transformers generation in process (%s; vLLM is used when available)", why)
         return {"use_vllm": False}
@@ -224,10 +228,29 @@ def _rollout_args(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     return out
 
 
+def _vllm_refusal(cfg: Config, ctx: StageContext) -> str | None:
+    """Why vLLM 0.31 cannot give this stage correct rollouts (read from the model's config.json and the GPU), or
+    None: MLA head sizes no backend takes (it would not start), or colocated MoE weights on a GPU whose MoE kernel
+    re-lays them after loading (TRL's colocated sync would scramble the experts; server mode reloads them properly).
+    """
+    from posttrain.core.vllm_limits import current_gpu, is_moe, mla_problem, moe_relayout, read_config
+
+    model = ctx.resolve_model(cfg.model)
+    config = read_config(model)
+    if config is None:
+        return None
+    if (problem := mla_problem(config)) is not None:
+        return f"{model} cannot run in vLLM: {problem}"
+    if cfg.rollout.mode == "colocate" and is_moe(config) and (relaid := moe_relayout(*current_gpu())) is not None:
+        return (f"colocate mode on this GPU would load {model}'s experts wrongly: {relaid}, and TRL's colocated "
+                "weight sync writes checkpoint-layout tensors over them; use rollout.mode: server (its sync reloads "
+                "them as vLLM does) or a GPU without that kernel (Hopper, Ampere)")
+    return None
+
+
 def _summary(ctx: StageContext) -> dict[str, Any]:
     """First vs last logged reward, and the total of dropped groups, for the report."""
-    path = ctx.stage_dir / METRICS_FILE
-    rows = [r for r in read_jsonl(path) if isinstance(r.get(REWARD), float | int)] if path.exists() else []
+    rows = ctx.logged(REWARD)
     if not rows:
         return {}
     out: dict[str, Any] = {"reward_first": round(rows[0][REWARD], 4), "reward_last": round(rows[-1][REWARD], 4)}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from posttrain.core.run_folder import (
     GROUPS_DROPPED,
+    MTP_ACCEPTANCE,
     REWARD,
     TOOL_USED,
     reward_mean_key,
@@ -29,6 +30,7 @@ ZERO_STD = "frac_reward_zero_std"
 #: Keys shown as "training dynamics", in order of interest, with their panel titles.
 DYNAMICS = (
     (KL, "KL to the reference"),
+    (MTP_ACCEPTANCE, "MTP draft acceptance (speculative rollouts)"),
     (MEAN_LENGTH, "mean completion length (tokens)"),
     (ENTROPY, "token entropy (nats)"),
     (GROUPS_DROPPED, "groups dropped"),
@@ -64,6 +66,8 @@ def report_figures(doc: Document, stage: StageView) -> None:
         figures.append(f"- mean completion length (tokens): {trend(*lg.series(MEAN_LENGTH))}")
     if lg.has(ENTROPY):
         figures.append(f"- entropy: {trend(*lg.series(ENTROPY))}")
+    if lg.has(MTP_ACCEPTANCE):  # speculative rollouts: whether the drafter keeps up with the policy
+        figures.append(f"- MTP draft acceptance: {trend(*lg.series(MTP_ACCEPTANCE))}")
     if lg.has(GROUPS_DROPPED):
         _, dropped = lg.series(GROUPS_DROPPED)
         figures.append(f"- groups dropped by dynamic sampling: {num(sum(dropped))} in total over {len(dropped)} "

@@ -3,10 +3,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RECIPE ?= recipes/tiny-r1.yaml
 PYTEST_ARGS ?=
+TEST_WORKERS ?= auto
 BENCH_ARGS ?=
 GPU_CHECK_ARGS ?=
+# The second test environment: the versions the `vllm` extra resolves to (transformers, torch, TRL, ...), on CPU.
+GPU_PINS ?= constraints/vllm-0.31.txt
+GPU_PINS_VENV ?= .venv-gpu-pins
 
-.PHONY: setup demo test lint bench gpu-check docs clean
+.PHONY: setup demo test test-gpu-pins lint bench gpu-check docs clean
 
 setup:
 	@bash scripts/setup.sh
@@ -14,9 +18,16 @@ setup:
 demo: setup
 	$(VENV)/bin/posttrain run $(RECIPE)
 
+# Two pytest-xdist workers of one torch thread each on a 2-core machine (TEST_WORKERS=0: one process).
 test: setup
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+
+# The whole suite again under $(GPU_PINS) (the GPU install's versions, minus vLLM and CUDA) in $(GPU_PINS_VENV).
+test-gpu-pins:
+	@VENV=$(GPU_PINS_VENV) POSTTRAIN_CONSTRAINTS=$(GPU_PINS) bash scripts/setup.sh
+	@$(GPU_PINS_VENV)/bin/python -c "import torch, transformers, trl; print(f'[test-gpu-pins] torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}')"
+	POSTTRAIN_PINS=$(GPU_PINS) $(GPU_PINS_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

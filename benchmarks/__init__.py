@@ -19,8 +19,22 @@ Only `name`, `ours` and `unit` are required in a row. `ratio` defaults to ours /
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypedDict
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "tiny-r1.yaml"
+#: `--set`s that make the tiny recipe's distill and SFT stages CI-sized (a benchmark's --quick model).
+QUICK_TRAINING = ("stages.distill.source.kwargs.n=200", "stages.distill.eval.kwargs.n=24",
+                  "stages.distill.chunk_size=50", "stages.sft.trl.max_steps=12",
+                  "stages.sft.trl.per_device_train_batch_size=16", "stages.sft.trl.save_steps=6",
+                  "stages.reward_model.trl.max_steps=4", "stages.reward_model.trl.eval_steps=2",
+                  "stages.reward_model.trl.save_steps=2")
 
 
 class Row(TypedDict, total=False):
@@ -53,3 +67,30 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def recipe_stages(out: Path, stages: Sequence[str], settings: Sequence[str] = ()) -> Path:
+    """`out`, a run folder where the tiny recipe's `stages` are done: run them there (torch on one thread) unless
+    an earlier benchmark already did; a later run finds them done and reuses them."""
+    def done(stage: str) -> bool:
+        state = out / stage / "stage.json"
+        return state.exists() and json.loads(state.read_text()).get("status") == "done"
+
+    if all(done(s) for s in stages):
+        return out
+    cmd = [sys.executable, "-m", "posttrain.cli", "run", str(RECIPE), "--stages", ",".join(stages),
+           "--output-dir", str(out), *[a for s in settings for a in ("--set", s)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training the benchmark's model failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+    return out
+
+
+def print_result(result: dict[str, Any], width: int = 52) -> None:
+    """A benchmark's rows, one a line with ours/reference, then its details (a module's `main`)."""
+    for row in result["rows"]:
+        ref = row.get("reference")
+        ratio = f"{row['ours'] / ref:.2f}x" if ref and row.get("ours") is not None else ""
+        print(f"{row['name']:{width}} ours {row['ours']!s:>9} reference {ref!s:>9} {row['unit']:9} {ratio}")
+    print(json.dumps(result.get("details", {}), indent=1))

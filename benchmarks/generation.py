@@ -1,23 +1,25 @@
 """Tokens/s of rollout generation: our `hf` backend against plain transformers `model.generate`, in one run.
 
-Both generate from the same tiny DeepSeek-V3 (posttrain/tiny.py, saved with `save_pretrained` and
+Both generate from the same tiny DeepSeek-V3 (posttrain/core/tiny.py, saved with `save_pretrained` and
 loaded back, as a run does), on the same arithmetic prompts, with the same settings: batch (sequences
 per `generate` call), `max_new_tokens`, temperature, top-p, top-k off, KV cache on. Ours is
-`HFGenerator.from_pretrained(path, spec)` (`posttrain/core/generation/`: renders, tokenizes, pads left,
-batches, seeds, generates, decodes, truncates at stop strings); the reference is transformers as its
-docs show it: `tokenizer(prompts, padding=True)` -> `model.generate(...)` -> `batch_decode`, chunked
-to the same batch. The model is untrained, so where it would stop is chance: its end-of-sequence id
-is switched off, and every completion of both runs to `max_new_tokens` (the token count is taken
-from `generate`'s output tensor and checked to be equal). Greedy outputs of both must be identical.
-Ours runs `generate` under `torch.inference_mode()`, the reference under generate's own `no_grad`:
-measured alone, that is worth ~8 % on long completions and is most of our edge.
+`HFGenerator.from_pretrained(path, spec)` (`posttrain/core/generation/`: renders, tokenizes, buckets by
+length, pads left, seeds, decodes with posttrain's decode loop, truncates at stop strings); the reference
+is transformers as its docs show it: `tokenizer(prompts, padding=True)` -> `model.generate(...)` ->
+`batch_decode`, chunked to the same batch. The model is untrained, so where it would stop is chance: its
+end-of-sequence token is one it cannot generate, and every completion of both runs to `max_new_tokens`
+(ours counted from the backend's token counts, the reference's from `generate`'s output tensor, and
+checked to be equal). No row finishes early, so this measures the loop's cost per token; the SFT model's
+rollouts, whose rows end at different lengths, are in `grpo_step`. Greedy outputs of both must be identical.
 
 Calls alternate ours / reference / reference / ours after one warm-up call each; a method's
 figure is tokens per call over its median call time (every call makes the same number of tokens).
 
 Cases: GRPO-style rollouts (16 prompts × 8 samples at T = 1, 48 new tokens, one batch of 128),
 greedy evaluation (128 prompts in batches of 64), and long completions (4 × 4 samples, 256 new
-tokens). A vLLM row is added when vLLM and a GPU are present; otherwise it says it was skipped.
+tokens). A vLLM row is added when vLLM and a GPU are present (otherwise it says it was skipped): our `vllm` backend
+against plain `model.generate` on the GPU, both in bf16 on the tiny model with DeepSeek-V3's MLA head sizes
+(`VLLM_SIZES`: vLLM 0.31 builds no MLA attention with the tiny model's (16, 16, 32), nor in fp32).
 
     python -m benchmarks.generation [--quick]
 """
@@ -99,16 +101,21 @@ class TokenCounter:
             del self.model.generate
 
 
-def build_model(out: Path, seed: int = 0) -> Path:
+#: The tiny model's overrides for the vLLM row: DeepSeek-V3's MLA head sizes, which vLLM's attention backends take.
+VLLM_SIZES = {"kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128}
+
+
+def build_model(out: Path, seed: int = 0, overrides: dict[str, Any] | None = None) -> Path:
     """The tiny DeepSeek-V3 with the arithmetic tokenizer, saved to `out` (what a tiny run's base_model holds),
     with end-of-sequence switched off so that every completion has `max_new_tokens` tokens."""
     from data_pipelines.tasks.arithmetic import corpus
     from posttrain.core.tiny import build_tiny_model, train_tokenizer
 
     tokenizer = train_tokenizer(corpus(), 512)
-    model = build_tiny_model(tokenizer, seed=seed)
+    model = build_tiny_model(tokenizer, overrides, seed=seed)
     model.config.eos_token_id = None
     model.generation_config.eos_token_id = None
+    tokenizer.add_special_tokens({"eos_token": "<|never|>"})  # an id past the model's vocabulary: never generated
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -117,12 +124,12 @@ def build_model(out: Path, seed: int = 0) -> Path:
 class PlainGenerate:
     """The reference: transformers `generate` as documented, chunked to the same batch as ours."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, dtype: str = "float32"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-        self.model = AutoModelForCausalLM.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         self.model.to("cuda" if torch.cuda.is_available() else "cpu")  # where our hf backend puts it
         self.model.eval()
 
@@ -153,25 +160,25 @@ def measure(case: Case, ours: Any, reference: PlainGenerate, prompts: list[str],
     from posttrain.core.generation import SamplingParams
 
     sampling = SamplingParams(temperature=case.temperature, top_p=1.0, max_new_tokens=case.max_new_tokens, seed=seed)
-    counters = {"ours": TokenCounter(ours.model), "reference": TokenCounter(reference.model)}
+    counter = TokenCounter(reference.model)
     calls = {"ours": lambda: ours.generate(prompts, case.n, sampling),
              "reference": lambda: reference.generate(prompts, case, seed)}
+    counts = {"ours": lambda: sum(sum(row) for row in ours.last_lengths), "reference": lambda: counter.tokens}
     try:
         first = {name: call() for name, call in calls.items()}  # warm-up (and the outputs compared below)
         totals = {name: {"tokens": 0, "seconds": 0.0, "per_call_s": []} for name in calls}
         order = [("ours", "reference"), ("reference", "ours")]
         for i in range(repeats):
             for name in order[i % 2]:
-                before = counters[name].tokens
+                before = counter.tokens
                 start = time.perf_counter()
                 calls[name]()
                 seconds = time.perf_counter() - start
                 totals[name]["seconds"] += seconds
-                totals[name]["tokens"] += counters[name].tokens - before
+                totals[name]["tokens"] += counts[name]() - (before if name == "reference" else 0)
                 totals[name]["per_call_s"].append(seconds)
     finally:
-        for counter in counters.values():
-            counter.close()
+        counter.close()
     for t in totals.values():
         t["mean_tokens_per_s"] = t["tokens"] / t["seconds"]
         # Every call makes the same number of tokens; the median call is robust to bursts of load from other jobs.
@@ -186,20 +193,32 @@ def measure(case: Case, ours: Any, reference: PlainGenerate, prompts: list[str],
     return totals
 
 
-def vllm_row(path: Path, case: Case, prompts: list[str], reference_rate: float, repeats: int,
-             seed: int) -> dict[str, Any]:
-    """Our vLLM backend on the rollout case, when vLLM and a GPU are here; else a row saying why not."""
+def vllm_row(root: Path, case: Case, prompts: list[str], repeats: int, seed: int) -> dict[str, Any]:
+    """Our vLLM backend against plain `model.generate` on the rollout case, both on the GPU in bf16 on the tiny model
+    with `VLLM_SIZES`, when vLLM and a GPU are here; else a row saying why not."""
     import torch
 
     name = f"vLLM backend, {case.name}"
     why = ("vLLM is not installed" if importlib.util.find_spec("vllm") is None
            else "no GPU" if not torch.cuda.is_available() else None)
     if why:
-        return {"name": name, "ours": None, "reference": round(reference_rate, 1), "unit": "tokens/s",
+        return {"name": name, "ours": None, "reference": None, "unit": "tokens/s",
                 "note": f"skipped: {why} (pip install 'posttrain[vllm]' on a GPU machine)"}
     from posttrain.core.generation import GenerationSpec, SamplingParams, make_generator
 
-    gen = make_generator(GenerationSpec(backend="vllm", model=str(path), dtype="float32"))
+    path = build_model(root / "model_vllm", seed, VLLM_SIZES)
+    reference = PlainGenerate(path, dtype="bfloat16")
+    reference.generate(prompts, case, seed)  # warm-up
+    ref_calls = []
+    for _ in range(repeats):  # every call makes prompts x n x max_new_tokens tokens (end-of-sequence is off)
+        start = time.perf_counter()
+        reference.generate(prompts, case, seed)
+        ref_calls.append(time.perf_counter() - start)
+    del reference
+    torch.cuda.empty_cache()
+    reference_rate = case.prompts * case.n * case.max_new_tokens / statistics.median(ref_calls)
+    gen = make_generator(GenerationSpec(backend="vllm", model=str(path), dtype="bfloat16",
+                                        options={"gpu_memory_utilization": 0.3}))
     sampling = SamplingParams(temperature=case.temperature, top_p=1.0, max_new_tokens=case.max_new_tokens, seed=seed)
     gen.generate(prompts, case.n, sampling)
     tokens, seconds = 0, 0.0
@@ -209,8 +228,9 @@ def vllm_row(path: Path, case: Case, prompts: list[str], reference_rate: float, 
         seconds += time.perf_counter() - start
         tokens += sum(len(gen.tokenizer(c, add_special_tokens=False)["input_ids"]) for row in outs for c in row)
     return {"name": name, "ours": round(tokens / seconds, 1), "reference": round(reference_rate, 1),
-            "unit": "tokens/s", "note": f"{case.label}; tokens re-counted from the text (approximate); "
-                                        "reference: plain HF generate on the device torch uses"}
+            "unit": "tokens/s", "note": f"{case.label}; tokens re-counted from the text (approximate); tiny "
+                                        "DeepSeek-V3 with DeepSeek-V3's MLA head sizes, bf16, on the GPU; reference: "
+                                        f"plain HF generate, median of {repeats} calls"}
 
 
 def run(quick: bool = False, repeats: int | None = None, seed: int = 0) -> dict[str, Any]:
@@ -234,15 +254,14 @@ def run(quick: bool = False, repeats: int | None = None, seed: int = 0) -> dict[
             details[case.name] = {"case": asdict(case), **result}
             note = (f"{case.label}; median of {repeats} timed calls each (ABBA) after a warm-up; untrained tiny "
                     f"DeepSeek-V3 (~1.1M params), torch on 1 thread; reference: tokenizer -> model.generate -> "
-                    f"batch_decode; ours runs under torch.inference_mode")
+                    f"batch_decode; no completion ends early (end-of-sequence off)")
             if "greedy_outputs_match" in result:
                 note += f"; greedy outputs identical: {result['greedy_outputs_match']}"
             rows.append({"name": f"hf backend, {case.name}", "ours": round(result["ours"]["tokens_per_s"], 1),
                          "reference": round(result["reference"]["tokens_per_s"], 1), "unit": "tokens/s",
                          "note": note})
         rollout = cases[0]
-        rows.append(vllm_row(path, rollout, pool[:rollout.prompts], details[rollout.name]["reference"]["tokens_per_s"],
-                             repeats, seed))
+        rows.append(vllm_row(Path(tmp), rollout, pool[:rollout.prompts], repeats, seed))
     return {"rows": rows, "params": {"quick": quick, "repeats": repeats, "seed": seed, "torch_threads": 1,
                                      "cases": [asdict(c) for c in cases]},
             "details": details}

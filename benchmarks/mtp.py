@@ -8,14 +8,14 @@ thread, ~10 min on a busy 2-core machine; a later run finds it done and reuses i
 Rollouts, same weights and prompts (held-out arithmetic prompts as the eval stage feeds them):
 ours is the `hf` backend with `speculative: {mtp: true}` (the MTP module drafts one token a step, the
 model verifies it in the same pass as its own next token), the reference the `hf` backend without it
-(transformers `generate`). Cases: GRPO-style rollouts (16 prompts x 8 at T = 1, 48 new tokens, one
+(the same decode loop, one token a step). Cases: GRPO-style rollouts (16 prompts x 8 at T = 1, 48 new tokens, one
 batch of 128), greedy evaluation (128 prompts, one batch) and a small batch (4 prompts x 4 at T = 1), where
 per-step costs dominate as they do on a GPU. Completions stop at end-of-sequence as in
 a run; tokens are counted exactly (new tokens up to and including end-of-sequence, from the token ids).
 Calls alternate ours / reference / reference / ours after a warm-up; a method's figure is its median
 call's tokens/s. Also reported: the draft's acceptance rate; greedy outputs must be identical; sampled
-accuracy (math reward) of both methods' T = 1 samples, to see that drafting leaves it alone; and the same
-loop with drafting switched off, which separates the gain of drafting from the loop's own overhead.
+accuracy (math reward) of both methods' T = 1 samples, to see that drafting leaves it alone; and plain
+transformers `generate` on the same prompts, as a control.
 
 GRPO: a step of the GRPO stage (the tiny recipe's settings, 16 prompts x 8 completions, math + format
 rewards) from the SFT model, with speculative rollouts and the MTP loss on the rollouts (λ = 0.1) against
@@ -35,8 +35,6 @@ import logging
 import math
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,17 +44,12 @@ from typing import Any
 
 import yaml
 
-from benchmarks import one_thread
+from benchmarks import QUICK_TRAINING, ROOT, one_thread, print_result, recipe_stages
 from benchmarks.generation import Case
 
-ROOT = Path(__file__).resolve().parent.parent
-RECIPE = ROOT / "recipes" / "tiny-r1.yaml"
 #: Where the benchmark trains its model (inside `runs/`, ignored by git); reused when it is there.
 TRAIN_DIR = ROOT / "runs" / "bench-mtp"
 TRAIN_SETTINGS = ("model.tiny.num_nextn_predict_layers=1", "stages.sft.mtp.weight=0.3")
-QUICK_SETTINGS = ("stages.distill.source.kwargs.n=200", "stages.distill.eval.kwargs.n=24",
-                  "stages.distill.chunk_size=50", "stages.sft.trl.max_steps=12",
-                  "stages.sft.trl.per_device_train_batch_size=16", "stages.sft.trl.save_steps=6")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -68,18 +61,8 @@ def trained_model(quick: bool, model: str | None = None, train_dir: Path | None 
     if model:
         return Path(model)
     out = train_dir or (TRAIN_DIR.with_name(TRAIN_DIR.name + "-quick") if quick else TRAIN_DIR)
-    final = out / "sft" / "model"
-    state = out / "sft" / "stage.json"
-    if final.exists() and state.exists() and json.loads(state.read_text()).get("status") == "done":
-        return final
-    sets = [*TRAIN_SETTINGS, *(QUICK_SETTINGS if quick else ())]
-    cmd = [sys.executable, "-m", "posttrain.cli", "run", str(RECIPE), "--stages", "distill,sft",
-           "--output-dir", str(out), *[a for s in sets for a in ("--set", s)]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"training the benchmark's model failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
-    return final
+    settings = (*TRAIN_SETTINGS, *(QUICK_TRAINING if quick else ()))
+    return recipe_stages(out, ("distill", "sft"), settings) / "sft" / "model"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -116,7 +99,7 @@ QUICK_CASES = (Case("GRPO rollouts", 4, 4, 1.0, 16), Case("greedy eval", 8, 1, 0
 
 
 def rollouts(model_path: Path, quick: bool, repeats: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Each case with and without drafting (and the loop without drafting): rows and details."""
+    """Each case with and without drafting (and plain transformers `generate`): rows and details."""
     from posttrain.core.generation import GenerationSpec, HFGenerator, SpeculativeSpec
     from posttrain.core.models import load_causal_lm, load_tokenizer
     from rewards.registry import get_reward
@@ -136,9 +119,9 @@ def rollouts(model_path: Path, quick: bool, repeats: int, seed: int) -> tuple[li
             details[case.name] = detail
             rows.append({"name": f"MTP drafting, {case.name}", "ours": round(detail["ours"]["tokens_per_s"], 1),
                          "reference": round(detail["reference"]["tokens_per_s"], 1), "unit": "tokens/s",
-                         "note": f"{case.label}; hf backend with vs without speculative.mtp; draft acceptance "
-                                 f"{detail['acceptance']:.3f}; the same loop without drafting: "
-                                 f"{detail['loop, no draft']['tokens_per_s']:.0f} tokens/s; median of {repeats} "
+                         "note": f"{case.label}; hf backend (the decode loop) with vs without speculative.mtp; draft "
+                                 f"acceptance {detail['acceptance']:.3f}; transformers generate: "
+                                 f"{detail['generate']['tokens_per_s']:.0f} tokens/s; median of {repeats} "
                                  f"calls (ABBA); tiny DeepSeek-V3 after SFT, torch on 1 thread"})
             rows.append({"name": f"MTP draft acceptance, {case.name}", "ours": detail["acceptance"],
                          "reference": None, "unit": "fraction", "higher_is_better": True,
@@ -153,34 +136,33 @@ def measure_case(case: Case, plain: Any, drafted: Any, counter: PlainTokens, mat
     import torch
 
     from posttrain.core.generation import SamplingParams
-    from posttrain.core.generation.speculative import MTPDecoder
 
     data = prompt_rows(case.prompts, seed)
     prompts = [r["prompt"] for r in data]
     tok = plain.tokenizer
 
-    def backend(gen: Any, spec: bool) -> Callable[[int], tuple[list[list[str]], int]]:
+    def backend(gen: Any) -> Callable[[int], tuple[list[list[str]], int]]:
         def call(i: int) -> tuple[list[list[str]], int]:
             sampling = SamplingParams(temperature=case.temperature, top_p=1.0, max_new_tokens=case.max_new_tokens,
                                       seed=seed + i)
-            before = gen.draft_stats.tokens if spec else counter.tokens
             out = gen.generate(prompts, case.n, sampling)
-            return out, (gen.draft_stats.tokens if spec else counter.tokens) - before
+            return out, sum(sum(row) for row in gen.last_lengths)
         return call
 
-    loop = MTPDecoder(plain.model, draft=False)
     enc = tok(prompts, padding=True, return_tensors="pt")
 
-    def no_draft(i: int) -> tuple[list[list[str]], int]:
+    def generate(i: int) -> tuple[list[list[str]], int]:
         torch.manual_seed(seed + i)
-        ids = loop.generate(enc["input_ids"].repeat_interleave(case.n, 0),
-                            enc["attention_mask"].repeat_interleave(case.n, 0), case.max_new_tokens,
-                            temperature=case.temperature, eos_token_ids=[tok.eos_token_id])
-        return [], sum(len(t) for t in ids)
+        before = counter.tokens
+        sample = {"do_sample": True, "top_k": 0} if case.temperature else {"do_sample": False}
+        with torch.inference_mode():
+            plain.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                 num_return_sequences=case.n if case.temperature else 1,
+                                 max_new_tokens=case.max_new_tokens, pad_token_id=tok.pad_token_id, **sample)
+        return [], counter.tokens - before
 
     before = drafted.draft_stats.drafted, drafted.draft_stats.accepted
-    result = timed_calls({"ours": backend(drafted, True), "reference": backend(plain, False),
-                          "loop, no draft": no_draft}, repeats)
+    result = timed_calls({"ours": backend(drafted), "reference": backend(plain), "generate": generate}, repeats)
     first, samples = result.pop("first"), result.pop("samples")
     drafts = drafted.draft_stats.drafted - before[0]
     detail: dict[str, Any] = {**asdict(case), **result,
@@ -297,11 +279,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int)
     args = parser.parse_args()
     result = run(quick=args.quick, model=args.model, repeats=args.repeats)
-    for row in result["rows"]:
-        ref = row.get("reference")
-        ratio = f"{row['ours'] / ref:.2f}x" if ref else ""
-        print(f"{row['name']:40} ours {row['ours']:>9} reference {ref!s:>9} {row['unit']:9} {ratio}")
-    print(json.dumps(result["details"], indent=1))
+    print_result(result, width=40)
 
 
 if __name__ == "__main__":

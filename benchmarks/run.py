@@ -33,13 +33,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: The suite, in the order it runs and prints; other modules found in the package run after these.
-KNOWN = ("math_reward", "sandbox", "generation", "trainer_overhead", "demo")
+KNOWN = ("math_reward", "sandbox", "generation", "trainer_overhead", "grpo_step", "thread_layout", "demo")
 NOT_BENCHMARKS = {"run", "gpu_check"}  # gpu_check: `make gpu-check`, a check, not a benchmark
 #: Per-benchmark time limits (s). A fresh `make demo` gets its own, longer one.
 DEFAULT_TIMEOUT_S = 480
 DEMO_FRESH_TIMEOUT_S = 1800
-#: `mtp` trains its SFT model the first time (runs/bench-mtp/, reused afterwards).
-MTP_TIMEOUT_S = 1500
+#: Benchmarks that train their models with the tiny recipe the first time (runs/bench-*/, reused afterwards).
+TRAINS_FIRST = ("mtp", "grpo_step", "thread_layout")
+TRAINING_TIMEOUT_S = 1500
 _ROW_KEYS = {"name", "ours", "reference", "unit", "higher_is_better", "ratio", "note"}
 _TIME_UNITS = {"s", "ms", "us", "µs", "min", "h", "s/step", "ms/step", "s/row"}
 
@@ -286,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in selected:
             kwargs = demo_kwargs if name == "demo" else {}
             timeout = max(args.timeout, DEMO_FRESH_TIMEOUT_S) if name == "demo" and args.with_demo else args.timeout
-            if name == "mtp":
-                timeout = max(timeout, MTP_TIMEOUT_S)
+            if name in TRAINS_FIRST:
+                timeout = max(timeout, TRAINING_TIMEOUT_S)
             print(f"== {name}{' (quick)' if args.quick else ''}", flush=True)
             res = run_isolated(name, args.package, args.quick, kwargs, timeout)
             report["benchmarks"][name] = res

@@ -9,12 +9,14 @@ score the same way. Each check returns a reason (a short stats key) or None when
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter, defaultdict
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from posttrain.core.tools import answer_turns, is_conversation
 from rewards import format as format_reward
 from rewards.answer import THINK_CLOSE, THINK_OPEN, completion_text, last_boxed
 from rewards.language import mixed_share
@@ -161,8 +163,33 @@ class NearDuplicateIndex:
             self.postings[s].append(idx)
 
 
+def sample_views(completion: Any) -> tuple[str, str, str]:
+    """(text, identity, whole) of a sample, what each filter reads. A string is all three. A tool-using
+    conversation's `text` is the model's own turns (the format, language and contamination checks: a tool's output
+    is not the model's writing); its `identity` adds the programs it ran (two answers that ran different programs
+    are not duplicates); its `whole` adds the tools' outputs too (the length checks: SFT trains on all of it).
+
+    >>> call = {"function": {"name": "python", "arguments": {"code": "print(6*7)"}}}
+    >>> sample_views([{"role": "assistant", "content": "<think>run</think>", "tool_calls": [call]},
+    ...               {"role": "tool", "content": "42"}, {"role": "assistant", "content": "It is 42."}])[2]
+    '<think>run</think>\\n{"code": "print(6*7)"}\\n42\\nIt is 42.'
+    """
+    text = completion_text(completion)
+    if not is_conversation(completion):
+        return text, text, text
+    calls = [json.dumps((c.get("function") or {}).get("arguments"), sort_keys=True, ensure_ascii=False)
+             for m in answer_turns(completion) for c in m.get("tool_calls") or []]
+    parts = []
+    for m in completion:
+        parts.append(completion_text([m]) if m.get("role") == "assistant" else str(m.get("content") or ""))
+        parts += [json.dumps((c.get("function") or {}).get("arguments"), sort_keys=True, ensure_ascii=False)
+                  for c in m.get("tool_calls") or []]
+    return text, "\n".join([text, *calls]), "\n".join(parts)
+
+
 class SampleFilter:
-    """Runs the configured checks on one prompt's passing samples, remembering what was kept."""
+    """Runs the configured checks on one prompt's passing samples, remembering what was kept. A sample is a string,
+    or a tool-using conversation (`sample_views` says which part of it each check reads)."""
 
     def __init__(self, spec: FilterSpec, count_tokens: object = None):
         self.spec = spec
@@ -180,38 +207,40 @@ class SampleFilter:
         """A new prompt begins: per-prompt near-duplicate checks start empty."""
         self._prompt_index = self._index("prompt")
 
-    def check(self, text: str, prompt: Any = None, reasoning: bool = True) -> str | None:
+    def check(self, completion: Any, prompt: Any = None, reasoning: bool = True) -> str | None:
         """The first failing filter's reason, or None (the sample may be kept).
 
         `prompt`: a prompt that ends with `<think>` opened the reasoning for the completion. `reasoning=False`: a
         non-reasoning answer, which passes the format check without a `<think>` block.
         """
+        text, identity, whole = sample_views(completion)
         spec = self.spec
         if spec.format:
             problem = (format_problem(text, spec.require_boxed, spec.require_reasoning, prompt) if reasoning
                        else answer_problem(text, spec.require_boxed, prompt))
             if problem is not None:
                 return "format"
-        if spec.max_chars is not None and len(text) > spec.max_chars:
+        if spec.max_chars is not None and len(whole) > spec.max_chars:
             return "max_length"
         if spec.max_tokens is not None:
             if not callable(self.count_tokens):
                 raise TypeError("max_tokens needs a token counter")
-            if self.count_tokens(text) > spec.max_tokens:
+            if self.count_tokens(whole) > spec.max_tokens:
                 return "max_length"
         if spec.max_mixed is not None and is_language_mixed(text, spec.language, spec.max_mixed, spec.min_letters):
             return "language_mixing"
-        if spec.exact_duplicates and normalize(text) in self.seen:
+        if spec.exact_duplicates and normalize(identity) in self.seen:
             return "duplicate"
         for index in (self._prompt_index, self.global_index):
-            if index is not None and index.find(text) is not None:
+            if index is not None and index.find(identity) is not None:
                 return "near_duplicate"
         return None
 
-    def add(self, text: str) -> None:
+    def add(self, completion: Any) -> None:
         """Record a kept sample (for the duplicate checks of later ones)."""
+        identity = sample_views(completion)[1]
         if self.spec.exact_duplicates:
-            self.seen.add(normalize(text))
+            self.seen.add(normalize(identity))
         for index in (self._prompt_index, self.global_index):
             if index is not None:
-                index.add(text)
+                index.add(identity)

@@ -24,8 +24,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from data_pipelines.filters import SampleFilter
+from data_pipelines.filters import SampleFilter, sample_views
 from posttrain.core.generation import Generator, SamplingParams, as_messages
+from posttrain.core.tools import is_conversation, tool_use
 from rewards.mix import RewardMix
 
 log = logging.getLogger("posttrain.data.rejection")
@@ -62,7 +63,8 @@ class Sample:
     prompt_id: str
     teacher: str
     index: int
-    completion: str
+    #: The answer: a string, or a conversation `[assistant, tool, assistant, ...]` when the teacher used tools.
+    completion: Any
     scores: dict[str, float | None] = field(default_factory=dict)
     #: Rewards that failed on it: {label: message}.
     errors: dict[str, str] = field(default_factory=dict)
@@ -74,6 +76,11 @@ class Sample:
     @property
     def id(self) -> str:
         return f"{self.prompt_id}-{self.teacher}-{self.index}"
+
+    @property
+    def text(self) -> str:
+        """The answer, or a conversation's whole text (its calls and the tools' outputs too: what SFT trains on)."""
+        return sample_views(self.completion)[2]
 
     @property
     def passed(self) -> bool:
@@ -98,7 +105,7 @@ def select(samples: list[Sample], prefer_shorter: bool = False, length: Any = le
     """The passing samples in preference order: shortest first when asked (ties keep sample order)."""
     passing = [s for s in samples if s.reason is None]
     if prefer_shorter:
-        passing.sort(key=lambda s: length(s.completion))
+        passing.sort(key=lambda s: length(s.text))
     return passing
 
 
@@ -155,6 +162,8 @@ class BatchResult:
     unassigned: int = 0
     #: Per teacher: prompts, generated, passed (the rewards), kept, errors, rejected ({reason: count}).
     per_teacher: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: With tools: samples, calls made, calls that failed, samples that made a call; kept and kept with a call.
+    tools: dict[str, int] = field(default_factory=dict)
 
     def reject(self, reason: str, count: int = 1) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + count
@@ -283,7 +292,7 @@ class RejectionSampler:
                 s.reason = "keep_per_prompt"  # enough kept already: not examined further
                 continue
             reason = self.filter.check(s.completion, row["prompt"], reasoning=s.reasoning)
-            if reason is None and self.contaminated is not None and self.contaminated(s.completion):
+            if reason is None and self.contaminated is not None and self.contaminated(s.text):
                 reason = "contaminated"
             if reason is None:
                 kept.append(s)
@@ -296,6 +305,7 @@ class RejectionSampler:
                 rejected[s.reason] = rejected.get(s.reason, 0) + 1
         if kept:
             result.prompts_kept += 1
+        self._count_tools(group, kept, result.tools)
         for s in kept:
             result.per_teacher[s.teacher]["kept"] += 1
             result.data.append(self._data_row(row, s))
@@ -308,11 +318,25 @@ class RejectionSampler:
                 "chosen_id": chosen.id, "rejected_id": rejected.id, "rejected_reason": rejected.reason,
             })
 
+    @staticmethod
+    def _count_tools(group: list[Sample], kept: list[Sample], counts: dict[str, int]) -> None:
+        for s in group:
+            if not is_conversation(s.completion):
+                continue
+            use = tool_use(s.completion)
+            for key, value in (("samples", 1), ("calls", use.calls), ("errors", use.errors),
+                               ("used", use.calls > 0), ("kept", s in kept), ("kept_used", s in kept and use.calls)):
+                counts[key] = counts.get(key, 0) + int(bool(value) if key in ("used", "kept", "kept_used") else value)
+
     def _prompt(self, prompt: Any) -> Any:
         return as_messages(prompt) if self.chat_format else prompt
 
-    def _completion(self, text: str) -> Any:
-        return [{"role": "assistant", "content": text}] if self.chat_format else text
+    def _completion(self, completion: Any) -> Any:
+        """A row's completion: a conversation as it is (the whole of it: calls, outputs, answer), else the text as
+        the row format wants it."""
+        if is_conversation(completion):
+            return completion
+        return [{"role": "assistant", "content": completion}] if self.chat_format else completion
 
     def _data_row(self, row: dict[str, Any], s: Sample) -> dict[str, Any]:
         extra = {k: v for k, v in row.items() if k not in ("id", "prompt")}

@@ -18,18 +18,31 @@ _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#-]*)[^\n]*\n(.*?)```", re.DOTALL)
 def completion_text(completion: Any) -> str:
     """A completion as TRL passes it: a string, or a chat list whose last assistant message is the text.
 
+    A tool-using completion (`[assistant (tool_calls), tool, assistant, ...]`) is the model's turns since the last
+    other message, joined by newlines: its reasoning, then its answer; the tools' outputs are not the model's
+    text and are left out (a program that prints `\\boxed{...}` does not answer for the model).
+
     >>> completion_text([{"role": "assistant", "content": "hi"}])
     'hi'
+    >>> completion_text([{"role": "assistant", "content": "<think>run it</think>", "tool_calls": [{}]},
+    ...                  {"role": "tool", "content": "42"}, {"role": "assistant", "content": "The answer is 42."}])
+    '<think>run it</think>\\nThe answer is 42.'
     """
     if isinstance(completion, str):
         return completion
     if isinstance(completion, dict):
         return _message_text(completion)
     if isinstance(completion, list | tuple):
-        contents = [_message_text(m) for m in completion if isinstance(m, dict) and m.get("role") == "assistant"]
-        if not contents:
-            contents = [_message_text(m) for m in completion if isinstance(m, dict)]
-        return str(contents[-1]) if contents else ""
+        messages = [m for m in completion if isinstance(m, dict)]
+        turns: list[str] = []
+        for m in messages:
+            if m.get("role") == "assistant":
+                turns.append(_message_text(m))
+            elif m.get("role") != "tool":
+                turns = []  # a user (or system) message: what came before it is history, not this answer
+        if turns:
+            return "\n".join(turns)
+        return _message_text(messages[-1]) if messages else ""
     return "" if completion is None else str(completion)
 
 

@@ -92,6 +92,8 @@ class OverlongReward(RowVerifier):
         return len(self._tok()(completion_text(completion), add_special_tokens=False)["input_ids"])
 
     def score_row(self, completion: Any, completion_ids: Sequence[int] | None = None) -> Scored:
+        if completion_ids is None and _is_token_ids(completion):
+            completion_ids = completion  # TRL's own soft-overlong reward is called with the ids in first place
         length = self.length(completion, completion_ids)
         if length is None:
             return Scored(None, _NO_TOKENS)
@@ -105,3 +107,13 @@ class OverlongReward(RowVerifier):
 
     def __repr__(self) -> str:
         return f"OverlongReward(max_length={self.max_length}, cache_length={self.cache_length}, unit={self.unit!r})"
+
+
+def _is_token_ids(completion: Any) -> bool:
+    """A completion given as its token ids (a list of ints), as TRL's `get_soft_overlong_punishment` takes it.
+
+    >>> _is_token_ids([1, 2, 3]), _is_token_ids([{"role": "assistant", "content": "1 2"}]), _is_token_ids([])
+    (True, False, False)
+    """
+    return isinstance(completion, list | tuple) and bool(completion) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in completion)

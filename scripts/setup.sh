@@ -2,6 +2,8 @@
 # One-step setup on a fresh machine: .venv/ with the project and its extras, plus the system
 # packages later stages need (bubblewrap for the code sandbox). Idempotent: a second run is quick.
 # POSTTRAIN_SETUP_DRY_RUN=1 prints the install plan (pip and apt commands) and changes nothing.
+# POSTTRAIN_CONSTRAINTS=FILE installs under a pip constraints file (`make test-gpu-pins`: VENV=.venv-gpu-pins with
+# constraints/vllm-0.31.txt, the versions the `vllm` extra resolves to, for a second test environment on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,12 +12,20 @@ PYTHON=${PYTHON:-}
 EXTRAS=${POSTTRAIN_EXTRAS:-dev}
 STAMP="$VENV/.posttrain-setup"
 DRY_RUN=${POSTTRAIN_SETUP_DRY_RUN:-}
+CONSTRAINTS=${POSTTRAIN_CONSTRAINTS:-}
 
 say() { printf '[setup] %s\n' "$*"; }
-# pip with our flags; a dry run prints the command instead.
+# pip with our flags (and the constraints file, for installs); a dry run prints the command instead.
 pip_run() {
+    if [ -n "$CONSTRAINTS" ] && [ "$1" = install ]; then set -- "$@" -c "$CONSTRAINTS"; fi
     if [ -n "$DRY_RUN" ]; then say "would run: pip $*"; else "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; fi
 }
+if [ -n "$CONSTRAINTS" ] && [ ! -f "$CONSTRAINTS" ]; then
+    say "ERROR: POSTTRAIN_CONSTRAINTS=$CONSTRAINTS: no such file" >&2; exit 1
+fi
+# The CPU torch to install first: the constraints' pin where they have one.
+CPU_TORCH=torch==2.13.0
+if [ -n "$CONSTRAINTS" ] && grep -q '^torch==' "$CONSTRAINTS"; then CPU_TORCH=$(grep -m1 '^torch==' "$CONSTRAINTS"); fi
 wants_vllm() { [[ ",$EXTRAS," == *",vllm,"* ]]; }
 
 # --- system packages -------------------------------------------------------------------------------
@@ -121,7 +131,7 @@ has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>
 
 if [ -z "$DRY_RUN" ]; then install_system_packages; install_sandbox_languages; fi
 
-fingerprint=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-${EXTRAS}-${POSTTRAIN_TORCH_SPEC:-default}
+fingerprint=$(cat pyproject.toml scripts/setup.sh ${CONSTRAINTS:+"$CONSTRAINTS"} | sha256sum | cut -c1-16)-${EXTRAS}-${POSTTRAIN_TORCH_SPEC:-default}
 if [ -z "$DRY_RUN" ] && [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$fingerprint" ]; then
     say "environment up to date ($VENV)"; exit 0
 fi
@@ -151,7 +161,7 @@ elif ! has_torch; then
         say "GPU found: installing the default (CUDA) torch build"; pip_run install torch
     else
         say "no GPU: installing the CPU build of torch"
-        pip_run install torch==2.13.0 ||
+        pip_run install "$CPU_TORCH" ||
             pip_run install torch --index-url https://download.pytorch.org/whl/cpu
     fi
 fi

@@ -4,6 +4,7 @@ repository (a user's clone has only what is in it)."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,26 @@ def test_nothing_cites_a_file_outside_the_repository() -> None:
         lines = enumerate(text.splitlines(), 1)
         found += [f"{path.relative_to(ROOT)}:{i}" for i, line in lines if outside.search(line)]
     assert not found, f"files cite what a user's clone does not have: {found}"
+
+
+#: A path into the repository as prose writes it (`posttrain/core/tiny.py`, `recipes/tiny-r1.yaml`).
+REPO_PATH = re.compile(r"(?<![\w./-])((?:posttrain|rewards|data_pipelines|benchmarks|recipes|docs|scripts|tests)"
+                       r"/[\w./-]*\w\.(?:py|yaml|md|txt|json|sh))\b")
+
+
+#: Paths named on purpose that are not in a checkout: what a command writes, and a recipe the prose makes up.
+NOT_IN_A_CHECKOUT = ("benchmarks/results/", "recipes/x.yaml")
+
+
+def test_every_repository_path_the_docs_and_code_name_exists() -> None:
+    """A module moved or renamed leaves no reader at a dead end: the paths docs, docstrings and comments name exist."""
+    missing = []
+    for rel in subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split():
+        path = ROOT / rel
+        if path.suffix not in {".py", ".md", ".yaml", ".toml"} or not path.exists() or "conformance" in rel:
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            for name in REPO_PATH.findall(line):
+                if not (ROOT / name).exists() and not name.startswith(NOT_IN_A_CHECKOUT):
+                    missing.append(f"{rel}:{i}: {name}")
+    assert not missing, "paths that do not exist:\n" + "\n".join(missing)

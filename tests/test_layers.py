@@ -200,3 +200,9 @@ def test_the_order_check_sees_an_arrow_back_and_a_loose_module(monkeypatch: pyte
     monkeypatch.setitem(MODULES, "posttrain.helpers", ROOT / "posttrain" / "helpers.py")
     with pytest.raises(AssertionError, match=r"posttrain\.helpers"):
         test_every_pipeline_module_has_a_place()
+
+
+def test_no_module_is_over_600_lines() -> None:
+    """One concept per module: a module past 600 lines holds more than one (split it where the concepts part)."""
+    long = {m: n for m, path in MODULES.items() if (n := len(path.read_text().splitlines())) > 600}
+    assert not long, f"modules over 600 lines: {long}"

@@ -13,13 +13,16 @@ import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from posttrain.core.errors import PosttrainError, RecipeError
+from posttrain.core.threads import passive_wait
 
 _SUBCOMMANDS = ("posttrain.cli.eval", "rewards.cli", "posttrain.launch.rollout_server")
 
 
 def main(argv: list[str] | None = None) -> int:
+    passive_wait()  # before anything imports torch (posttrain/core/threads.py says why)
     # Libraries' deprecation chatter (TRL configs built while validating) is not the user's business.
     warnings.filterwarnings("ignore", category=FutureWarning)
     parser = build_parser()
@@ -46,17 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="posttrain", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(metavar="COMMAND")
 
-    p = sub.add_parser("validate", help="check a recipe (and its --quick variant); exit 2 with every problem found")
-    p.add_argument("recipe")
-    _add_set(p)
+    p = sub.add_parser("validate", help="check a recipe (and its --quick variant); exit 2 with every problem found. "
+                                        "It takes run's options: `posttrain validate ARGS` checks `posttrain run ARGS`")
+    _add_run_options(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("run", help="run a recipe's stages (finished ones are skipped, interrupted ones resume)")
-    p.add_argument("recipe")
-    p.add_argument("--output-dir", help="override the recipe's output_dir")
-    p.add_argument("--stages", help="comma-separated stage names to run (default: all)")
-    p.add_argument("--quick", action="store_true", help="apply the recipe's `quick:` overrides (a CI-sized run)")
-    _add_set(p)
+    _add_run_options(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)
 
@@ -75,9 +74,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_set(p: argparse.ArgumentParser) -> None:
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe")
+    p.add_argument("--output-dir", help="override the recipe's output_dir")
+    p.add_argument("--stages", help="comma-separated stage names to run (default: all)")
+    p.add_argument("--quick", action="store_true", help="apply the recipe's `quick:` overrides (a CI-sized run)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value: stages.<name>.<key>=V or <key>=V (repeatable)")
+
+
+def _only(recipe: Any, stages: str | None) -> list[str] | None:
+    """`--stages a,b` as a list, every name checked against the recipe (None: all stages)."""
+    only = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
+    unknown = sorted(set(only or ()) - set(recipe.stage_names()))
+    if unknown:
+        raise PosttrainError(f"--stages: no stage named {', '.join(unknown)} "
+                             f"(stages: {', '.join(recipe.stage_names())})")
+    return only
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -85,10 +98,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from posttrain.stages import KINDS
 
     notes: list[str] = []
-    recipe = load_recipe(args.recipe, args.overrides, kinds=KINDS, hub=True, notes=notes)
-    has_quick = recipe.quick and load_recipe(args.recipe, args.overrides, quick=True, kinds=KINDS)
-    quick = " and its --quick variant" if has_quick else ""
-    print(f"{args.recipe}{quick}: ok ({len(recipe.stages)} stages: {', '.join(recipe.stage_names())})")
+    recipe = load_recipe(args.recipe, args.overrides, output_dir=args.output_dir, quick=args.quick, kinds=KINDS,
+                         hub=True, notes=notes)
+    only = _only(recipe, args.stages)
+    has_quick = not args.quick and recipe.quick and load_recipe(args.recipe, args.overrides, quick=True, kinds=KINDS)
+    what = " (--quick)" if args.quick else " and its --quick variant" if has_quick else ""
+    stages = only or recipe.stage_names()
+    print(f"{args.recipe}{what}: ok ({len(stages)} stages: {', '.join(stages)})")
     for note in notes:
         print(note if note.startswith("warning:") else f"note: {note}")
     return 0
@@ -107,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides, output_dir=args.output_dir, quick=args.quick, kinds=KINDS,
                          notes=notes)
     out = Path(recipe.output_dir)
-    only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+    only = _only(recipe, args.stages)
     if follower_rank(recipe, only) > 0:  # another machine of a multi-machine stage: machine 0 runs the recipe
         setup_logging(None, logging.DEBUG if args.verbose else logging.INFO)
         signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -35,3 +35,15 @@ def _keyword(fn: Callable[..., Any]) -> str:
 def with_cache(fn: Callable[..., Any], cache: Any) -> dict[str, Any]:
     """`{keyword: cache}` for a call of `fn` (or of a module whose `forward` is `fn`)."""
     return {cache_keyword(fn): cache}
+
+
+def register_auto_model(auto_class: Any, config_class: type, model_class: type) -> None:
+    """`auto_class.register(config_class, model_class)` for a config transformers ships (OLMoE's, to give it a
+    sequence-classification class). 5.2x registers it with `exist_ok=True`; 5.17 skips every config whose module is
+    transformers' own (to keep remote code from shadowing built-in classes) and registers nothing. Whether it took is
+    read off the mapping afterwards; where it did not, the entry goes where `register` puts it (`_extra_content`,
+    which `from_pretrained` reads first in both)."""
+    auto_class.register(config_class, model_class, exist_ok=True)
+    mapping = auto_class._model_mapping
+    if config_class not in mapping:
+        mapping._extra_content[config_class] = model_class

@@ -13,6 +13,8 @@ import contextlib
 import logging
 from typing import Any
 
+from posttrain.core.compat import register_auto_model
+
 log = logging.getLogger("posttrain.models")
 
 #: Checkpoints already warned about (one WARNING per checkpoint and process).
@@ -136,7 +138,7 @@ def with_sequence_classification(name_or_path: str, **kwargs: Any) -> None:
         return
     name = causal.__name__.replace("ForCausalLM", "ForSequenceClassification")
     cls = type(name, (GenericForSequenceClassification, base), {"__module__": causal.__module__})
-    AutoModelForSequenceClassification.register(type(config), cls, exist_ok=True)
+    register_auto_model(AutoModelForSequenceClassification, type(config), cls)
 
 
 def load_tokenizer(name_or_path: str, padding_side: str = "left", trust_remote_code: bool = False,

@@ -14,8 +14,10 @@ DeepSeek-V2/V3, and the rest transformers ships) instead of a list of class name
 | OLMoE       | OlmoeTopKRouter        | logits, top-k weights, top-k indices | none (softmax scores)  |
 
 Which experts a token went to is read from the output itself (the integer tensor of width top-k) and, for a
-router that returns only logits, is the top-k of the logits. A model without that registry (remote code)
-falls back to DeepSeek-V3's own shape: a module holding `e_score_correction_bias` and `top_k`.
+router that returns only logits, is the top-k of the logits. A model without that registry (remote code, or
+DeepSeek-V2 in transformers 5.17, the `vllm` extra's release, which registers no router for it) falls back to a
+router's shape: a module with `top_k` and either DeepSeek-V3's `e_score_correction_bias` or a weight of one row
+per routed expert.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def find_routers(model: nn.Module) -> list[Router]:
             continue
         matched, index = _match(name, module, recorders)
         if not matched:
-            if recorders or not _deepseek_style(module):
+            if recorders or not _router_shaped(module, config):
                 continue
             index = None if _returns_indices_first(module) else 0
         seen.add(id(module))
@@ -143,8 +145,16 @@ def _match(name: str, module: nn.Module, recorders: list[tuple[type, int, str | 
     return False, None
 
 
-def _deepseek_style(module: nn.Module) -> bool:
-    return hasattr(module, "e_score_correction_bias") and hasattr(module, "top_k")
+def _router_shaped(module: nn.Module, config: Any) -> bool:
+    """A router transformers does not register: `top_k`, and a correction bias or a weight of one row per expert."""
+    if not hasattr(module, "top_k"):
+        return False
+    if hasattr(module, "e_score_correction_bias"):
+        return True
+    weight = getattr(module, "weight", None)
+    experts = next((getattr(_text(config), k) for k in _EXPERT_COUNT
+                    if isinstance(getattr(_text(config), k, None), int)), None)
+    return isinstance(weight, torch.Tensor) and weight.dim() == 2 and experts is not None and weight.shape[0] == experts
 
 
 def _returns_indices_first(module: nn.Module) -> bool:

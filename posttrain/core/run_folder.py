@@ -124,6 +124,17 @@ OPD_AGREEMENT = "opd/agreement"
 #: log π_old(y_t) − log π_teacher(y_t)), and the mean per-token term the advantages got (−weight × that).
 DISTILL_TERM_REVERSE_KL = "distill_term/reverse_kl"
 DISTILL_TERM = "distill_term/advantage"
+#: Tools (GRPO per logging step, eval over its sampled completions): calls made per completion, the share of calls
+#: whose program failed (error, timeout, killed), assistant turns per completion, the share of completions that made
+#: a call, and the accuracy of those with a call and of those without (`posttrain/core/tools.py`).
+TOOL_CALLS = "tools/calls_per_completion"
+TOOL_ERROR_RATE = "tools/error_rate"
+TOOL_TURNS = "tools/turns"
+TOOL_USED = "tools/used"
+TOOL_ACCURACY_WITH_CALL = "tools/accuracy_with_call"
+TOOL_ACCURACY_WITHOUT_CALL = "tools/accuracy_without_call"
+#: GRPO: seconds spent inside tool calls per generation round, and their share of the step's time.
+TOOL_SECONDS = "tools/seconds"
 _MAX_VIOLATION_LAYER = re.compile(r"^moe/max_violation/layer_(\d+)$")
 _LOAD_LAYER = re.compile(r"^moe/load/layer_(\d+)$")
 _REWARD_MEAN = re.compile(r"^rewards/(.+)/mean$")

@@ -11,6 +11,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from posttrain.core.tool_calls import (
+    CALLS_BEGIN,
+    CALLS_END,
+    DEEPSEEK_V3_CALL,
+    DEEPSEEK_V3_RESPONSE_TEMPLATE,
+    DEEPSEEK_V3_TOOL_TOKENS,
+    OUTPUT_BEGIN,
+    OUTPUT_END,
+    OUTPUTS_BEGIN,
+    OUTPUTS_END,
+)
+
 THINK_TOKENS = ("<think>", "</think>")
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜pad｜>"
 USER, ASSISTANT = "<｜User｜>", "<｜Assistant｜>"
@@ -22,6 +34,26 @@ CHAT_TEMPLATE = (
     "{% elif m['role'] == 'assistant' %}" + ASSISTANT + "{{ m['content'] }}{{ eos_token }}"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}"
+)
+#: The same, with DeepSeek-V3's tool calls (`posttrain/core/tool_calls.py`): an assistant turn's `tool_calls` after
+#: its content, the tool outputs after it, and the model going on after `<｜tool▁outputs▁end｜>` without a new header
+#: (as DeepSeek-V3 does). Renders exactly as `CHAT_TEMPLATE` where there is no tool; the assistant's part (its end of
+#: turn included) is marked for TRL's `assistant_only_loss`, so SFT learns the calls and not the tools' outputs.
+TOOLS_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(tool=false) %}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}\n"
+    "{% elif m['role'] == 'user' %}{% if ns.tool %}" + OUTPUTS_END + "{% set ns.tool = false %}{% endif %}"
+    + USER + "{{ m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}"
+    "{% if ns.tool %}" + OUTPUTS_END + "{% set ns.tool = false %}{% else %}" + ASSISTANT + "{% endif %}"
+    "{% generation %}{{ m['content'] or '' }}"
+    "{% if m['tool_calls'] %}" + CALLS_BEGIN + "{% for tc in m['tool_calls'] %}{% if not loop.first %}\n{% endif %}"
+    "{{ " + DEEPSEEK_V3_CALL + " }}{% endfor %}" + CALLS_END + "{% endif %}"
+    "{{ eos_token }}{% endgeneration %}"
+    "{% elif m['role'] == 'tool' %}{% if not ns.tool %}" + OUTPUTS_BEGIN + "{% set ns.tool = true %}{% endif %}"
+    + OUTPUT_BEGIN + "{{ m['content'] }}" + OUTPUT_END +
+    "{% endif %}{% endfor %}"
+    "{% if ns.tool %}" + OUTPUTS_END + "{% elif add_generation_prompt %}" + ASSISTANT + "{% endif %}"
 )
 
 #: ~1.1M parameters (1,071,616 with the tiny recipe's 297-token vocabulary): trains at ~15k tokens/s on 2 CPU
@@ -59,9 +91,12 @@ TINY_DEFAULTS: dict[str, Any] = {
 }
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Any:
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, tool_calls: bool = False) -> Any:
     """Byte-level BPE with digits split one per token (arithmetic stays learnable) and
-    `<think>`/`</think>` as ordinary added tokens (TRL strips special tokens from completions)."""
+    `<think>`/`</think>` as ordinary added tokens (TRL strips special tokens from completions).
+
+    `tool_calls`: DeepSeek-V3's tool-call tokens are added the same way, and the chat template and response parser
+    are DeepSeek-V3's tool-call format (the corpus should hold some calls, so that BPE learns their JSON)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -80,11 +115,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Any:
     )
     tok.train_from_iterator(texts, trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
+    if tool_calls:
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in DEEPSEEK_V3_TOOL_TOKENS])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
         additional_special_tokens=[USER, ASSISTANT], model_max_length=TINY_DEFAULTS["max_position_embeddings"],
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = TOOLS_CHAT_TEMPLATE if tool_calls else CHAT_TEMPLATE
+    if tool_calls:
+        fast.response_template = DEEPSEEK_V3_RESPONSE_TEMPLATE
     return fast
 
 

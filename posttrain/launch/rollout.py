@@ -79,7 +79,8 @@ def rollout_server_for(recipe: Recipe, stage: StageConfig, run_dir: Path,
     if healthy(url):
         raise StageError(f"stage {stage.name!r}: something already answers at {url} before the rollout server was "
                          "started (a teacher's `vllm serve`, a server left running?): stop it or set "
-                         "rollout.server_port to a free port")
+                         "rollout.server_port to a free port; a rollout server you started for this stage yourself "
+                         f"needs --set stages.{stage.name}.rollout.start=false")
     server_gpus, trainer_gpus = split_gpus(spec.gpus, stage)
     stage_dir = run_dir / stage.name
     stage_dir.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,9 @@ TRL 1.16 expects it (`vllm serve` with the NCCL weight-transfer engine, processe
 importance-sampling correction, dev-mode endpoints; the command TRL's deprecated `trl vllm-serve` now
 only wraps) on the model the GRPO stage will start from (an earlier stage's `model/`, the base model,
 or a path), with the host and port of the stage's `rollout:` section, so the trainer finds it. The
-trainer pushes its updated weights to the server after every step. A typical 8-GPU layout is in
-recipes/README.md.
+trainer pushes its updated weights to the server after every step. With the stage's `rollout.speculative`, the
+server drafts with the model's MTP module (`--speculative-config`), and the trainer updates the drafter too. A
+typical 8-GPU layout is in docs/gpu.md.
 
     posttrain rollout-server RECIPE [--stage grpo] [--output-dir DIR] [--dry-run] [--vllm-args '...']
 """
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from posttrain.core.errors import MissingDependencyError, RecipeError, StageError
 
@@ -45,6 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 #: The environment `vllm serve` needs for the trainer: the weight-update and prefix-cache endpoints are dev mode.
 SERVER_ENV = {"VLLM_SERVER_DEV_MODE": "1"}
+#: `vllm serve`'s option for speculative decoding (JSON), added for a stage with `rollout.speculative`.
+SPECULATIVE = "--speculative-config"
 
 
 def server_command(args: argparse.Namespace) -> list[str]:
@@ -55,9 +60,13 @@ def server_command(args: argparse.Namespace) -> list[str]:
     from posttrain.stages.grpo import DEFAULT_PORT
 
     host, port, model, trust = args.host, args.port, args.model, args.trust_remote_code
+    extra = shlex.split(args.vllm_args)
     if args.recipe:
-        stage_model, stage_host, stage_port, stage_trust = _from_recipe(args)
+        stage_model, stage_host, stage_port, stage_trust, speculative = _from_recipe(args)
         model, host, port, trust = model or stage_model, host or stage_host, port or stage_port, trust or stage_trust
+        if speculative is not None and speculative.mtp and not any(a.startswith(SPECULATIVE) for a in extra):
+            # vLLM's MTP drafter; the trainer keeps it on the policy (training/vllm_sync.py: sync_draft).
+            extra += [SPECULATIVE, json.dumps({"method": "mtp", "num_speculative_tokens": speculative.num_tokens})]
     if not model:
         raise RecipeError(["rollout-server: give a RECIPE with a grpo stage, or --model PATH"])
     script = ScriptArguments(model=model, host=host or "127.0.0.1", port=port or DEFAULT_PORT,
@@ -65,7 +74,7 @@ def server_command(args: argparse.Namespace) -> list[str]:
                              data_parallel_size=args.data_parallel_size,
                              gpu_memory_utilization=args.gpu_memory_utilization,
                              trust_remote_code=trust)
-    return build_command(script, shlex.split(args.vllm_args))
+    return build_command(script, extra)
 
 
 def cmd_rollout_server(args: argparse.Namespace) -> int:
@@ -82,7 +91,7 @@ def cmd_rollout_server(args: argparse.Namespace) -> int:
     os.execve(cmd[0], cmd, {**os.environ, **SERVER_ENV})
 
 
-def _from_recipe(args: argparse.Namespace) -> tuple[str, str, int, bool]:
+def _from_recipe(args: argparse.Namespace) -> tuple[str, str, int, bool, Any]:
     from posttrain.recipe import load_recipe
     from posttrain.run.base_model import base_model_ref
     from posttrain.stages import KINDS
@@ -102,4 +111,5 @@ def _from_recipe(args: argparse.Namespace) -> tuple[str, str, int, bool]:
                               f"the rollout server of stage {stage.name!r}")
     except StageError as exc:
         raise RecipeError([f"{args.recipe}: {exc}"]) from None
-    return model, stage.rollout.server_host, stage.rollout.server_port, recipe.model.trust_remote_code
+    rollout = stage.rollout
+    return model, rollout.server_host, rollout.server_port, recipe.model.trust_remote_code, rollout.speculative

@@ -172,6 +172,7 @@ def check_recipe(recipe: Any, problems: Problems, *, hub: bool = False) -> None:
             else:
                 hub_names.append((loc, value, "dataset" if key in DATASET_KEYS else "model"))
     _check_rewards(recipe, problems)
+    _check_tools(recipe, problems, hub)
     if recipe.model.tiny:
         _check_tiny(recipe.model.tiny, problems)
     if hub and hub_names:
@@ -228,6 +229,68 @@ def _reward_names(recipe: Any) -> Iterator[tuple[Loc, str]]:
 
     for i, stage in enumerate(recipe.stages):
         yield from walk(stage.model_dump(mode="json"), ("stages", i))
+
+
+def _check_tools(recipe: Any, problems: Problems, hub: bool) -> None:
+    """A stage with `tools`: each names a sandbox language whose toolchain is here, and the engine's chat template
+    can render a tool call and read it back (the recipe's trained tokenizer has the tool-call tokens)."""
+    from rewards.sandbox.languages import TABLE, missing_toolchain, normalize_language
+
+    verdicts: dict[str, str | None] = {}
+    for i, stage in enumerate(recipe.stages):
+        tools = getattr(stage, "tools", None) or []
+        for j, tool in enumerate(tools):
+            field = "language" if tool.language else "name"
+            try:
+                language = normalize_language(tool.sandbox_language)
+            except PosttrainError:
+                problems.add(("stages", i, "tools", j, field), f"no sandbox language {tool.sandbox_language!r}; "
+                             f"a tool runs one of {sorted(TABLE)} (set `language` when the name is another)")
+                continue
+            if (why := missing_toolchain(language)) is not None:
+                problems.add(("stages", i, "tools", j, field), why)
+        if not tools:
+            continue
+        for ref in _tokenizer_refs(recipe, stage):
+            if ref not in verdicts:
+                verdicts[ref] = _tool_template_problem(recipe, ref, hub)
+            if verdicts[ref] is not None:
+                problems.add(("stages", i, "tools"), f"the model's chat template ({ref}) cannot run tools: "
+                             f"{verdicts[ref]}")
+
+
+def _tokenizer_refs(recipe: Any, stage: Any) -> list[str]:
+    """The tokenizers whose templates a stage's tool loop renders: its model's (the base's, for the base or an earlier
+    stage), each weights-loading teacher's or engine's; none for a served or scripted engine."""
+    engines = [t for t in getattr(stage, "teachers", [])] or [getattr(stage, "generation", None)]
+    models = [e.model if e is not None and e.model else getattr(stage, "model", None)
+              for e in engines if e is None or e.loads_weights]
+    names = recipe.stage_names()
+    return list(dict.fromkeys("base" if m in (None, "base") or m in names else m for m in models))
+
+
+def _tool_template_problem(recipe: Any, ref: str, hub: bool) -> str | None:
+    """Why `ref`'s tokenizer cannot render and parse tool calls (`base`: the recipe's), or None (also when it cannot
+    be loaded here: the run says so)."""
+    from posttrain.core.tool_calls import ToolFormatError, enable_tool_calls
+
+    if ref == "base" and recipe.tokenizer.train is not None:
+        return None if recipe.tokenizer.train.tool_calls else (
+            "the tokenizer the recipe trains has no tool-call tokens: set tokenizer.train.tool_calls: true")
+    name = (recipe.tokenizer.name_or_path or recipe.model.name_or_path) if ref == "base" else ref
+    if not name or not (looks_like_path(name) or Path(name).is_dir() or hub):
+        return None
+    try:
+        from posttrain.core.models import load_tokenizer
+
+        tokenizer = load_tokenizer(name, trust_remote_code=recipe.model.trust_remote_code)
+    except Exception:  # not loadable from here (no network, a private repo): the run checks it
+        return None
+    try:
+        enable_tool_calls(tokenizer)
+    except ToolFormatError as exc:
+        return str(exc)
+    return None
 
 
 @functools.cache

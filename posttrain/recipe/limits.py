@@ -8,37 +8,45 @@ A training completion budget that fills the whole context leaves no room for the
 generating stage's `max_new_tokens` beyond the context only warns: generation clips it to what each prompt leaves
 (a benchmark preset's 2,048 tokens on a 512-token tiny model is what a user expects to just run).
 
-**A micro-batch's logits.** The output layer of one micro-batch holds rows x tokens x vocabulary logits;
-with a 150k vocabulary that alone can exceed a GPU (16 completions of 4,096 tokens: 10 G logits). The estimate
-is the rule of thumb *6 bytes per logit* (the bf16 logits, the copy the loss makes of them, and their
-gradient), for the rows of one micro-batch: `per_device_train_batch_size` sequences (DPO: twice, chosen and
-rejected) of `max_length` tokens (GRPO: `max_completion_length`, TRL computes logits for the completion
-only). Above a quarter of `launch.gpu_memory_gb` (80 when unset), validation warns: the weights, optimizer
+**A micro-batch's logits.** TRL 1.16's SFT, GRPO and DPO trainers never hold a micro-batch's full logits: their
+fused LM head (`trl.trainer.utils.add_fused_lm_head`) projects at most 4,096 tokens x 32,768 vocabulary entries at a
+time (TRL's `TOKEN_CHUNK_SIZE` and `_CHUNKED_LOGPROB_CHUNK_SIZE`, read from the installed TRL) in the compute dtype,
+a quarter of a GB in bf16, whatever the batch. What does hold them is the MTP loss (posttrain's, on a model with
+DeepSeek-V3's MTP module and `mtp.weight` > 0): fp32 logits of every target token at every depth, *10 bytes per
+logit* with the bf16 projection and the gradient. The rows of one micro-batch: `per_device_train_batch_size`
+sequences (DPO: twice, chosen and rejected) of `max_length` tokens (GRPO: `max_completion_length`, TRL scores the
+completion only). Above a quarter of `launch.gpu_memory_gb` (80 when unset), validation warns: the weights, optimizer
 state and activations need the rest. Lower the micro-batch and raise `gradient_accumulation_steps`.
+
+**vLLM.** A stage that names `backend: vllm` (a GRPO stage's `rollout:`, an eval, pass-rate or distill engine
+that loads the weights) on a model with MLA head sizes vLLM 0.31 cannot build (`core/vllm_limits.py`) gets a
+warning: vLLM would not start. (`rollout.backend: auto` falls back to transformers there by itself.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from posttrain.core.hub import hub_unreachable, looks_local
+from posttrain.core.vllm_limits import mla_problem
 from posttrain.recipe.check import looks_like_path
 from posttrain.recipe.problems import Loc, Problems
 
 log = logging.getLogger("posttrain.recipe")
 
-#: Rule of thumb for the memory of one logit during training (bytes): bf16 logits, the loss's copy, the gradient.
-BYTES_PER_LOGIT = 6
+#: Memory of one logit the fused head's tile holds (bytes): the compute dtype, bf16 on a GPU.
+TILE_BYTES_PER_LOGIT = 2
+#: Memory of one logit of the MTP loss (bytes): the bf16 projection, its fp32 copy and the fp32 gradient.
+MTP_BYTES_PER_LOGIT = 10
 #: GPU memory assumed when a stage's `launch.gpu_memory_gb` is unset (an 80 GB A100/H100).
 DEFAULT_GPU_GB = 80.0
 #: Share of the GPU one micro-batch's logits may take before validation warns.
 LOGITS_SHARE = 0.25
-#: The tiny model's context (posttrain.core.tiny.TINY_DEFAULTS, which imports the schema: not imported here).
-TINY_CONTEXT = 512
 #: Config keys that hold a model's context length, in the order they are tried.
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
@@ -50,6 +58,10 @@ class ModelFacts:
     name: str
     context: int | None
     vocab: int | None
+    #: MTP depths (DeepSeek-V3's `num_nextn_predict_layers`): the MTP loss computes full logits for each.
+    mtp_depth: int = 0
+    #: Why vLLM 0.31 cannot build the model's MLA attention (None: it can, or no MLA).
+    vllm_problem: str | None = None
 
 
 def check_limits(recipe: Any, problems: Problems, *, hub: bool = False) -> None:
@@ -77,6 +89,11 @@ def check_limits(recipe: Any, problems: Problems, *, hub: bool = False) -> None:
             for ref in _generating_models(stage):
                 _check_new_tokens(sampling.max_new_tokens, model(ref, i), loc + ("sampling", "max_new_tokens"),
                                   problems)
+        for where, ref in _vllm_models(stage):
+            facts_ = model(ref, i)
+            if facts_ is not None and facts_.vllm_problem is not None:
+                problems.notes.append(f"warning: {_where(loc + where)}: backend vllm: {facts_.name} cannot run in vLLM "
+                                      f"0.31: {facts_.vllm_problem} (vLLM would not start; use transformers/hf)")
     if unchecked:
         problems.notes.append(f"lengths not checked against the context of {', '.join(sorted(unchecked))} (its "
                               "config.json is neither local nor reachable on the hub)")
@@ -101,28 +118,43 @@ def _check_trainer(stage: Any, ref: str, facts: ModelFacts | None, loc: Loc, pro
     if not isinstance(tokens, int) or not isinstance(rows, int):
         return
     rows *= 2 if cls == "DPOConfig" else 1
-    gb = logits_gb(rows, tokens, facts.vocab)
+    mtp = facts.mtp_depth if getattr(getattr(stage, "mtp", None), "weight", 0) > 0 else 0
+    gb = logits_gb(rows, tokens, facts.vocab, mtp)
     gpu = stage.launch.gpu_memory_gb or DEFAULT_GPU_GB
     if gb > LOGITS_SHARE * gpu:
-        where = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
         problems.notes.append(
-            f"warning: {where}: one micro-batch's logits take about {gb:.0f} GB ({rows} rows x {tokens} tokens x "
-            f"{facts.vocab} vocabulary x {BYTES_PER_LOGIT} bytes), more than a quarter of a {gpu:g} GB GPU "
-            "(launch.gpu_memory_gb): lower trl.per_device_train_batch_size and raise "
-            "trl.gradient_accumulation_steps")
+            f"warning: {_where(loc)}: one micro-batch's logits take about {gb:.0f} GB (the MTP loss: {mtp} depth(s) x "
+            f"{rows} rows x {tokens} tokens x {facts.vocab} vocabulary x {MTP_BYTES_PER_LOGIT} bytes, beside the fused "
+            f"head's tile), more than a quarter of a {gpu:g} GB GPU (launch.gpu_memory_gb): lower "
+            "trl.per_device_train_batch_size and raise trl.gradient_accumulation_steps")
 
 
-def logits_gb(rows: int, tokens: int, vocab: int) -> float:
-    """The rule-of-thumb memory of one micro-batch's logits in GB (see the module's docstring)."""
-    return rows * tokens * vocab * BYTES_PER_LOGIT / 1e9
+def logits_gb(rows: int, tokens: int, vocab: int, mtp_depth: int = 0) -> float:
+    """The logits one micro-batch holds at once in GB (see the module's docstring): the fused head's tile, and the
+    MTP loss's logits for `mtp_depth` depths."""
+    tile_tokens, tile_vocab = fused_head_tile()
+    tile = min(rows * tokens, tile_tokens) * min(vocab, tile_vocab) * TILE_BYTES_PER_LOGIT
+    return (tile + mtp_depth * rows * tokens * vocab * MTP_BYTES_PER_LOGIT) / 1e9
+
+
+@functools.cache
+def fused_head_tile() -> tuple[int, int]:
+    """(tokens, vocabulary entries) TRL's fused LM head projects at a time, from the installed TRL."""
+    from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+    return TOKEN_CHUNK_SIZE, _CHUNKED_LOGPROB_CHUNK_SIZE
+
+
+def _where(loc: Loc) -> str:
+    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
 
 
 def _check_new_tokens(value: int, facts: ModelFacts | None, loc: Loc, problems: Problems) -> None:
     if facts is not None and facts.context is not None and value >= facts.context:
-        where = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
-        problems.notes.append(f"warning: {where}: {value} new tokens leave no room for the prompt in the context of "
-                              f"{facts.name} ({facts.context} tokens, max_position_embeddings): generation clips them "
-                              "to what each prompt leaves")
+        problems.notes.append(f"warning: {_where(loc)}: {value} new tokens leave no room for the prompt in the "
+                              f"context of {facts.name} ({facts.context} tokens, max_position_embeddings): generation "
+                              "clips them to what each prompt leaves")
 
 
 def _generating_models(stage: Any) -> list[str | None]:
@@ -133,6 +165,22 @@ def _generating_models(stage: Any) -> list[str | None]:
         if spec is None or not spec.loads_weights:
             continue
         out.append(spec.model if spec.model is not None else getattr(stage, "model", None))
+    return out
+
+
+def _vllm_models(stage: Any) -> list[tuple[Loc, str | None]]:
+    """(where, model reference) of each engine a stage names `backend: vllm` for: GRPO's rollouts, an eval's or
+    pass-rate filter's generation, distill's teachers."""
+    out: list[tuple[Loc, str | None]] = []
+    rollout = getattr(stage, "rollout", None)
+    if getattr(rollout, "backend", None) == "vllm":
+        out.append((("rollout", "backend"), getattr(stage, "model", None)))
+    spec = getattr(stage, "generation", None)
+    if spec is not None and spec.backend == "vllm":
+        out.append((("generation", "backend"), spec.model if spec.model is not None else getattr(stage, "model", None)))
+    for j, teacher in enumerate(getattr(stage, "teachers", None) or []):
+        if teacher.backend == "vllm":
+            out.append((("teachers", j, "backend"), teacher.model))
     return out
 
 
@@ -157,9 +205,12 @@ def model_source(recipe: Any, ref: str | None, index: int) -> str | None:
 
 def _facts(recipe: Any, source: str, hub: bool) -> ModelFacts | None:
     if source == "base" and recipe.model.tiny is not None:
-        context = recipe.model.tiny.get("max_position_embeddings", TINY_CONTEXT)
+        from posttrain.core.tiny import TINY_DEFAULTS
+
+        tiny = {**TINY_DEFAULTS, **recipe.model.tiny}
         train = recipe.tokenizer.train
-        return ModelFacts("the tiny model", context, train.vocab_size if train is not None else None)
+        return ModelFacts("the tiny model", tiny.get("max_position_embeddings"),
+                          train.vocab_size if train is not None else None, _mtp_depth(tiny), mla_problem(tiny))
     name = recipe.model.name_or_path if source == "base" else source
     revision = recipe.model.revision if source == "base" else None
     config = _read_config(name, revision, hub)
@@ -168,7 +219,13 @@ def _facts(recipe: Any, source: str, hub: bool) -> ModelFacts | None:
     config = config.get("text_config") or config  # a multimodal checkpoint's language model
     context = next((config[k] for k in CONTEXT_KEYS if isinstance(config.get(k), int)), None)
     vocab = config.get("vocab_size") if isinstance(config.get("vocab_size"), int) else None
-    return ModelFacts(name, context, vocab)
+    return ModelFacts(name, context, vocab, _mtp_depth(config), mla_problem(config))
+
+
+def _mtp_depth(config: dict[str, Any]) -> int:
+    """MTP depths of a DeepSeek-V3 config (the model type posttrain builds and restores MTP modules for)."""
+    depth = config.get("num_nextn_predict_layers")
+    return depth if config.get("model_type", "deepseek_v3") == "deepseek_v3" and isinstance(depth, int) else 0
 
 
 def _read_config(name: str, revision: str | None, hub: bool) -> dict[str, Any] | None:

@@ -63,7 +63,8 @@ def _type_name(annotation: Any) -> str:
     for module in ("on_policy_distill.", "distill_term.", "core.generation.base.", "recipe.schema.", "training.",
                    "stages.", "core.", "filters.",
                    "decontamination.", "sources.", "rejection_sampling.", "pass_rate_filter.", "data_mix.", "lora.",
-                   "moe_balance.", "mtp.", "dynamic_sampling.", "grpo.", "eval.", "distill.", "reward_model.", "dpo."):
+                   "moe_balance.", "mtp.", "dynamic_sampling.", "grpo.", "eval.", "distill.", "reward_model.", "dpo.",
+                   "tools."):
         text = text.replace(module, "")
     return text.replace("|", "\\|")
 

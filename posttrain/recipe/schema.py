@@ -42,6 +42,8 @@ class TokenizerTrainSpec(StrictModel):
     corpus: str
     corpus_kwargs: dict[str, Any] = Field(default_factory=dict)
     vocab_size: int = Field(512, ge=300, le=200_000)
+    #: Add DeepSeek-V3's tool-call tokens and use its tool-call chat template and parser (stages with `tools`).
+    tool_calls: Annotated[bool, ADDED] = False
 
 
 class TokenizerSpec(StrictModel):
@@ -73,7 +75,7 @@ class RewardSpec(StrictModel):
 class LaunchSpec(StrictModel):
     """Run the stage in several processes with `accelerate launch` (DDP, or DeepSpeed/FSDP by config file), on one
     machine or several (accelerate's own multi-node launch: run `posttrain run` on every machine, each with its
-    `machine_rank`; recipes/README.md has a SLURM script)."""
+    `machine_rank`; docs/gpu.md has a SLURM script)."""
 
     #: Processes in all, over every machine (accelerate's --num_processes): GPUs per machine x machines.
     num_processes: int = Field(1, ge=1)

@@ -70,7 +70,7 @@ def _make_tokenizer(spec: TokenizerSpec, model: ModelSpec) -> Any:
         from posttrain.core.plugins import load_object
 
         corpus = load_object(spec.train.corpus)(**spec.train.corpus_kwargs)
-        return train_tokenizer(corpus, spec.train.vocab_size)
+        return train_tokenizer(corpus, spec.train.vocab_size, tool_calls=spec.train.tool_calls)
     from transformers import AutoTokenizer
 
     name = spec.name_or_path or model.name_or_path

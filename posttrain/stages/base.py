@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from posttrain.core.errors import StageError
 from posttrain.core.generation.base import GenerationSpec
 from posttrain.core.run_folder import DATA_FILE, METRICS_FILE, MODEL_DIR, append_jsonl, read_jsonl
+from posttrain.core.tools import ToolOptions, ToolSpec
 from posttrain.recipe import Recipe, RewardSpec, StageConfig
 
 if TYPE_CHECKING:
@@ -134,6 +135,33 @@ class StageContext:
             reward.setup()  # a reward model or judge that cannot load fails the stage here, not row by row
             out.append((label, reward, spec.weight))
         return RewardMix(out)
+
+    def logged(self, key: str) -> list[dict[str, Any]]:
+        """The rows of DIR/<stage>/metrics.jsonl that hold a number under `key`, in order (none: no file yet)."""
+        path = self.stage_dir / METRICS_FILE
+        return [r for r in read_jsonl(path) if isinstance(r.get(key), float | int)] if path.exists() else []
+
+    def build_tools(self, specs: list[ToolSpec]) -> list[Any]:
+        """The sandbox tools the specs name (`rewards/sandbox/tool.py`), each checked now: a language whose toolchain is
+        missing, or no sandbox on this machine, fails the stage before it starts (naming the fix), never mid-run."""
+        from rewards.sandbox.tool import SandboxTool
+
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise StageError(f"stage {self.config.name!r}: tools {names} have the same name twice")
+        return [SandboxTool.from_spec(spec) for spec in specs]
+
+    def tool_loop(self, generator: Any, options: ToolOptions) -> Any:
+        """`generator` as a tool loop over the stage's tools (`posttrain/core/generation/tool_loop.py`); an engine that
+        renders the chat template itself gets its tokenizer ready to render and parse calls (or the stage fails,
+        saying why the template cannot)."""
+        from posttrain.core.generation import ToolLoop
+        from posttrain.core.tool_calls import enable_tool_calls
+
+        tokenizer = getattr(generator, "tokenizer", None)
+        if tokenizer is not None:
+            enable_tool_calls(tokenizer)
+        return ToolLoop(generator, self.build_tools(options.tools), options.max_turns)
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         """One JSON line per logging step in DIR/<stage>/metrics.jsonl (main process only)."""

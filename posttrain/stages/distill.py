@@ -14,13 +14,16 @@ Outputs in DIR/<name>/ (names scripts rely on):
   samples each reward failed on (`reward_errors`);
 - `errors.jsonl`: prompts a teacher failed on after retries (`teacher_error`).
 
+With `tools`, every teacher runs the tool loop (posttrain/core/generation/tool_loop.py): a kept row's completion
+is the whole conversation (its calls, the tools' real outputs, its answer), rows are chats whatever `format` says,
+and the filters read each part of it as `data_pipelines.filters.sample_views` says.
+
 Prompts are processed in fixed chunks; after each chunk the rows are appended and `progress.json`
 records the byte length of every output and the running stats. An interrupted run truncates the
 outputs to the last recorded chunk and goes on from there, so no row is lost or written twice, and
 with a deterministic teacher a resumed run writes what an uninterrupted one does.
 
-The report's section on this kind is in distill_report.py; its hooks are imported here, where the
-report looks for them.
+The report's section on this kind is posttrain/report/sections/distill.py.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from posttrain.core.run_folder import (
     STATS_FILE,
     write_json_atomic,
 )
+from posttrain.core.tools import ToolOptions
 from posttrain.recipe import RewardSpec, StageConfig
 from posttrain.stages.base import StageContext, StageResult
 from rewards.mix import unique_labels
@@ -103,7 +107,7 @@ class TeacherSpec(GenerationSpec):
         return lambda row: row.get(column) in wanted
 
 
-class Config(StageConfig):
+class Config(StageConfig, ToolOptions):
     """Options of a `distill` stage."""
 
     kind: Literal["distill"] = "distill"
@@ -223,6 +227,8 @@ def run(ctx: StageContext) -> StageResult:
     metrics = {k: stats[k] for k in ("prompts", "generated", "kept", "acceptance_rate", "pass_rate", "prompt_yield",
                                      "teacher_errors", "samples_per_s", "eval_prompts")}
     metrics["rejected"] = dict(stats["rejected"])
+    if stats.get("tools"):
+        metrics["tools"] = dict(stats["tools"])
     outputs = {"data": str(out / DATA_FILE), "pairs": str(out / PAIRS_FILE), "prompts": str(out / PROMPTS_FILE)}
     if eval_rows is not None:
         outputs["eval"] = str(out / EVAL_FILE)
@@ -288,7 +294,10 @@ def _build_sampler(cfg: Config, ctx: StageContext, eval_rows: list[dict[str, Any
         seed = cfg.sampling.seed if cfg.sampling.seed is not None else derive_seed(ctx.seed, cfg.name, spec.label())
         sampling = cfg.sampling.model_copy(update={"seed": seed})
         gen = ctx.with_remote_code(spec.generation_spec(), ours)
-        teachers.append(Teacher(spec.label(), make_generator(gen, model), spec.n or cfg.n, sampling,
+        generator = make_generator(gen, model)
+        if cfg.tools:
+            generator = ctx.tool_loop(generator, cfg)
+        teachers.append(Teacher(spec.label(), generator, spec.n or cfg.n, sampling,
                                 system_prompt=spec.system_prompt, accepts=spec.accepts(), reasoning=spec.reasoning))
     rewards = ctx.build_rewards(cfg.rewards)
 
@@ -305,7 +314,7 @@ def _build_sampler(cfg: Config, ctx: StageContext, eval_rows: list[dict[str, Any
 
     return RejectionSampler(
         teachers, rewards, cfg.keep, SampleFilter(cfg.filters, count_tokens), cfg.keep_per_prompt,
-        cfg.prefer_shorter, cfg.pairs_per_prompt, cfg.teacher_retries, cfg.format == "chat",
+        cfg.prefer_shorter, cfg.pairs_per_prompt, cfg.teacher_retries, cfg.format == "chat" or bool(cfg.tools),
         length=count_tokens or len, contaminated=contaminated, keep_per_teacher=cfg.keep_per_teacher,
     )
 
@@ -362,8 +371,7 @@ def _resume(out: Path, fingerprint: str, sampler: Any, log: logging.Logger) -> d
             f.truncate(size)  # drop rows of a chunk that was cut off before its progress was saved
     if (out / DATA_FILE).exists():
         for line in (out / DATA_FILE).read_text().splitlines():
-            completion = json.loads(line)["completion"]
-            sampler.filter.add(completion if isinstance(completion, str) else completion[-1]["content"])
+            sampler.filter.add(json.loads(line)["completion"])
     return state
 
 
@@ -382,7 +390,8 @@ def _merge(stats: dict[str, Any], result: Any) -> None:
     stats["prompts_kept"] += result.prompts_kept
     stats["prompts_without_teacher"] = stats.get("prompts_without_teacher", 0) + result.unassigned
     for counts, target in ((result.rejected, stats["rejected"]), (result.histogram, stats["pass_rate_histogram"]),
-                           (result.reward_errors, stats.setdefault("reward_errors", {}))):
+                           (result.reward_errors, stats.setdefault("reward_errors", {})),
+                           (result.tools, stats.setdefault("tool_counts", {}))):
         for k, v in counts.items():
             target[k] = target.get(k, 0) + v
     for label, counts in result.per_teacher.items():
@@ -407,6 +416,13 @@ def _summarise(stats: dict[str, Any]) -> None:
     for mine in stats["per_teacher"].values():
         made = mine.get("generated", 0)
         mine["acceptance_rate"] = round(mine.get("kept", 0) / made, 4) if made else 0.0
+    tools = stats.get("tool_counts") or {}
+    if tools.get("samples"):  # with tools: how the teachers used them, over every sample and over the kept ones
+        def share(part: str, whole: str) -> float | None:
+            return round(tools.get(part, 0) / tools[whole], 4) if tools.get(whole) else None
+
+        stats["tools"] = {"calls_per_sample": share("calls", "samples"), "used": share("used", "samples"),
+                          "error_rate": share("errors", "calls"), "kept_used": share("kept_used", "kept")}
     stats["pass_rate_histogram"] = dict(sorted(stats["pass_rate_histogram"].items(),
                                                key=lambda kv: tuple(map(int, kv[0].split("/")))))
 

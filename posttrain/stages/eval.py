@@ -42,16 +42,18 @@ from posttrain.core.run_folder import (
     repair_jsonl_tail,
     temperature_label,
 )
+from posttrain.core.tools import ToolOptions, is_conversation, summarize_tool_use
 from posttrain.recipe import RewardSpec, StageConfig
 from posttrain.report.inputs import is_number
 from posttrain.stages.base import StageContext, StageResult
+from rewards.answer import completion_text
 from rewards.mix import RewardMix
 
 #: Counts the tokens of each completion text (None: it cannot, e.g. no tokenizer).
 TokenCounter = Callable[[list[str]], "list[int] | None"]
 
 
-class Config(StageConfig):
+class Config(StageConfig, ToolOptions):
     #: Model to evaluate: an earlier stage, a path or a hub name (default: the recipe's base model).
     model: str | None = None
     #: Held-out prompts: an earlier stage (its `data_file`), a jsonl/parquet file, or a hub data set. With a
@@ -165,6 +167,8 @@ def evaluate(ctx: StageContext) -> Evaluation:
         ctx.log.info("resuming: %d of %d prompts already evaluated", len(done), len(rows))
     spec = ctx.with_remote_code(cfg.generation, ours=local or not cfg.generation.model)
     generator = make_generator(spec, model=model) if todo else None
+    if generator is not None and cfg.tools:
+        generator = ctx.tool_loop(generator, cfg)
     sampling = cfg.sampling.model_copy(update={"seed": cfg.sampling.seed if cfg.sampling.seed is not None
                                                 else ctx.seed})
     temperatures = cfg.all_temperatures() if cfg.samples else []
@@ -203,6 +207,8 @@ def evaluate(ctx: StageContext) -> Evaluation:
                 done[row["id"]] = row
             f.flush()
             bar.update(len(chunk))
+    if hasattr(generator, "close"):
+        generator.close()
     results = [done[r["id"]] for r in rows]
     metrics = summarize(results, cfg.threshold, cfg.pass_k, _token_counter(ctx, cfg, generator))
     metrics.update(model=model, prompts=len(results))
@@ -251,6 +257,9 @@ def summarize(results: list[dict[str, Any]], threshold: float, pass_k: list[int]
         metrics[ACCURACY] = round(sum(s >= threshold for s in greedy) / len(greedy), 4)
     primary = [r for r in results if r.get("sample_scores")]
     if not primary:
+        answers = [r["greedy"] for r in results if r.get("greedy_score") is not None]
+        if any(is_conversation(c) for c in answers):
+            metrics.update(summarize_tool_use(answers, [s >= threshold for s in greedy]))
         return metrics
     correct = [[s >= threshold for s in r["sample_scores"]] for r in primary]
     metrics[PASS_AT_1] = _mean_pass1(correct)
@@ -262,6 +271,9 @@ def summarize(results: list[dict[str, Any]], threshold: float, pass_k: list[int]
     if is_number(t):
         metrics[TEMPERATURE] = t
     metrics.update(response_lengths(primary, correct, count_tokens))
+    samples = [c for r in primary for c in r["samples"]]
+    if any(is_conversation(c) for c in samples):  # a model with tools: how it used them
+        metrics.update(summarize_tool_use(samples, [h for hits in correct for h in hits]))
     others = sorted({label for r in primary for label in r.get("by_temperature", {})}, key=float)
     if others and is_number(t):
         pass1 = {temperature_label(t): metrics[PASS_AT_1]}
@@ -295,7 +307,7 @@ def response_lengths(parts: list[dict[str, Any]], correct: list[list[bool]],
         if not (isinstance(counted, list) and len(counted) == len(part["samples"])):
             if count_tokens is None:
                 return {}
-            counted = count_tokens(list(part["samples"])) if part["samples"] else []
+            counted = count_tokens([completion_text(c) for c in part["samples"]]) if part["samples"] else []
             if counted is None:
                 return {}
         lengths.extend(counted)

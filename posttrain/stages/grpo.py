@@ -4,10 +4,9 @@ Adds what users ask TRL for: named loss presets (`loss: dr_grpo`), DAPO dynamic 
 MoE load-balancing callback during RL, vLLM rollouts when available (colocate, or a server started
 with `posttrain rollout-server`) and a logged fallback to transformers generation. With vLLM, the weight
 sync sends what vLLM's loaders accept plus the router biases, and the sampler's drift is logged
-(`posttrain/vllm_sync.py`).
+(`posttrain/training/vllm_sync.py`).
 
-The report's section on this kind is in grpo_report.py; its hooks are imported here, where the
-report looks for them.
+The report's section on this kind is posttrain/report/sections/grpo.py.
 """
 
 from __future__ import annotations
@@ -18,18 +17,17 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from posttrain.core.errors import MissingDependencyError
+from posttrain.core.errors import MissingDependencyError, StageError
 from posttrain.core.generation import SpeculativeSpec
 from posttrain.core.identity import ADDED, PLACEMENT, MarkedModel, Placement
 from posttrain.core.run_folder import (
     GROUPS_DROPPED,
-    METRICS_FILE,
     PROMPTS_FILE,
     REWARD,
     ROLLOUT_LOGP_DIFF,
     ROLLOUT_LOGP_DIFF_MAX,
-    read_jsonl,
 )
+from posttrain.core.tools import ToolOptions
 from posttrain.recipe import RewardSpec
 from posttrain.stages.base import StageContext, StageResult
 from posttrain.training.distill_term import DistillationTerm
@@ -82,7 +80,8 @@ class RolloutSpec(MarkedModel):
     #: More `posttrain rollout-server` options for the started server, e.g. "--tensor-parallel-size 2".
     server_args: Annotated[str, ADDED, PLACEMENT] = ""
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
-    #: In-process rollouts: speculative decoding drafted by the model's MTP module (`speculative: {mtp: true}`).
+    #: Speculative decoding drafted by the model's MTP module (`speculative: {mtp: true}`): in-process rollouts, or
+    #: a vLLM rollout server (started with its `mtp` drafter, which every weight sync keeps on the policy).
     speculative: Annotated[SpeculativeSpec | None, ADDED] = None
     #: A logging step whose mean per-token |log p_trainer - log p_vLLM| exceeds this logs a WARNING (vLLM only).
     max_logp_diff: Annotated[float, ADDED] = Field(0.05, gt=0)
@@ -94,7 +93,7 @@ class RolloutSpec(MarkedModel):
         return self
 
 
-class Config(TrainerConfig):
+class Config(TrainerConfig, ToolOptions):
     #: Prompts with the columns the rewards need: an earlier stage (its `data_file`), a file, or a hub set.
     data_file: str = PROMPTS_FILE
     prompt_column: str = "prompt"
@@ -139,14 +138,31 @@ class GRPOStage(TrainerStage):
     def prepare_data(self, dataset: Any) -> Any:
         cfg = self.cfg
         require_columns(dataset, [cfg.prompt_column], cfg, "GRPO prompts", "set prompt_column")
-        return dataset.rename_column(cfg.prompt_column, "prompt") if cfg.prompt_column != "prompt" else dataset
+        dataset = dataset.rename_column(cfg.prompt_column, "prompt") if cfg.prompt_column != "prompt" else dataset
+        if cfg.tools and isinstance(dataset[0]["prompt"], str):  # TRL's tool loop takes chats
+            from posttrain.core.generation import as_messages
+
+            dataset = dataset.map(lambda row: {"prompt": as_messages(row["prompt"])})
+        return dataset
 
     def trl_overrides(self) -> dict[str, Any]:
-        return _rollout_args(self.cfg, self.ctx)
+        out = _rollout_args(self.cfg, self.ctx)
+        if self.cfg.tools:  # TRL counts the rounds of tool outputs; max_turns counts the policy's turns
+            out["max_tool_calling_iterations"] = self.cfg.max_turns - 1
+        return out
 
     def trainer_kwargs(self, dataset: Any) -> dict[str, Any]:
         self.rewards = self.ctx.build_rewards(self.cfg.rewards).functions
-        return {"train_dataset": dataset, "reward_funcs": self.rewards}
+        out = {"train_dataset": dataset, "reward_funcs": self.rewards}
+        self.tools = self.ctx.build_tools(self.cfg.tools) if self.cfg.tools else []
+        if self.tools:
+            from posttrain.core.tool_calls import control_markers, enable_tool_calls
+            from posttrain.training.tools import as_function
+
+            enable_tool_calls(self.tokenizer)  # before TRL checks the template and sets its parser
+            markers = control_markers(self.tokenizer)
+            out["tools"] = [as_function(tool, markers) for tool in self.tools]
+        return out
 
     def after_init(self, trainer: Any, dataset: Any) -> None:
         from posttrain.core.models import without_router_logits
@@ -155,7 +171,9 @@ class GRPOStage(TrainerStage):
         cfg = self.cfg
         trainer.setup_reward_checks(cfg.max_reward_error_rate, cfg.reward_error_window, cfg.zero_reward_warning_rounds)
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
-        trainer.setup_speculative_rollouts(self.cfg.rollout.speculative)
+        trainer.setup_rollouts(self.cfg.rollout.speculative)
+        trainer.setup_draft_sync(self.cfg.rollout.speculative)  # a vLLM rollout server\'s MTP drafter
+        trainer.setup_tool_metrics(self.tools)
         trainer.logp_diff_callback.threshold = self.cfg.rollout.max_logp_diff
         if cfg.distillation is not None:
             from posttrain.training.teacher import load_teacher
@@ -177,10 +195,14 @@ class GRPOStage(TrainerStage):
     def describe(self, args: Any, dataset: Any) -> str:
         per_step = args.per_device_train_batch_size * self.ctx.num_processes * args.gradient_accumulation_steps
         mix = ", ".join(f"{r.label}×{r.weight:g}" for r in self.cfg.rewards)
+        tools = (f", tools {', '.join(t.name for t in self.cfg.tools)} (at most {self.cfg.max_turns} turns)"
+                 if self.cfg.tools else "")
         return (f"GRPO on {len(dataset)} prompts: {args.num_generations} completions per prompt, "
-                f"{per_step} completions per step, rewards {mix}")
+                f"{per_step} completions per step, rewards {mix}{tools}")
 
     def summary(self, trainer: Any, result: Any, dataset: Any) -> dict[str, Any]:
+        for tool in self.tools:  # training is over: the tools' sandboxes end here
+            tool.close()
         return {**_summary(self.ctx), "beta": self.args.beta, "loss_type": self.args.loss_type}
 
 
@@ -197,8 +219,13 @@ def _rollout_args(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         raise MissingDependencyError("rollout.backend is 'vllm' but vLLM is not installed: "
                                      "pip install 'posttrain[vllm]' (GPU machines), or set rollout.backend: auto")
     use_vllm = spec.backend == "vllm" or (spec.backend == "auto" and have_vllm and torch.cuda.is_available())
+    why = "no GPU" if not torch.cuda.is_available() else "vLLM not installed"
+    if use_vllm and (refused := _vllm_refusal(cfg, ctx)) is not None:
+        if spec.backend == "vllm":
+            raise StageError(f"stage {cfg.name!r}: rollout.backend vllm: {refused}")
+        use_vllm, why = False, refused
+        ctx.log.warning("rollouts: not vLLM: %s", refused)
     if not use_vllm:
-        why = "no GPU" if not torch.cuda.is_available() else "vLLM not installed"
         if spec.backend == "auto":
             ctx.log.info("rollouts: transformers generation in process (%s; vLLM is used when available)", why)
         return {"use_vllm": False}
@@ -211,10 +238,29 @@ def _rollout_args(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     return out
 
 
+def _vllm_refusal(cfg: Config, ctx: StageContext) -> str | None:
+    """Why vLLM 0.31 cannot give this stage correct rollouts (read from the model's config.json and the GPU), or
+    None: MLA head sizes no backend takes (it would not start), or colocated MoE weights on a GPU whose MoE kernel
+    re-lays them after loading (TRL's colocated sync would scramble the experts; server mode reloads them properly).
+    """
+    from posttrain.core.vllm_limits import current_gpu, is_moe, mla_problem, moe_relayout, read_config
+
+    model = ctx.resolve_model(cfg.model)
+    config = read_config(model)
+    if config is None:
+        return None
+    if (problem := mla_problem(config)) is not None:
+        return f"{model} cannot run in vLLM: {problem}"
+    if cfg.rollout.mode == "colocate" and is_moe(config) and (relaid := moe_relayout(*current_gpu())) is not None:
+        return (f"colocate mode on this GPU would load {model}'s experts wrongly: {relaid}, and TRL's colocated "
+                "weight sync writes checkpoint-layout tensors over them; use rollout.mode: server (its sync reloads "
+                "them as vLLM does) or a GPU without that kernel (Hopper, Ampere)")
+    return None
+
+
 def _summary(ctx: StageContext) -> dict[str, Any]:
     """First vs last logged reward, and the total of dropped groups, for the report."""
-    path = ctx.stage_dir / METRICS_FILE
-    rows = [r for r in read_jsonl(path) if isinstance(r.get(REWARD), float | int)] if path.exists() else []
+    rows = ctx.logged(REWARD)
     if not rows:
         return {}
     out: dict[str, Any] = {"reward_first": round(rows[0][REWARD], 4), "reward_last": round(rows[-1][REWARD], 4)}

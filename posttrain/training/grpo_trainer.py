@@ -7,18 +7,19 @@ test instead of silently dropping a feature.
 
 - `_calculate_rewards` (TRL, private), in `GRPOTrainer` below: the rewards see the whole assistant turn when
   the template opened `<think>` in the prompt; a reward whose rows keep failing stops the stage; a reward stuck
-  at 0.0 is reported once.
+  at 0.0 is reported once. And in `ToolMetricsMixin` (tools.py): with tools, how the policy used them (calls,
+  failures, turns, accuracy with and without a call, seconds in calls). The tool loop itself is TRL's (`tools=`).
 - `_generate_and_score_completions` (TRL, private), in `DistillTermMixin` (distill_term.py): with a `distillation`
   teacher, each token's advantage gets the teacher's log-probability gap (on the batch dynamic sampling left); and
   in `DynamicSamplingMixin` (dynamic_sampling.py): DAPO's dynamic sampling, groups whose rewards are all equal
   dropped and refilled.
-- `_generate_single_turn` (TRL, private), in `SpeculativeRolloutMixin` (mtp.py): in-process rollouts drafted by
-  DeepSeek-V3's MTP module.
+- `_generate_single_turn` (TRL, private), in `RolloutMixin` (rollouts.py): in-process rollouts by posttrain's
+  decode loop (finished rows leave the batch), drafted by DeepSeek-V3's MTP module when asked.
 - `_save_checkpoint` (transformers, private), in `AtomicCheckpointMixin` (checkpoints.py): a checkpoint appears
   under its final name only when complete.
 - `compute_loss`, in `MoEBalanceMixin` and `MTPMixin`: the sequence-wise balance loss and the MTP loss join the
   policy loss.
-- `log`, in `MoEBalanceMixin`, `MTPMixin` and `SpeculativeRolloutMixin`: MaxVio and expert loads, MTP loss and
+- `log`, in `MoEBalanceMixin`, `MTPMixin` and `RolloutMixin`: MaxVio and expert loads, MTP loss and
   accuracy, draft acceptance in each logged row.
 - `__init__`, in `VLLMSyncMixin` (vllm_sync.py): with vLLM rollouts, weights in the layout vLLM loads, router
   biases synced and the sampler's drift logged; without vLLM it only adds the (idle) drift callback.
@@ -44,25 +45,27 @@ from posttrain.training.checkpoints import AtomicCheckpointMixin
 from posttrain.training.distill_term import DistillTermMixin
 from posttrain.training.dynamic_sampling import DynamicSamplingMixin
 from posttrain.training.moe_balance import MoEBalanceMixin
-from posttrain.training.mtp import MTPMixin, SpeculativeRolloutMixin
+from posttrain.training.mtp import MTPMixin
+from posttrain.training.rollouts import RolloutMixin
+from posttrain.training.tools import ToolMetricsMixin
 from posttrain.training.vllm_sync import VLLMSyncMixin
 
 log = logging.getLogger("posttrain.grpo")
 
 #: TRL/transformers methods this trainer overrides (name -> the class of ours that does): what the test checks.
 OVERRIDES: dict[str, tuple[str, ...]] = {
-    "_calculate_rewards": ("GRPOTrainer",),
+    "_calculate_rewards": ("GRPOTrainer", "ToolMetricsMixin"),
     "_generate_and_score_completions": ("DistillTermMixin", "DynamicSamplingMixin"),
-    "_generate_single_turn": ("SpeculativeRolloutMixin",),
+    "_generate_single_turn": ("RolloutMixin",),
     "_save_checkpoint": ("AtomicCheckpointMixin",),
     "compute_loss": ("MoEBalanceMixin", "MTPMixin"),
-    "log": ("MoEBalanceMixin", "MTPMixin", "SpeculativeRolloutMixin"),
+    "log": ("MoEBalanceMixin", "MTPMixin", "RolloutMixin"),
     "__init__": ("VLLMSyncMixin",),
 }
 
 
-class GRPOTrainer(AtomicCheckpointMixin, DistillTermMixin, DynamicSamplingMixin, SpeculativeRolloutMixin,
-                  MoEBalanceMixin, MTPMixin, VLLMSyncMixin, TRLGRPOTrainer):
+class GRPOTrainer(AtomicCheckpointMixin, DistillTermMixin, DynamicSamplingMixin, RolloutMixin, MoEBalanceMixin,
+                  MTPMixin, VLLMSyncMixin, ToolMetricsMixin, TRLGRPOTrainer):
     """TRL's GRPOTrainer with posttrain's additions (see the module's table). Set up after `__init__` with
     `setup_reward_checks`, and with the mixins' own `setup_*` methods (the grpo stage does it)."""
 

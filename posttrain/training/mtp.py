@@ -7,22 +7,18 @@ The main model's last hidden states are taken from a forward hook on its decoder
 TRL's loss code is untouched. Logged: `mtp/loss` (mean over depths of the cross-entropy) and `mtp/accuracy`
 (how often depth 1 predicts the token after next: the draft's greedy acceptance on training data).
 
-`SpeculativeRolloutMixin` (GRPO) replaces TRL's in-process `model.generate` rollouts with speculative
-decoding drafted by the MTP module (`posttrain/core/generation/speculative.py`); same distribution, fewer
-main-model passes. It logs `mtp/acceptance`.
+GRPO's rollouts drafted by the MTP module are the decode loop's (`posttrain/training/rollouts.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from posttrain.core.generation import SpeculativeSpec
-from posttrain.core.run_folder import MTP_ACCEPTANCE, MTP_ACCURACY, MTP_LOSS, mtp_depth_key
+from posttrain.core.run_folder import MTP_ACCURACY, MTP_LOSS, mtp_depth_key
 
 log = logging.getLogger("posttrain.training.mtp")
 
@@ -81,7 +77,7 @@ class MTPMixin:
         """Turn the MTP loss on when the model has an MTP module and λ > 0."""
         from posttrain.core.mtp import has_mtp, mtp_layers
 
-        model = _unwrap(self.model)  # type: ignore[attr-defined]
+        model = unwrap_model(self.model)  # type: ignore[attr-defined]
         if not has_mtp(model):
             return False
         if config.weight == 0:
@@ -109,7 +105,7 @@ class MTPMixin:
 
         ids, mask, positions, hidden = captured
         labels = _labels(inputs, ids, mask)
-        result = mtp_loss(_unwrap(model), hidden, ids, labels, mask if isinstance(mask, torch.Tensor) else None,
+        result = mtp_loss(unwrap_model(model), hidden, ids, labels, mask if isinstance(mask, torch.Tensor) else None,
                           positions if isinstance(positions, torch.Tensor) else None)
         if result is None:
             return out
@@ -165,79 +161,7 @@ def _labels(inputs: Any, ids: torch.Tensor, mask: Any) -> torch.Tensor:
     return ids.masked_fill(mask == 0, -100) if isinstance(mask, torch.Tensor) and mask.shape == ids.shape else ids
 
 
-# --------------------------------------------------------------------------------------------------
-# GRPO: speculative rollouts
-
-
-class SpeculativeRolloutMixin:
-    """Put before GRPOTrainer; call `setup_speculative_rollouts(spec)` after init.
-
-    Hooks TRL's in-process generation (`_generate_single_turn`, the `model.generate` path used when
-    `use_vllm=False`); vLLM rollouts are left to vLLM (its `mtp` speculative method, set on the server).
-    """
-
-    _speculative: bool = False
-
-    def setup_speculative_rollouts(self, spec: SpeculativeSpec | None) -> bool:
-        from posttrain.core.generation import DraftStats
-        from posttrain.core.mtp import has_mtp
-
-        if spec is None or not spec.mtp:
-            return False
-        trainer: Any = self
-        if trainer.use_vllm or trainer.use_transformers_continuous_batching:
-            log.warning("rollout.speculative applies to in-process rollouts; for vLLM rollouts start the server with "
-                        "--speculative_config '{\"method\": \"mtp\", \"num_speculative_tokens\": 1}'")
-            return False
-        if not has_mtp(_unwrap(trainer.model)):
-            log.warning("rollout.speculative: the model has no MTP module; rollouts use plain decoding")
-            return False
-        if trainer.repetition_penalty != 1.0 or trainer.min_p:
-            log.warning("rollout.speculative: repetition_penalty/min_p are not supported by speculative rollouts; "
-                        "plain decoding is used")
-            return False
-        self._speculative = True
-        self._draft_stats = DraftStats()
-        log.info("rollouts: speculative decoding drafted by the MTP module")
-        return True
-
-    def _generate_single_turn(self, prompt_ids: list[list[int]], images: Any, multimodal_fields: Any,
-                              num_generations: int, *args: Any, **kwargs: Any) -> Any:
-        if not self._speculative or images is not None or multimodal_fields:
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields,  # type: ignore[misc]
-                                                 num_generations, *args, **kwargs)
-        from trl.models import unwrap_model_for_generation
-
-        from posttrain.core.generation.speculative import MTPDecoder
-
-        trainer: Any = self
-        device = trainer.accelerator.device
-        width = max(len(p) for p in prompt_ids)
-        pad = trainer._tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompt_ids], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
-        with contextlib.ExitStack() as stack:
-            model = stack.enter_context(unwrap_model_for_generation(
-                trainer.model_wrapped, trainer.accelerator,
-                gather_deepspeed3_params=trainer.args.ds3_gather_for_generation))
-            if hasattr(trainer, "_dist"):  # FSDP: gather the full parameters, as TRL's own path does
-                stack.enter_context(trainer._dist.summon_full_params(trainer.model_wrapped, recurse=False))
-            decoder = MTPDecoder(model)
-            completions = decoder.generate(ids, mask, trainer.max_completion_length,
-                                           temperature=trainer.temperature, top_p=trainer.top_p or 1.0,
-                                           top_k=trainer.top_k or 0, eos_token_ids=trainer.eos_token_ids)
-        self._draft_stats.add(decoder.stats)
-        return completions, None
-
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        stats = getattr(self, "_draft_stats", None)
-        if stats is not None and stats.drafted and not any(k.startswith("eval_") for k in logs):
-            logs[MTP_ACCEPTANCE] = round(stats.acceptance or 0.0, 5)
-            self._draft_stats = type(stats)()
-        super().log(logs, *args, **kwargs)  # type: ignore[misc]
-
-
-def _unwrap(model: Any) -> Any:
+def unwrap_model(model: Any) -> Any:
     """The causal LM under DDP / peft wrappers."""
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module

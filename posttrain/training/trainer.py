@@ -41,7 +41,6 @@ from posttrain.core.run_folder import (
     REWARD,
     STEP,
     TRAIN_SECONDS,
-    read_jsonl,
     trim_jsonl,
 )
 from posttrain.recipe import StageConfig, trl_fields
@@ -413,8 +412,7 @@ def _jsonable(value: Any) -> Any:
 
 def balance_summary(ctx: StageContext) -> dict[str, Any]:
     """Mean MaxVio over the last third of logged steps (the figure DeepSeek-V3's balancing is judged by)."""
-    path = ctx.stage_dir / METRICS_FILE
-    rows = [r for r in read_jsonl(path) if isinstance(r.get(MAX_VIOLATION), float | int)] if path.exists() else []
+    rows = ctx.logged(MAX_VIOLATION)
     if not rows:
         return {}
     last_step = rows[-1][STEP]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.generation import QUICK_CASES, PlainGenerate, TokenCounter, build_model, run
+from benchmarks.generation import QUICK_CASES, VLLM_SIZES, PlainGenerate, TokenCounter, build_model, run
 from benchmarks.run import normalise
 
 
@@ -48,3 +48,12 @@ def test_token_counter_counts_new_positions_and_unwraps(tmp_path: Path) -> None:
     assert counter.tokens == 2 * case.n * case.max_new_tokens
     counter.close()
     assert "generate" not in vars(plain.model)  # the model's own generate again
+
+
+def test_the_vllm_rows_model_is_one_vllm_builds(tmp_path: Path) -> None:
+    from posttrain.core.vllm_limits import mla_problem
+
+    path = build_model(tmp_path / "model", overrides=VLLM_SIZES)
+    config = json.loads((path / "config.json").read_text())
+    assert mla_problem(config) is None
+    assert mla_problem(json.loads((build_model(tmp_path / "plain") / "config.json").read_text())) is not None

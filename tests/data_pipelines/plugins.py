@@ -100,3 +100,29 @@ def domain_prompts(n: int = 12) -> list[dict[str, Any]]:
 def is_small(row: dict[str, Any]) -> bool:
     """A prompt predicate (`select: module:function`): the one-digit problems."""
     return row.get("domain") == "small"
+
+
+def chatty_tool_teacher(prompts: list[Any], n: int, sampling: Any = None, tools: Any = None,
+                        **kwargs: Any) -> list[list[Any]]:
+    """Multiplies with the python tool, whose program also prints a paragraph in Chinese; sample 1 runs another
+    program to the same answer, sample 2 answers in Chinese itself (a mixed-language answer), sample 3 repeats
+    sample 0 word for word."""
+    from data_pipelines.tasks.multiplication import parse_prompt
+
+    out = []
+    for chat in prompts:
+        a, b = parse_prompt(chat)
+        if chat[-1]["role"] == "tool":
+            product = chat[-1]["content"].split()[0]
+            text = chat[-2]["content"]
+            mixed = "这是答案，我们计算了乘积并得到结果" * 3 if "中文" in text else ""
+            out.append([f"{mixed}The answer is \\boxed{{{product}}}."] * n)
+            continue
+        programs = [f"print({a}*{b}); print('这是工具的输出，不是模型写的文字。' * 5)", f"print({b}*{a})",
+                    f"print({a}*{b})", f"print({a}*{b}); print('这是工具的输出，不是模型写的文字。' * 5)"]
+        thoughts = ["<think>Run it.</think>", "<think>Run it.</think>", "<think>Run it 中文.</think>",
+                    "<think>Run it.</think>"]
+        out.append([{"role": "assistant", "content": thoughts[i % 4], "tool_calls": [
+            {"type": "function", "function": {"name": "python", "arguments": {"code": programs[i % 4]}}}]}
+            for i in range(n)])
+    return out

@@ -32,11 +32,9 @@ def test_the_quick_variant_only_shrinks_the_run() -> None:
 
 
 @pytest.mark.slow
-def test_every_stage_of_the_demo_runs_end_to_end(tmp_path: Path, python: str) -> None:
-    out = tmp_path / "run"
-    proc = subprocess.run([python, "-m", "posttrain.cli", "run", str(RECIPE), "--quick", "--output-dir", str(out)],
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+def test_every_stage_of_the_demo_runs_end_to_end(quick_demo: Path, python: str) -> None:
+    """The README's `posttrain run recipes/tiny-r1.yaml --quick`, as a user types it (the shared `quick_demo`)."""
+    out = quick_demo / load_recipe(RECIPE, quick=True, kinds=KINDS).output_dir
     report = json.loads((out / "report.json").read_text())
     stages = report["stages"]
     assert list(stages) == load_recipe(RECIPE, kinds=KINDS).stage_names()
@@ -53,6 +51,6 @@ def test_every_stage_of_the_demo_runs_end_to_end(tmp_path: Path, python: str) ->
     assert (out / "plots").is_dir() and any((out / "plots").glob("*.png"))
     # A second run skips everything.
     again = subprocess.run([python, "-m", "posttrain.cli", "run", str(RECIPE), "--quick", "--output-dir", str(out)],
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300, cwd=quick_demo)
     assert again.returncode == 0, again.stderr[-2000:]
     assert {e["status"] for e in json.loads((out / "report.json").read_text())["stages"].values()} == {"skipped"}

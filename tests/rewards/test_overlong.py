@@ -44,6 +44,17 @@ def test_tokens_by_default_from_trl_completion_ids() -> None:
     assert reward([text, text, text], completion_ids=[[5] * 1000, [5] * 1792, [5] * 3000]) == [0.0, -0.5, -1.0]
 
 
+@pytest.mark.parametrize("pickled", [False, True])
+def test_token_ids_in_first_place_as_trl_calls_its_own_overlong_reward(pickled: bool) -> None:
+    """TRL's `get_soft_overlong_punishment` is called `reward(completion_ids)`: the ids stand where completions go.
+    A user who swaps it for ours (or a worker that got it pickled) must get scores, not `None`."""
+    reward = get_reward("overlong", max_length=100, cache_length=20)
+    if pickled:
+        reward = pickle.loads(pickle.dumps(reward))
+    assert reward([[1] * 50, [1] * 90, [1] * 110]) == [0.0, pytest.approx(-0.5), -1.0]
+    assert reward.score_with_errors([[7] * 10])[1] == [None]
+
+
 def test_tokens_without_ids_or_tokenizer_are_an_error_not_a_character_count() -> None:
     reward = get_reward("overlong", max_length=10, cache_length=4)
     scores, errors = reward.score_with_errors(["x" * 100, "x"])

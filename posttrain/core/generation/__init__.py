@@ -3,17 +3,20 @@
 Distillation teachers, the generative reward model's judge and evaluation all sample text; they do it
 through this module so that a recipe can swap the engine without touching them. Backends:
 
-- `hf`: a transformers causal LM in process, batched `generate` with left padding;
+- `hf`: a transformers causal LM in process, decoded by posttrain's decode loop (`decode.py`: finished rows
+  leave the batch, prompts bucketed by length; greedy is `generate`'s token for token);
 - `vllm`: vLLM's offline engine (optional extra, GPU only, imported lazily);
 - `openai`: any OpenAI-compatible `/v1/chat/completions` endpoint (DeepSeek's API, a vLLM or SGLang
   server), with a thread pool, retries with exponential backoff and per-request timeouts;
 - `scripted`: a `module:function` called as `fn(prompts, n, sampling, **options) -> list[list[str]]`.
 
+`ToolLoop(generator, tools, max_turns)` wraps any of them for a model that calls tools mid-answer (`tool_loop.py`).
+
 A prompt is a string or a chat (a list of `{"role", "content"}` messages). A completion is the
-generated text only (no prompt), special tokens skipped, `<think>` kept. Seeds: `scripted`,
-`openai` and `vllm` derive a stream per (seed, prompt, sample), so results do not depend on how
-prompts are batched; `hf` seeds each batch from (seed, its prompts), so a run is reproducible when
-it is called with the same batches (the distill stage's fixed chunks are).
+generated text only (no prompt), special tokens skipped, `<think>` kept. Seeds: every backend
+derives a stream per (seed, prompt, sample), so results do not depend on how prompts are batched
+(`hf`: a counter-based stream per row, `sampling.py`; a model that needs transformers `generate`
+seeds each batch from (seed, its prompts), as all `hf` runs did before).
 
 One module per backend; this one picks between them.
 """
@@ -39,10 +42,12 @@ from posttrain.core.generation.base import (
 from posttrain.core.generation.hf import HFGenerator
 from posttrain.core.generation.openai import OpenAIGenerator
 from posttrain.core.generation.scripted import ScriptedGenerator
+from posttrain.core.generation.tool_loop import Conversation, ToolLoop
 from posttrain.core.generation.vllm import VLLMGenerator
 
 __all__ = [
     "BaseGenerator",
+    "Conversation",
     "DraftStats",
     "GenerationError",
     "GenerationSpec",
@@ -53,6 +58,7 @@ __all__ = [
     "SamplingParams",
     "ScriptedGenerator",
     "SpeculativeSpec",
+    "ToolLoop",
     "VLLMGenerator",
     "as_messages",
     "derive_seed",

@@ -7,8 +7,9 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Annotated, Any, Literal, Protocol, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -159,9 +160,29 @@ def short_prompt(prompt: Prompt, limit: int = 80) -> str:
 
 
 class BaseGenerator:
-    """Shared behaviour: `generate_with_errors` falls back to one prompt at a time when a batch fails."""
+    """Shared behaviour: `generate_with_errors` falls back to one prompt at a time when a batch fails; `generate_turns`
+    gives a chat's next assistant turns as messages, tool calls read out (the tool loop's one step)."""
 
     name = "generator"
+    #: Extra arguments of the chat template while `generate_turns` runs (the tools' schemas, `tools=`).
+    template_kwargs: Mapping[str, Any] = MappingProxyType({})
+
+    def generate_turns(
+        self, chats: Sequence[list[dict[str, Any]]], n: int, sampling: SamplingParams, tools: list[dict[str, Any]]
+    ) -> tuple[list[list[dict[str, Any]]], list[str | None]]:
+        """n next assistant turns per chat, each a message (`content`, and `tool_calls` when it called a tool), the
+        tools' schemas given to the template; `([], error)` for a chat that failed. A backend that renders the
+        template itself reads the calls with the tokenizer's response parser (`read_turn`)."""
+        self.template_kwargs = {"tools": tools}
+        try:
+            texts, errors = self.generate_with_errors(chats, n, sampling)
+        finally:
+            self.template_kwargs = MappingProxyType({})
+        return [[self.read_turn(text) for text in row] for row in texts], errors
+
+    def read_turn(self, text: str) -> dict[str, Any]:
+        """A generated turn as a message: plain content here; backends with a tokenizer parse tool calls."""
+        return {"role": "assistant", "content": text}
 
     def generate(
         self, prompts: Sequence[Prompt], n: int = 1, sampling: SamplingParams | None = None

@@ -1,7 +1,12 @@
-"""The `hf` backend: a transformers causal LM in process, batched `generate` with left padding.
+"""The `hf` backend: a transformers causal LM in process, decoded by posttrain's decode loop (`decode.py`).
 
-With `speculative: {mtp: true}` and a model that has DeepSeek-V3's MTP module, decoding is speculative
+Prompts are bucketed by length, left-padded and decoded in batches of `batch_size` sequences; finished rows
+leave their batch. Greedy outputs are `generate`'s token for token; each sampled completion is seeded from
+(seed, prompt, sample index), so it does not depend on batching. A model whose generation config asks for
+what the loop does not do (a repetition penalty, say) is decoded by transformers `generate`, as before.
+With `speculative: {mtp: true}` and a model that has DeepSeek-V3's MTP module, the MTP module drafts
 (`speculative.py`): same outputs in distribution (greedy: identical), fewer main-model passes.
+`options: {cache: static}` pre-allocates the KV cache (transformers' `StaticCache`) where the family allows.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from posttrain.core.generation.base import (
     SamplingParams,
     as_messages,
     derive_seed,
+    prompt_key,
     truncate_at_stop,
 )
 
@@ -27,10 +33,11 @@ log = logging.getLogger("posttrain.generation")
 
 
 class HFGenerator(BaseGenerator):
-    """transformers `generate` in process: left padding, batches of `batch_size` sequences, greedy at T=0."""
+    """A transformers model in process: length-bucketed, left-padded batches of `batch_size` sequences; T=0 greedy."""
 
     def __init__(self, model: Any, tokenizer: Any, spec: GenerationSpec | None = None):
         """Wrap an already-loaded model and tokenizer (e.g. the policy being trained)."""
+        from posttrain.core.generation.decode import unsupported
         from posttrain.core.models import without_router_logits
 
         self.spec = spec or GenerationSpec(backend="hf")
@@ -45,6 +52,11 @@ class HFGenerator(BaseGenerator):
         #: the end-of-sequence token: what an eval's response length counts.
         self.last_lengths: list[list[int]] = []
         self.speculative = self._speculative()
+        #: Why this model is decoded by transformers `generate` instead of the decode loop (None: it is not).
+        self.fallback = unsupported(self.model)
+        if self.fallback is not None:
+            log.info("hf backend: %s is decoded by transformers generate: %s", self.name, self.fallback)
+            self.speculative = False
         #: The model's context (max_position_embeddings); new tokens are clipped to what a batch's prompts leave.
         self.context: int | None = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         self._clip_warned = False
@@ -66,7 +78,7 @@ class HFGenerator(BaseGenerator):
 
         spec = spec or GenerationSpec(backend="hf", model=name_or_path)
         device = spec.options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        kwargs = {k: v for k, v in spec.options.items() if k not in {"device", "progress"}}
+        kwargs = {k: v for k, v in spec.options.items() if k not in {"device", "progress", "cache"}}
         trust = bool(kwargs.pop("trust_remote_code", spec.trust_remote_code))
         try:  # load_causal_lm keeps a DeepSeek-V3 checkpoint's MTP module (speculative decoding drafts with it)
             model = load_causal_lm(name_or_path, dtype=torch_dtype(spec.dtype), trust_remote_code=trust, **kwargs)
@@ -85,8 +97,14 @@ class HFGenerator(BaseGenerator):
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise GenerationError(f"hf backend: {self.name!r} has no chat template, so chat prompts cannot be "
                                   "rendered; pass plain-text prompts or set chat: false")
-        text = self.tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True,
+                                                  **self.template_kwargs)
         return text, False
+
+    def read_turn(self, text: str) -> dict[str, Any]:
+        from posttrain.core.tool_calls import parse_turn
+
+        return parse_turn(self.tokenizer, text)
 
     def generate(
         self, prompts: Sequence[Prompt], n: int = 1, sampling: SamplingParams | None = None
@@ -94,8 +112,16 @@ class HFGenerator(BaseGenerator):
         from tqdm.auto import tqdm
 
         sampling = sampling or SamplingParams()
-        per_batch = max(1, self.spec.batch_size // n)
-        batches = [list(range(i, min(i + per_batch, len(prompts)))) for i in range(0, len(prompts), per_batch)]
+        rendered = [self._render(p) for p in prompts]
+        tok = self.tokenizer
+        ids = [tok(text, add_special_tokens=special)["input_ids"] for text, special in rendered]
+        copies = 1 if sampling.temperature == 0 else n  # greedy samples are all the same: decode once
+        per_batch = max(1, self.spec.batch_size // copies)
+        # Prompts of similar length share a batch (less padding to carry through every step); with the decode
+        # loop a completion does not depend on its batch, so this changes no output.
+        order = sorted(range(len(prompts)), key=lambda i: len(ids[i])) if self.fallback is None else \
+            list(range(len(prompts)))
+        batches = [order[i:i + per_batch] for i in range(0, len(order), per_batch)]
         out: list[list[str]] = [[] for _ in prompts]
         lengths: list[list[int]] = [[] for _ in prompts]
         was_training = self.model.training
@@ -103,30 +129,61 @@ class HFGenerator(BaseGenerator):
         show = self.spec.options.get("progress", len(batches) > 4)
         try:
             for idx in tqdm(batches, desc="generate", unit="batch", disable=not show, leave=False):
-                texts, counts = self._batch([self._render(prompts[i]) for i in idx], n, sampling)
-                for i, row, count in zip(idx, texts, counts, strict=True):
-                    out[i], lengths[i] = row, count
+                # seeds: per completion from its prompt; `generate` (the fallback) per batch from its texts, as before
+                keys = [prompt_key(prompts[i]) if self.fallback is None else rendered[i][0] for i in idx]
+                tokens = self._batch([ids[i] for i in idx], keys, copies, sampling)
+                for j, i in enumerate(idx):
+                    rows = tokens[j * copies:(j + 1) * copies]
+                    texts = tok.batch_decode(rows, skip_special_tokens=True)
+                    texts = [truncate_at_stop(t, sampling.stop) for t in texts]
+                    opener = think_opener(rendered[i][0]) if not rendered[i][1] else ""
+                    # A template that opens `<think>` in the prompt: the completion is the whole assistant turn.
+                    out[i] = [opener + t for t in texts] * (n // copies)
+                    lengths[i] = [len(r) for r in rows] * (n // copies)
         finally:
             self.model.train(was_training)
         self.last_lengths = lengths
         return out
 
-    def _batch(self, rendered: list[tuple[str, bool]], n: int,
-               sampling: SamplingParams) -> tuple[list[list[str]], list[list[int]]]:
-        """(completions, their token counts), n per prompt."""
+    def _batch(self, ids: list[list[int]], keys: list[str], copies: int, sampling: SamplingParams) -> list[list[int]]:
+        """New tokens (up to and including end-of-sequence) of `copies` completions per prompt, in prompt order."""
         import torch
 
         tok = self.tokenizer
         tok.padding_side = "left"
-        ids = [tok(text, add_special_tokens=special)["input_ids"] for text, special in rendered]
         enc = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(self.model.device)
-        texts = [text for text, _ in rendered]
         greedy = sampling.temperature == 0
         max_new = self._room(enc["input_ids"].shape[1], sampling.max_new_tokens)
+        if self.fallback is not None:
+            return self._generate(enc, keys, copies, sampling, max_new)
+        from posttrain.core.generation.decode import Decoder
+
+        seeds = None
+        if sampling.seed is not None and not greedy:
+            seeds = torch.tensor([derive_seed(sampling.seed, key, j) for key in keys for j in range(copies)],
+                                 dtype=torch.long, device=self.model.device)
+        decoder = Decoder(self.model, draft=self.speculative, cache=self.spec.options.get("cache", "dynamic"))
+        tokens = decoder.generate(enc["input_ids"].repeat_interleave(copies, 0),
+                                  enc["attention_mask"].repeat_interleave(copies, 0), max_new,
+                                  temperature=sampling.temperature, top_p=sampling.top_p, eos_token_ids=self._eos_ids(),
+                                  stop=self._stop(sampling.stop), seeds=seeds)
+        if self.speculative:
+            self.draft_stats.add(decoder.stats)
+            log.debug("hf backend: MTP draft acceptance %.3f over %d drafts", decoder.stats.acceptance or 0.0,
+                      decoder.stats.drafted)
+        return tokens
+
+    def _generate(self, enc: Any, keys: list[str], copies: int, sampling: SamplingParams,
+                  max_new: int) -> list[list[int]]:
+        """transformers `generate`, for what the decode loop does not do (`self.fallback` says what)."""
+        import torch
+
+        tok = self.tokenizer
+        greedy = sampling.temperature == 0
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new,
             "do_sample": not greedy,
-            "num_return_sequences": 1 if greedy else n,  # greedy samples are all the same: decode once
+            "num_return_sequences": copies,
             "pad_token_id": tok.pad_token_id,
             "use_cache": True,  # a model saved by a trainer has it off: without it every token recomputes all
         }
@@ -137,22 +194,23 @@ class HFGenerator(BaseGenerator):
         if sampling.stop:
             kwargs.update(stop_strings=sampling.stop, tokenizer=tok)
         if sampling.seed is not None and not greedy:
-            torch.manual_seed(derive_seed(sampling.seed, texts))
-        if self.speculative:
-            new: Any = self._speculative_batch(enc, 1 if greedy else n, sampling, max_new)
-        else:
-            with torch.inference_mode():
-                seqs = self.model.generate(**enc, **kwargs)
-            new = seqs[:, enc["input_ids"].shape[1]:]
-        decoded = tok.batch_decode(new, skip_special_tokens=True)
-        decoded = [truncate_at_stop(d, sampling.stop) for d in decoded]
-        counts = self._lengths(new)
-        # A template that opens `<think>` in the prompt: the completion is the whole assistant turn (core/chat.py).
-        openers = [think_opener(text) if not special else "" for text, special in rendered]
-        if greedy:
-            return [[openers[i] + d] * n for i, d in enumerate(decoded)], [[c] * n for c in counts]
-        return ([[openers[i] + d for d in decoded[i * n:(i + 1) * n]] for i in range(len(texts))],
-                [counts[i * n:(i + 1) * n] for i in range(len(texts))])
+            torch.manual_seed(derive_seed(sampling.seed, keys))
+        with torch.inference_mode():
+            seqs = self.model.generate(**enc, **kwargs)
+        return self._until_eos(seqs[:, enc["input_ids"].shape[1]:].tolist())
+
+    def _stop(self, stops: list[str] | None) -> Any:
+        """`stop(tokens)` for the decode loop: whether a stop string ends the decoded tail (None without stops)."""
+        if not stops:
+            return None
+        tok = self.tokenizer
+        window = max(len(s) for s in stops) + 2  # tokens: each decodes to at least one character
+
+        def stop(tokens: list[int]) -> bool:
+            tail = tok.decode(tokens[-window:], skip_special_tokens=True)
+            return any(s in tail for s in stops)
+
+        return stop
 
     def _room(self, prompt_tokens: int, wanted: int) -> int:
         """New tokens a batch may take: `wanted`, clipped (with one warning) to what its longest prompt leaves of the
@@ -176,40 +234,15 @@ class HFGenerator(BaseGenerator):
             eos_ids.append(self.tokenizer.eos_token_id)
         return eos_ids
 
-    def _lengths(self, new: Any) -> list[int]:
-        """Tokens each sequence generated, up to and including its end-of-sequence token (not the padding after)."""
+    def _until_eos(self, rows: list[list[int]]) -> list[list[int]]:
+        """Each row up to and including its end-of-sequence token (not the padding after)."""
         eos, pad = set(self._eos_ids()), self.tokenizer.pad_token_id
-        counts = []
-        for seq in new.tolist() if hasattr(new, "tolist") else new:
+        out = []
+        for seq in rows:
             n = len(seq)
             for i, token in enumerate(seq):
                 if token in eos or token == pad:
                     n = i + 1 if token in eos else i
                     break
-            counts.append(n)
-        return counts
-
-    def _speculative_batch(self, enc: Any, copies: int, sampling: SamplingParams,
-                           max_new: int) -> list[list[int]]:
-        """New tokens per sequence, drafted by the MTP module (`copies` sequences per prompt, in prompt order)."""
-        from posttrain.core.generation.speculative import MTPDecoder
-
-        stop = None
-        if sampling.stop:
-            tok, stops = self.tokenizer, sampling.stop
-            window = max(len(s) for s in stops) + 2  # tokens: each decodes to at least one character
-
-            def stop(tokens: list[int]) -> bool:
-                tail = tok.decode(tokens[-window:], skip_special_tokens=True)
-                return any(s in tail for s in stops)
-
-        eos_ids = self._eos_ids()
-        decoder = MTPDecoder(self.model)
-        out = decoder.generate(enc["input_ids"].repeat_interleave(copies, 0),
-                               enc["attention_mask"].repeat_interleave(copies, 0), max_new,
-                               temperature=sampling.temperature, top_p=sampling.top_p, eos_token_ids=eos_ids,
-                               stop=stop)
-        self.draft_stats.add(decoder.stats)
-        log.debug("hf backend: MTP draft acceptance %.3f over %d drafts", decoder.stats.acceptance or 0.0,
-                  decoder.stats.drafted)
+            out.append(seq[:n])
         return out

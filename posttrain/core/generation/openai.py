@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from posttrain.core.generation.base import (
@@ -76,12 +78,23 @@ class OpenAIGenerator(BaseGenerator):
     def generate_with_errors(
         self, prompts: Sequence[Prompt], n: int = 1, sampling: SamplingParams | None = None
     ) -> tuple[list[list[str]], list[str | None]]:
-        sampling = sampling or SamplingParams()
+        return self._sample_all(prompts, n, sampling or SamplingParams(), None)
+
+    def generate_turns(
+        self, chats: Sequence[list[dict[str, Any]]], n: int, sampling: SamplingParams, tools: list[dict[str, Any]]
+    ) -> tuple[list[list[dict[str, Any]]], list[str | None]]:
+        """The server reads the tool calls (OpenAI's `tools` and `tool_calls`; vLLM needs `--enable-auto-tool-choice`
+        and the model's `--tool-call-parser`): each turn comes back as a message."""
+        return self._sample_all(chats, n, sampling, tools)
+
+    def _sample_all(self, prompts: Sequence[Prompt], n: int, sampling: SamplingParams,
+                    tools: list[dict[str, Any]] | None) -> tuple[list[list[Any]], list[str | None]]:
+        """n samples per prompt, `concurrency` requests in flight; a prompt with a failed sample fails whole."""
         jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
-        results: dict[tuple[int, int], str] = {}
+        results: dict[tuple[int, int], Any] = {}
         failures: dict[int, str] = {}
         with ThreadPoolExecutor(max_workers=min(self.spec.concurrency, max(1, len(jobs)))) as pool:
-            futures = {job: pool.submit(self._sample, prompts[job[0]], job[1], sampling) for job in jobs}
+            futures = {job: pool.submit(self._sample, prompts[job[0]], job[1], sampling, tools) for job in jobs}
             for (i, j), fut in futures.items():
                 try:
                     results[(i, j)] = fut.result()
@@ -90,10 +103,12 @@ class OpenAIGenerator(BaseGenerator):
         outs = [[] if i in failures else [results[(i, j)] for j in range(n)] for i in range(len(prompts))]
         return outs, [failures.get(i) for i in range(len(prompts))]
 
-    def _sample(self, prompt: Prompt, index: int, sampling: SamplingParams) -> str:
+    def _sample(self, prompt: Prompt, index: int, sampling: SamplingParams,
+                tools: list[dict[str, Any]] | None = None) -> Any:
+        """One completion: its text, or (given `tools`) the turn as a message with its tool calls."""
         body: dict[str, Any] = {
             "model": self.name,
-            "messages": as_messages(prompt),
+            "messages": wire_messages(as_messages(prompt)),
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "max_tokens": sampling.max_new_tokens,
@@ -105,11 +120,15 @@ class OpenAIGenerator(BaseGenerator):
             body["seed"] = derive_seed(sampling.seed, prompt_key(prompt), index)
         if sampling.stop:
             body["stop"] = sampling.stop
+        if tools:
+            body["tools"] = tools
         attempts = self.spec.max_retries + 1
         last = ""
         for attempt in range(attempts):
             try:
-                return truncate_at_stop(self._post(body), sampling.stop)
+                reply = self._post(body)
+                text = truncate_at_stop(reply.text(self.merge_reasoning), sampling.stop)
+                return text if tools is None else reply.message(text)
             except _Retryable as exc:
                 last = str(exc)
                 if attempt + 1 < attempts:
@@ -118,7 +137,7 @@ class OpenAIGenerator(BaseGenerator):
                     time.sleep(wait)
         raise GenerationError(f"{self.url}: failed after {attempts} attempt(s): {last}")
 
-    def _post(self, body: dict[str, Any]) -> str:
+    def _post(self, body: dict[str, Any]) -> Reply:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -131,9 +150,9 @@ class OpenAIGenerator(BaseGenerator):
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 if "text/event-stream" in (response.headers.get("Content-Type") or ""):
-                    content, reasoning, finish = _read_stream(response, self.url)
+                    reply = _read_stream(response, self.url)
                 else:
-                    content, reasoning, finish = _read_body(response.read(), self.url)
+                    reply = _read_body(response.read(), self.url)
         except urllib.error.HTTPError as exc:
             text = exc.read().decode(errors="replace")[:300]
             if exc.code == 429 or exc.code >= 500:
@@ -149,28 +168,80 @@ class OpenAIGenerator(BaseGenerator):
             raise _Retryable(f"cannot reach the server: {exc.reason}") from None
         except (ConnectionError, OSError) as exc:
             raise _Retryable(f"connection failed: {exc}") from None
-        return with_think(content, reasoning if self.merge_reasoning else None, finish)
+        return reply
 
 
 #: Slowest decoding speed a non-streamed request is given time for (tokens per second of `max_new_tokens`).
 MIN_TOKENS_PER_S = 10.0
 
 
-def _read_body(payload: bytes, url: str) -> tuple[str, str, str | None]:
-    """(content, reasoning, finish_reason) of a whole chat completion."""
+@dataclass
+class Reply:
+    """What the server answered: the text, the reasoning it returned apart, why it stopped, the tool calls."""
+
+    content: str
+    reasoning: str
+    finish: str | None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def text(self, merge_reasoning: bool = True) -> str:
+        return with_think(self.content, self.reasoning if merge_reasoning else None, self.finish)
+
+    def message(self, text: str) -> dict[str, Any]:
+        """The turn as an assistant message; a call whose arguments are not JSON keeps them as the string sent."""
+        out: dict[str, Any] = {"role": "assistant", "content": text}
+        calls = []
+        for call in self.tool_calls:
+            function = call.get("function") or {}
+            arguments: Any = function.get("arguments") or "{}"
+            if isinstance(arguments, str):
+                with contextlib.suppress(ValueError):
+                    arguments = json.loads(arguments)
+            calls.append({"type": "function", "function": {"name": function.get("name") or "", "arguments": arguments}})
+        if calls:
+            out["tool_calls"] = calls
+        return out
+
+
+def wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A conversation as OpenAI's API takes it: each tool call with an `id` and its arguments as a JSON string, each
+    tool output with the `tool_call_id` of the call it answers (in order)."""
+    out: list[dict[str, Any]] = []
+    pending: list[str] = []
+    for turn, message in enumerate(messages):
+        message = {k: v for k, v in message.items() if v is not None}
+        if message.get("role") == "assistant" and message.get("tool_calls"):
+            calls = []
+            for k, call in enumerate(message["tool_calls"]):
+                function = dict(call.get("function") or {})
+                if not isinstance(function.get("arguments"), str):
+                    function["arguments"] = json.dumps(function.get("arguments") or {})
+                calls.append({"id": call.get("id") or f"call_{turn}_{k}", "type": "function", "function": function})
+            pending = [c["id"] for c in calls]
+            message["tool_calls"] = calls
+        elif message.get("role") == "tool" and "tool_call_id" not in message:
+            message["tool_call_id"] = pending.pop(0) if pending else f"call_{turn}"
+        out.append(message)
+    return out
+
+
+def _read_body(payload: bytes, url: str) -> Reply:
+    """A whole chat completion."""
     try:
         choice = json.loads(payload)["choices"][0]
         message = choice["message"]
     except (ValueError, KeyError, IndexError, TypeError):
         raise GenerationError(f"{url}: unexpected response {payload[:300]!r}") from None
     reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
-    return message.get("content") or "", reasoning, choice.get("finish_reason")
+    return Reply(message.get("content") or "", reasoning, choice.get("finish_reason"),
+                 list(message.get("tool_calls") or []))
 
 
-def _read_stream(response: Any, url: str) -> tuple[str, str, str | None]:
-    """(content, reasoning, finish_reason) from server-sent events, the deltas joined."""
+def _read_stream(response: Any, url: str) -> Reply:
+    """Server-sent events, the deltas joined (a tool call's name and arguments arrive in pieces, by index)."""
     content: list[str] = []
     reasoning: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
     finish = None
     for raw in response:
         line = raw.decode("utf-8", errors="replace").strip()
@@ -189,8 +260,14 @@ def _read_stream(response: Any, url: str) -> tuple[str, str, str | None]:
             delta = choice.get("delta") or {}
             content.append(delta.get("content") or "")
             reasoning.append(delta.get("reasoning_content") or delta.get("reasoning") or "")
+            for piece in delta.get("tool_calls") or []:
+                empty = {"function": {"name": "", "arguments": ""}}
+                call = calls.setdefault(int(piece.get("index", len(calls))), empty)
+                function = piece.get("function") or {}
+                call["function"]["name"] += function.get("name") or ""
+                call["function"]["arguments"] += function.get("arguments") or ""
             finish = choice.get("finish_reason") or finish
-    return "".join(content), "".join(reasoning), finish
+    return Reply("".join(content), "".join(reasoning), finish, [calls[k] for k in sorted(calls)])
 
 
 def with_think(content: str, reasoning: str | None, finish_reason: str | None = None) -> str:

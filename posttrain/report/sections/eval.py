@@ -17,6 +17,7 @@ from posttrain.core.run_folder import (
 from posttrain.report.cross_stage import SCORES
 from posttrain.report.inputs import StageView, is_number
 from posttrain.report.markdown import Document, model_name, num, pct
+from posttrain.report.tools import tool_figures
 
 
 def report_describe(stage: StageView) -> str:
@@ -49,4 +50,5 @@ def report_figures(doc: Document, stage: StageView) -> None:
                                                              (RESPONSE_LENGTH_WRONG, "wrong")) if is_number(m.get(k))]
         figures.append(f"- response length: {num(m[RESPONSE_LENGTH])} tokens on average"
                        + (f" ({', '.join(parts)})" if parts else ""))
+    figures += tool_figures(m)
     doc.key_figures(figures or ["- no accuracy reported"])

@@ -1,7 +1,7 @@
 """The report's section on a `grpo` stage: reward per component, training dynamics, loss and MaxVio.
 
 Read from what TRL's GRPOTrainer logs to metrics.jsonl (reward, rewards/<name>/mean|std, kl, ...) and
-what posttrain adds (dynamic sampling, MoE balancing); `posttrain.stages.grpo` exposes these hooks.
+what posttrain adds (dynamic sampling, MoE balancing, tool use); `posttrain.stages.grpo` exposes these hooks.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from posttrain.core.run_folder import (
     DISTILL_TERM,
     DISTILL_TERM_REVERSE_KL,
     GROUPS_DROPPED,
+    MTP_ACCEPTANCE,
     REWARD,
+    TOOL_USED,
     reward_mean_key,
     reward_of_mean_key,
     reward_std_key,
@@ -20,6 +22,7 @@ from posttrain.core.run_folder import (
 from posttrain.report.inputs import StageView, is_number, mean
 from posttrain.report.markdown import Document, model_name, num, pct, ref_name, trend
 from posttrain.report.plots import FIGSIZE, curve, plot_panels, pyplot, save, step_axis
+from posttrain.report.tools import plot_tool_use, tool_curve_figures
 from posttrain.report.training import balance_text, maxvio_figures, training_plots
 
 KL = "kl"
@@ -30,6 +33,7 @@ ZERO_STD = "frac_reward_zero_std"
 DYNAMICS = (
     (KL, "KL to the reference"),
     (DISTILL_TERM_REVERSE_KL, "reverse KL to the teacher per token"),
+    (MTP_ACCEPTANCE, "MTP draft acceptance (speculative rollouts)"),
     (MEAN_LENGTH, "mean completion length (tokens)"),
     (ENTROPY, "token entropy (nats)"),
     (GROUPS_DROPPED, "groups dropped"),
@@ -80,6 +84,8 @@ def report_figures(doc: Document, stage: StageView) -> None:
         figures.append(f"- mean completion length (tokens): {trend(*lg.series(MEAN_LENGTH))}")
     if lg.has(ENTROPY):
         figures.append(f"- entropy: {trend(*lg.series(ENTROPY))}")
+    if lg.has(MTP_ACCEPTANCE):  # speculative rollouts: whether the drafter keeps up with the policy
+        figures.append(f"- MTP draft acceptance: {trend(*lg.series(MTP_ACCEPTANCE))}")
     if lg.has(GROUPS_DROPPED):
         _, dropped = lg.series(GROUPS_DROPPED)
         figures.append(f"- groups dropped by dynamic sampling: {num(sum(dropped))} in total over {len(dropped)} "
@@ -87,6 +93,7 @@ def report_figures(doc: Document, stage: StageView) -> None:
     if lg.has(ZERO_STD):
         zero_std = mean(lg.series(ZERO_STD)[1])
         figures.append(f"- groups with equal rewards (no signal): mean {pct(zero_std)}")
+    figures += tool_curve_figures(stage)
     figures += maxvio_figures(stage)
     doc.key_figures(figures)
     if not lg.rows:
@@ -95,6 +102,8 @@ def report_figures(doc: Document, stage: StageView) -> None:
     doc.plot(f"{stage.name}: rewards", lambda: plot_rewards(doc.plot_path(stage, "rewards"), stage))
     doc.plot(f"{stage.name}: training dynamics",
              lambda: plot_panels(doc.plot_path(stage, "dynamics"), stage, DYNAMICS, "training dynamics"))
+    if lg.has(TOOL_USED):
+        doc.plot(f"{stage.name}: tool use", lambda: plot_tool_use(doc.plot_path(stage, "tools"), stage))
     training_plots(doc, stage, moe=True)
 
 

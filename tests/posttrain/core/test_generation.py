@@ -5,7 +5,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from posttrain.core.generation import (
     truncate_at_stop,
 )
 from posttrain.core.generation.openai import with_think
+from tests.local_server import serving
 
 # --------------------------------------------------------------------------------------------------
 # scripted
@@ -321,15 +322,8 @@ def _handler(state: _Server) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture()
 def server() -> Iterator[tuple[str, _Server]]:
     state = _Server()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(_handler(state)) as url:
+        yield url, state
 
 
 def _openai(url: str, **kwargs: Any) -> Any:

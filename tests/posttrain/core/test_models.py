@@ -102,10 +102,22 @@ def remote_ckpt(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return out
 
 
+def _untrusted_refused() -> bool:
+    """Whether transformers refuses a DeepSeek-V3 checkpoint's own tokenizer class without the flag (5.2x) or loads
+    its built-in tokenizer in its place (5.17, the `vllm` extra's release, which lists deepseek_v3 among the models
+    whose hub tokenizer class it ignores unless trusted). Neither runs the checkpoint's code."""
+    from transformers.models.auto import tokenization_auto
+
+    return "deepseek_v3" not in getattr(tokenization_auto, "MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS", ())
+
+
 def test_the_tokenizer_loads_its_own_class_only_when_trusted(remote_ckpt: Path) -> None:
     assert type(load_tokenizer(str(remote_ckpt), trust_remote_code=True)).__name__ == "RemoteTokenizer"
-    with pytest.raises(ValueError, match="custom code"):
-        load_tokenizer(str(remote_ckpt))
+    if _untrusted_refused():
+        with pytest.raises(ValueError, match="custom code"):
+            load_tokenizer(str(remote_ckpt))
+    else:
+        assert type(load_tokenizer(str(remote_ckpt))).__module__.startswith("transformers.")
 
 
 def test_the_built_in_architecture_wins_over_remote_code_with_a_warning(
@@ -182,8 +194,9 @@ stages:
     assert type(trusted.verifier._tok()).__name__ == "RemoteTokenizer"
     scores, errors = trusted.score_with_errors(["1 + 1 = 2"])
     assert scores[0] is not None and errors == [None]
-    [untrusted] = rewards(False)
-    scores, errors = untrusted.score_with_errors(["1 + 1 = 2"])
-    assert scores == [None] and "cannot load tokenizer" in errors[0]
-    [own_choice] = rewards(True, ", trust_remote_code: false")
-    assert own_choice.score_with_errors(["1 + 1 = 2"])[0] == [None]
+    for untrusted in rewards(False) + rewards(True, ", trust_remote_code: false"):  # the recipe's flag, its own
+        scores, errors = untrusted.score_with_errors(["1 + 1 = 2"])
+        if _untrusted_refused():
+            assert scores == [None] and "cannot load tokenizer" in errors[0]
+        else:  # transformers' own tokenizer in its place
+            assert type(untrusted.verifier._tok()).__module__.startswith("transformers.") and errors == [None]

@@ -1,4 +1,4 @@
-"""Routers, loads and balancing on every MoE family, not only DeepSeek-V3 (posttrain/moe_routers.py)."""
+"""Routers, loads and balancing on every MoE family, not only DeepSeek-V3 (posttrain/core/moe_routers.py)."""
 
 from __future__ import annotations
 

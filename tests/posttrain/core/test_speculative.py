@@ -16,14 +16,9 @@ import pytest
 import torch
 
 from posttrain.core.generation import GenerationSpec, HFGenerator, SamplingParams, SpeculativeSpec
-from posttrain.core.generation.speculative import (
-    MTPDecoder,
-    accept_draft,
-    filter_logits,
-    residual,
-    sample,
-    verify,
-)
+from posttrain.core.generation.decode import Decoder
+from posttrain.core.generation.sampling import filter_logits, sample
+from posttrain.core.generation.speculative import accept_draft, residual, verify
 from posttrain.core.models import load_causal_lm, load_tokenizer
 from posttrain.core.mtp import mtp_layers
 
@@ -59,7 +54,7 @@ def test_accepting_with_min_1_p_over_q_then_resampling_the_residual_gives_p(p: l
 
 def test_sample_draws_each_row_from_its_distribution() -> None:
     probs = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3], [1.0, 0.0, 0.0, 0.0, 0.0]]).repeat(50_000, 1)
-    draws = sample(probs, torch.Generator().manual_seed(0)).view(-1, 2)
+    draws = sample(probs, generator=torch.Generator().manual_seed(0)).view(-1, 2)
     assert torch.all(draws[:, 1] == 0)
     freq = torch.bincount(draws[:, 0], minlength=5).double() / len(draws)
     assert freq.tolist() == pytest.approx([0.0, 0.2, 0.0, 0.5, 0.3], abs=4 * math.sqrt(0.25 / len(draws)))
@@ -90,19 +85,6 @@ def test_filter_logits_matches_transformers_top_k_and_top_p() -> None:
 
 # --------------------------------------------------------------------------------------------------
 # The decoding loop on a real tiny model
-
-
-@pytest.fixture(scope="module")
-def mtp_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny DeepSeek-V3 with one MTP depth, saved as a run saves it."""
-    from data_pipelines.tasks.arithmetic import corpus
-    from posttrain.core.tiny import build_tiny_model, train_tokenizer
-
-    out = tmp_path_factory.mktemp("mtp_base")
-    tok = train_tokenizer(corpus(), 512)
-    build_tiny_model(tok, {"num_nextn_predict_layers": 1}, seed=0).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 def _generator(path: Path, speculative: bool) -> HFGenerator:
@@ -180,7 +162,7 @@ def peaked(mtp_base: Path) -> tuple[Any, torch.Tensor, torch.Tensor, list[list[i
 
 def test_sampled_tokens_have_the_same_distribution_with_and_without_drafting(peaked: Any) -> None:
     model, ids, mask, plain = peaked
-    decoder = MTPDecoder(model)
+    decoder = Decoder(model, draft=True)
     torch.manual_seed(1)
     drafted = decoder.generate(ids, mask, 3, temperature=1.0)
     acceptance = decoder.stats.acceptance

@@ -134,7 +134,8 @@ def test_a_port_something_already_answers_on_fails_before_starting_anything(tmp_
                                                                             running: int) -> None:
     record = tmp_path / "started.json"
     recipe = grpo_recipe(tmp_path, running)
-    with pytest.raises(StageError, match=r"something already answers at http://127\.0\.0\.1:.*rollout\.server_port"), \
+    with pytest.raises(StageError, match=r"something already answers at http://127\.0\.0\.1:.*rollout\.server_port"
+                                          r".*--set stages\.grpo\.rollout\.start=false"), \
             rollout_server_for(recipe, recipe.stage("grpo"), tmp_path / "run",
                                command=stand_in(running, "--record", str(record))):
         pytest.fail("the stage must not run")

@@ -88,3 +88,24 @@ def test_a_trusting_recipe_lets_vllm_load_the_checkpoints_own_tokenizer(recipe: 
     recipe.write_text(recipe.read_text().replace("/models/base}", "/models/base, trust_remote_code: true}"))
     assert main(["rollout-server", str(recipe), "--dry-run"]) == 0
     assert "--trust-remote-code" in shlex.split(capsys.readouterr().out)
+
+
+def test_a_stage_with_speculative_rollouts_gets_a_server_that_drafts_with_its_mtp_module(
+    recipe: Path, tmp_path: Path, capsys
+) -> None:
+    import json
+
+    model = tmp_path / "run" / "sft" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    recipe.write_text(recipe.read_text().replace("server_port: 8123}", "server_port: 8123,\n"
+                                                 "              speculative: {mtp: true, num_tokens: 2}}"))
+    assert main(["rollout-server", str(recipe), "--dry-run"]) == 0
+    cmd = shlex.split(capsys.readouterr().out)
+    config = cmd[cmd.index("--speculative-config") + 1]
+    assert json.loads(config) == {"method": "mtp", "num_speculative_tokens": 2}
+    # The user's own choice wins.
+    assert main(["rollout-server", str(recipe), "--dry-run", "--vllm-args",
+                 "--speculative-config '{\"method\": \"ngram\"}'"]) == 0
+    cmd = shlex.split(capsys.readouterr().out)
+    assert cmd.count("--speculative-config") == 1 and "ngram" in cmd[cmd.index("--speculative-config") + 1]

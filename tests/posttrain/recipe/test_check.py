@@ -154,3 +154,31 @@ def _validate(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
             "from posttrain.cli import main; sys.exit(main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, "validate", str(path)], capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=120)
+
+
+TOOL_EVAL = """\
+  - name: ev
+    kind: eval
+    data: first
+    tools: [{name: python}]
+"""
+
+
+def test_tools_need_a_template_that_calls_them_and_a_sandbox_language(tmp_path: Path, family_base: object) -> None:
+    # The recipe trains its tokenizer: it needs the tool-call tokens.
+    (problem,) = problems_of(BASE + TOOL_EVAL)
+    assert "stages[2].tools: the model's chat template (base) cannot run tools: the tokenizer the recipe trains " \
+           "has no tool-call tokens: set tokenizer.train.tool_calls: true" in problem
+    with_tokens = BASE.replace('corpus: "data_pipelines.tasks.arithmetic:corpus"',
+                               'corpus: "data_pipelines.tasks.arithmetic:corpus", tool_calls: true')
+    parse_recipe(with_tokens + TOOL_EVAL, kinds=KINDS)
+    (problem,) = problems_of(with_tokens + TOOL_EVAL.replace("{name: python}", "{name: cobol}"))
+    assert "stages[2].tools[0].name: no sandbox language 'cobol'" in problem
+    # A model folder whose template drops tool calls (a plain chat template) is refused for tools, saying why.
+    model = family_base("qwen2")  # type: ignore[operator]
+    text = f"model: {{name_or_path: {model}}}\nstages:\n" + TOOL_EVAL.replace("data: first", "data: x.jsonl")
+    (tmp_path / "x.jsonl").write_text("{}\n")
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(text, kinds=KINDS, base_dir=tmp_path)
+    assert "stages[0].tools: the model's chat template" in str(info.value)
+    assert "cannot render a tool call" in str(info.value)

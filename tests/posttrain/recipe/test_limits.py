@@ -11,7 +11,7 @@ from posttrain.cli import main
 from posttrain.core.errors import RecipeError
 from posttrain.core.tiny import TINY_DEFAULTS
 from posttrain.recipe import parse_recipe
-from posttrain.recipe.limits import BYTES_PER_LOGIT, TINY_CONTEXT, logits_gb
+from posttrain.recipe.limits import MTP_BYTES_PER_LOGIT, fused_head_tile, logits_gb
 from posttrain.stages import KINDS
 
 
@@ -74,7 +74,6 @@ def test_lengths_within_the_context_and_other_engines_pass(tmp_path: Path) -> No
 
 
 def test_the_tiny_models_context_is_its_option(tmp_path: Path) -> None:
-    assert TINY_DEFAULTS["max_position_embeddings"] == TINY_CONTEXT
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"prompt": "p", "completion": "c"}\n')
     text = ("model: {tiny: {max_position_embeddings: 256}}\ntokenizer: {train: {corpus: "
@@ -82,26 +81,72 @@ def test_the_tiny_models_context_is_its_option(tmp_path: Path) -> None:
     assert "(256 tokens" in problems(text)[0]
 
 
-def test_a_micro_batch_whose_logits_crowd_the_gpu_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """4k-token completions, a 152k vocabulary: 16 rows need ~60 GB of logits; 4 rows fit an 80 GB GPU."""
+def test_trls_fused_head_never_holds_a_micro_batchs_logits(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """4k-token completions, a 152k vocabulary, 16 rows: ~60 GB of logits if they were materialised, as the first
+    estimate assumed (and warned on both MoE recipes); TRL 1.16 projects one tile of them at a time."""
+    assert fused_head_tile() == (4096, 32768)  # what the pinned TRL's fused LM head projects at once
+    assert logits_gb(16, 4096, 151936) == pytest.approx(4096 * 32768 * 2 / 1e9)
+    assert logits_gb(1, 100, 1000) == pytest.approx(100 * 1000 * 2 / 1e9)  # a batch smaller than a tile
     ckpt, rows = checkpoint(tmp_path, 32768, 151936), tmp_path / "rows.jsonl"
-    assert logits_gb(16, 4096, 151936) == pytest.approx(16 * 4096 * 151936 * BYTES_PER_LOGIT / 1e9)
     path = tmp_path / "r.yaml"
     path.write_text(recipe(ckpt, SFT.format(rows=rows, n=1024) + GRPO.format(rows=rows, n=4096, b=16, launch=""),
                            tmp_path))
     assert main(["validate", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert "warning: stages[1]: one micro-batch's logits take about 60 GB (16 rows x 4096 tokens x 151936" in out
-    assert "lower trl.per_device_train_batch_size" in out
-    path.write_text(path.read_text().replace("per_device_train_batch_size: 16", "per_device_train_batch_size: 4"))
-    assert main(["validate", str(path)]) == 0
     assert "warning" not in capsys.readouterr().out
-    # A smaller GPU, said in the recipe: 15 GB is more than a quarter of 40 GB.
-    smaller = ", launch: {gpu_memory_gb: 40}"
-    path.write_text(recipe(ckpt, SFT.format(rows=rows, n=1024) + GRPO.format(rows=rows, n=4096, b=4, launch=smaller),
-                           tmp_path))
-    assert main(["validate", str(path)]) == 0
-    assert "about 15 GB" in capsys.readouterr().out
+
+
+def test_the_mtp_losss_logits_crowding_the_gpu_are_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """DeepSeek-V3's MTP module: its loss computes fp32 logits of every completion token (16 x 4096 x 129280 x 10
+    bytes: 85 GB); 4 rows of 2048 fit an 80 GB GPU, not a 40 GB one; without the MTP loss nothing to warn about."""
+    ckpt, rows = checkpoint(tmp_path, 163840, 129280), tmp_path / "rows.jsonl"
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "model_type": "deepseek_v3",
+                                                  "num_nextn_predict_layers": 1}))
+    assert logits_gb(16, 4096, 129280, mtp_depth=1) == pytest.approx(
+        logits_gb(16, 4096, 129280) + 16 * 4096 * 129280 * MTP_BYTES_PER_LOGIT / 1e9)
+    path = tmp_path / "r.yaml"
+
+    def validate(batch: int, tokens: int = 4096, launch: str = "", grpo_extra: str = "") -> str:
+        grpo = GRPO.format(rows=rows, n=tokens, b=batch, launch=launch + grpo_extra)
+        path.write_text(recipe(ckpt, SFT.format(rows=rows, n=1024) + grpo, tmp_path))
+        assert main(["validate", str(path)]) == 0
+        return capsys.readouterr().out
+
+    out = validate(16)
+    assert "warning: stages[1]: one micro-batch's logits take about 85 GB (the MTP loss: 1 depth(s) x 16 rows" in out
+    assert "lower trl.per_device_train_batch_size" in out
+    assert "warning" not in validate(4, 2048)
+    assert "about 11 GB" in validate(4, 2048, ", launch: {gpu_memory_gb: 40}")  # more than a quarter of 40 GB
+    assert "warning" not in validate(16, grpo_extra=", mtp: {weight: 0}")
+
+
+VLLM_GRPO = ("  - {{name: grpo, kind: grpo, data: {rows}, rewards: [{{name: math}}], rollout: {{backend: {backend}}},\n"
+             "     trl: {{max_completion_length: 64, per_device_train_batch_size: 4, num_generations: 4}}}}\n")
+
+
+def test_a_model_vllm_cannot_build_named_for_vllm_is_a_warning(tmp_path: Path) -> None:
+    """The tiny model's MLA sizes (16, 16, 32) are none vLLM 0.31 takes: an explicit `backend: vllm` warns (where it
+    generates: GRPO's rollouts, an eval); `auto` does not (it falls back to transformers); V3's sizes pass."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "p", "solution": "1"}\n')
+
+    def notes(tiny: str, backend: str) -> list[str]:
+        engine = "vllm" if backend == "vllm" else "hf"
+        text = (f"model: {{tiny: {tiny}}}\ntokenizer: {{train: {{corpus: data_pipelines.tasks.arithmetic:corpus}}}}\n"
+                "stages:\n" + VLLM_GRPO.format(rows=rows, backend=backend)
+                + EVAL.format(model="grpo", rows=rows, n=8, generation=f", generation: {{backend: {engine}}}"))
+        found: list[str] = []
+        parse_recipe(text, kinds=KINDS, notes=found)
+        return [n for n in found if "vLLM" in n]
+
+    warned = notes("{}", "vllm")
+    assert [n.split(":")[1].strip() for n in warned] == ["stages[0].rollout.backend", "stages[1].generation.backend"]
+    assert "the tiny model cannot run in vLLM 0.31: (qk_nope_head_dim, qk_rope_head_dim, v_head_dim) = (16, 16, 32)" \
+        in warned[0]
+    assert notes("{}", "auto") == []
+    v3 = "{kv_lora_rank: 512, qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128}"
+    assert notes(v3, "vllm") == []
+    assert TINY_DEFAULTS["qk_nope_head_dim"] == 16  # the sizes the first case is about
 
 
 def test_an_unreachable_config_is_a_note(tmp_path: Path) -> None:

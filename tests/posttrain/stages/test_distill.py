@@ -268,5 +268,51 @@ def test_sigterm_mid_stage_then_resume_writes_the_same_rows(tmp_path: Path, tiny
     assert stats["kept"] + sum(stats["rejected"].values()) == stats["generated"]
 
 
+
+TOOL_DISTILL = """\
+output_dir: {out}
+seed: 0
+model: {{name_or_path: {base}}}
+stages:
+  - name: distill
+    kind: distill
+    source:
+      function: data_pipelines.tasks.multiplication:train_prompts
+      kwargs: {{n: 6}}
+      keep: [solution]
+    teacher: {{backend: scripted, model: "{teacher}"}}
+    tools: [{{name: python, timeout_s: 2}}]
+    max_turns: 2
+    n: 4
+    rewards: [{{name: math}}, {{name: format, kwargs: {{strict: true}}}}]
+    keep_per_prompt: 4
+    pairs_per_prompt: 1
+    decontamination: null
+"""
+
+
+def test_distill_with_tools_keeps_whole_conversations_and_filters_the_model_s_turns(tmp_path: Path,
+                                                                                   tiny_base: Path) -> None:
+    text = TOOL_DISTILL.format(out=tmp_path, base=tiny_base, teacher=f"{PLUGINS}:chatty_tool_teacher")
+    entry = run_recipe(parse_recipe(text, kinds=KINDS))["stages"]["distill"]
+    assert entry["status"] == "done", entry
+    rows = _jsonl(tmp_path / "distill" / "data.jsonl")
+    # Per prompt: samples 0 and 1 kept (another program, the same answer: not a duplicate); 2 mixes languages in its
+    # own words; 3 repeats 0. The Chinese the tool printed is not the model's text: 0 and 1 pass the language check.
+    assert len(rows) == 12 and sorted({r["id"].rsplit("-", 1)[1] for r in rows}) == ["0", "1"]
+    assert entry["metrics"]["rejected"] == {"language_mixing": 6, "duplicate": 6}
+    row = rows[0]
+    assert row["prompt"] == [{"role": "user", "content": row["prompt"][0]["content"]}]  # a chat, with tools
+    call, output, answer = row["completion"]
+    assert call["tool_calls"][0]["function"]["name"] == "python" and output["role"] == "tool"
+    assert output["content"].startswith(row["solution"] + "\n")  # the sandbox's real output
+    assert "这是工具的输出" in output["content"] and answer["content"] == f"The answer is \\boxed{{{row['solution']}}}."
+    stats = json.loads((tmp_path / "distill" / "stats.json").read_text())
+    assert stats["tools"] == {"calls_per_sample": 1.0, "used": 1.0, "error_rate": 0.0, "kept_used": 1.0}
+    assert entry["metrics"]["tools"]["used"] == 1.0
+    pairs = _jsonl(tmp_path / "distill" / "pairs.jsonl")
+    assert pairs and all(isinstance(p["chosen"], list) and p["rejected_reason"] == "language_mixing" for p in pairs)
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))

@@ -220,3 +220,44 @@ stages:
     assert [stage_hash(again, s, "b", {}) for s in again.stages] == [stage_hash(r, s, "b", {}) for s in r.stages]
     # Unset, the new keys stay out of a stage's config (and hash): older runs keep skipping finished stages.
     assert not {"benchmark", "benchmark_options", "temperatures"} & set(plain.model_dump())
+
+
+# --------------------------------------------------------------------------------------------------
+# With tools: a real model's calls run in the sandbox, and the metrics say how the tools were used
+
+TOOL_EVAL = """\
+output_dir: {out}
+seed: 0
+model: {{name_or_path: {model}}}
+stages:
+  - name: eval
+    kind: eval
+    data: {data}
+    samples: 2
+    sampling: {{temperature: 1.0, max_new_tokens: 60}}
+{tools}"""
+
+
+def test_an_eval_with_tools_runs_the_model_s_calls_and_reports_their_use(tmp_path: Path, tool_model: Path) -> None:
+    data = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": "Compute 12*34.", "solution": "408"}, {"prompt": "Compute 56*78.", "solution": "4368"},
+            {"prompt": "Divide by zero.", "solution": "0"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tools = "    tools: [{name: python, timeout_s: 1, max_output_chars: 200}]\n    max_turns: 2\n"
+    text = TOOL_EVAL.format(out=tmp_path / "with", model=tool_model, data=data, tools=tools)
+    entry = run_recipe(parse_recipe(text, kinds=KINDS))["stages"]["eval"]
+    assert entry["status"] == "done", entry
+    m = entry["metrics"]
+    assert m["accuracy"] == pytest.approx(2 / 3, abs=1e-4)  # the two products, from the tool's real output
+    assert m["tools/used"] >= 0.8 and m["tools/turns"] >= 1.8
+    assert 0 < m["tools/error_rate"] < 1  # the division by zero failed, in the sandbox, and the eval went on
+    assert m["tools/accuracy_with_call"] > 0
+    samples = [json.loads(line) for line in (tmp_path / "with" / "eval" / "samples.jsonl").read_text().splitlines()]
+    greedy = samples[0]["greedy"]
+    assert [t["role"] for t in greedy] == ["assistant", "tool", "assistant"] and greedy[1]["content"] == "408\n"
+    # Response lengths count the model's tokens over its turns, not the tool's output.
+    assert all(len(r["sample_lengths"]) == 2 for r in samples)
+    # The same model without its tool: the calls are text that nothing runs, and nothing is answered.
+    text = TOOL_EVAL.format(out=tmp_path / "without", model=tool_model, data=data, tools="")
+    m = run_recipe(parse_recipe(text, kinds=KINDS))["stages"]["eval"]["metrics"]
+    assert m["accuracy"] == 0.0 and "tools/used" not in m

@@ -369,7 +369,7 @@ stages:
         kwargs: {{backend: policy, template: {template}, probe_file: {probe}, n: 8, temperature: 1.0, seed: 0,
                   max_new_tokens: 6}}
     trl: {{max_steps: 3, per_device_train_batch_size: 8, num_generations: 4, max_completion_length: 8,
-           learning_rate: 3.0e-3, logging_steps: 1, save_steps: 100}}
+           learning_rate: 1.0e-3, logging_steps: 1, save_steps: 100}}
 """
 
 

@@ -125,3 +125,22 @@ def test_new_bounds_select_again_from_the_same_samples(
     assert run_recipe(parse_recipe(more, kinds=KINDS))["stages"]["filter"]["status"] == "done"
     assert "reusing" not in caplog.text
     assert all(len(r["samples"]) == 2 for r in lines(tmp_path / "filter" / "samples.jsonl"))
+
+
+def test_with_tools_the_pass_rate_is_the_tool_using_model_s(tmp_path: Path, tiny_base: Path) -> None:
+    # A teacher that slips whenever it answers in its head and calls the tool half the time: with the tool, prompts
+    # are solved sometimes; without it, never.
+    from data_pipelines.tasks.multiplication import train_prompts as products
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in products(12)))
+    extra = "    tools: [{name: python}]\n    max_turns: 2\n"
+    text = recipe(tmp_path / "with", tiny_base, data, 0.0, extra).replace(
+        "data_pipelines.tasks.arithmetic:teacher", "data_pipelines.tasks.multiplication:teacher").replace(
+        "{slip: 0.0, malformed: 0.0}", "{tool_rate: 0.5, head_slip: 1.0}").replace("samples: 4", "samples: 8")
+    metrics = run_recipe(parse_recipe(text, kinds=KINDS))["stages"]["filter"]["metrics"]
+    assert metrics["kept"] >= 8 and metrics["tools/used"] == pytest.approx(0.5, abs=0.15)
+    kept = lines(tmp_path / "with" / "filter" / "prompts.jsonl")
+    assert all(0 < r["pass_rate"] < 1 for r in kept)
+    samples = lines(tmp_path / "with" / "filter" / "samples.jsonl")
+    assert any(s[1]["role"] == "tool" for r in samples for s in r["samples"] if len(s) == 3)

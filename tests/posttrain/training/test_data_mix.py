@@ -1,4 +1,4 @@
-"""Weighted data mixes (`data: [{source, weight}, ...]`) in trainer stages: posttrain/data_mix.py and the base."""
+"""Weighted data mixes (`data: [{source, weight}, ...]`) in trainer stages: posttrain/training/data_mix.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LoRA by part for every family, by the family's own module names (posttrain/lora.py)."""
+"""LoRA by part for every family, by the family's own module names (posttrain/training/lora.py)."""
 
 from __future__ import annotations
 

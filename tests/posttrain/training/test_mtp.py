@@ -1,4 +1,4 @@
-"""MTP in the trainer stages (posttrain/mtp.py): SFT trains and saves it; GRPO trains it on its own
+"""MTP in the trainer stages (posttrain/training/mtp.py): SFT trains and saves it; GRPO trains it on its own
 speculative rollouts."""
 
 from __future__ import annotations
@@ -16,18 +16,6 @@ from posttrain.core.run_folder import MTP_ACCEPTANCE, MTP_ACCURACY, MTP_LOSS
 from posttrain.recipe import parse_recipe
 from posttrain.run.runner import run_recipe
 from posttrain.stages import KINDS
-
-
-@pytest.fixture(scope="module")
-def mtp_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from data_pipelines.tasks.arithmetic import corpus
-    from posttrain.core.tiny import build_tiny_model, train_tokenizer
-
-    out = tmp_path_factory.mktemp("mtp_base")
-    tok = train_tokenizer(corpus(), 512)
-    build_tiny_model(tok, {"num_nextn_predict_layers": 1}, seed=0).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from posttrain.core.models import load_causal_lm
 from posttrain.core.run_folder import METRICS_FILE, ROLLOUT_LOGP_DIFF, ROLLOUT_LOGP_DIFF_MAX, append_jsonl
+from posttrain.stages.base import StageContext
 from posttrain.training.moe_balance import ExpertLoadTracker, MoEBalanceConfig
 from posttrain.training.vllm_sync import (
     TRL_LOGP_DIFF,
@@ -26,7 +27,7 @@ from posttrain.training.vllm_sync import (
     record_logp_diff,
     vllm_weights,
 )
-from tests.posttrain.training.vllm_loaders import check_sync
+from tests.posttrain.training.vllm_loaders import check_draft_sync, check_sync
 
 SMALL = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
          "num_key_value_heads": 2, "vocab_size": 101, "tie_word_embeddings": False}
@@ -150,7 +151,7 @@ class Recorder:
         pass
 
 
-def trl_generation(model: Any, mode: str) -> tuple[Any, Recorder]:
+def trl_generation(model: Any, mode: str, recorder: Recorder | None = None) -> tuple[Any, Recorder]:
     """TRL 1.16's VLLMGeneration around `model`, its vLLM side a Recorder, with posttrain's sync installed."""
     from accelerate import Accelerator
     from trl.distributed import DistributedBackend
@@ -158,7 +159,7 @@ def trl_generation(model: Any, mode: str) -> tuple[Any, Recorder]:
 
     gen = VLLMGeneration.__new__(VLLMGeneration)  # __init__ would start vLLM
     accelerator = Accelerator(cpu=True)
-    recorder = Recorder()
+    recorder = recorder or Recorder()
     gen.model, gen.accelerator, gen._dist, gen.mode = model, accelerator, DistributedBackend(accelerator), mode
     gen.enable_sleep_mode, gen._weight_metadata = False, None
     gen.llm = gen.vllm_client = recorder
@@ -203,6 +204,165 @@ def test_lora_sync_sends_merged_weights_under_base_names(tiny: Any) -> None:
     assert torch.equal(merged, peft_model.get_base_model().model.layers[2].self_attn.q_proj.weight.detach())
     peft_model.unmerge_adapter()
     assert not torch.equal(merged, peft_model.get_base_model().model.layers[2].self_attn.q_proj.weight.detach())
+
+
+class ServerRecorder(Recorder):
+    """Stands in for TRL's `VLLMClient` of a rollout server and the server behind it: the HTTP calls in order, and
+    what each weight update streamed. `update_named_params` opens and closes its own session unless one is open
+    (`_updating_weights`), as TRL 1.16's does."""
+
+    def __init__(self, drafts: str | None = "mtp") -> None:
+        super().__init__()
+        self.base_url = "http://10.0.0.7:8001"
+        self.events: list[Any] = []
+        self.updates: list[tuple[list, list[tuple[str, torch.Tensor]]]] = []
+        self._updating_weights = False
+        self.info = {"speculative_config": {"method": drafts, "num_speculative_tokens": 1} if drafts else None}
+
+    def get_server_info(self) -> dict:
+        return self.info
+
+    def _post(self, url: str, **kwargs: Any) -> dict:
+        self.events.append(url.removeprefix(self.base_url))
+        return {}
+
+    def _finish_weight_update(self) -> None:
+        self._post(f"{self.base_url}/finish_weight_update")
+
+    def update_named_params(self, metadata: list, named: Any) -> None:
+        if not self._updating_weights:
+            self._post(f"{self.base_url}/start_weight_update")
+        sent = [(n, t.clone()) for n, t in named]
+        self.events.append(("update_weights", len(sent)))
+        self.updates.append((list(metadata), sent))
+        if not self._updating_weights:
+            self._finish_weight_update()
+
+
+@pytest.fixture
+def with_mtp(tiny_base: Path) -> Any:
+    """The tiny DeepSeek-V3 with one MTP depth (layer 4 of model.layers), as the pipeline builds it."""
+    from posttrain.core.models import load_tokenizer
+    from posttrain.core.tiny import build_tiny_model
+
+    return build_tiny_model(load_tokenizer(str(tiny_base)), {"num_nextn_predict_layers": 1})
+
+
+def test_the_mtp_layers_go_to_the_servers_drafter_through_vllms_draft_update(with_mtp: Any) -> None:
+    gen, server = trl_generation(with_mtp, "server", ServerRecorder())
+    gen.posttrain_drafts = True  # setup_draft_sync: server mode, rollout.speculative, a policy with MTP layers
+    gen.sync_weights()
+    (_, main), (draft_meta, draft) = server.updates
+    assert server.events == ["/start_weight_update", ("update_weights", len(main)), "/finish_weight_update",
+                             "/start_draft_weight_update", ("update_weights", len(draft)), "/finish_weight_update"]
+    mtp = "model.layers.4."
+    check_sync(with_mtp.config, main)  # the main model gets everything of its own, nothing of the MTP layer
+    assert not any(n.startswith(mtp) for n, _ in main)
+    check_draft_sync(with_mtp.config, draft)  # the drafter every MTP tensor it loads, per expert, bias included
+    assert {n for n, _ in draft} >= {f"{mtp}eh_proj.weight", f"{mtp}mlp.experts.7.up_proj.weight",
+                                     f"{mtp}mlp.gate.e_score_correction_bias"}
+    assert draft_meta == [(n, str(t.dtype).removeprefix("torch."), list(t.shape)) for n, t in draft]
+    # A training step moves the MTP layer: the next sync brings the drafter along.
+    layer = with_mtp.model.layers[4]
+    with torch.no_grad():
+        layer.eh_proj.weight.add_(0.5)
+    gen.sync_weights()
+    sent = dict(server.updates[-1][1])
+    assert torch.equal(sent[f"{mtp}eh_proj.weight"], layer.eh_proj.weight)
+    assert torch.equal(sent[f"{mtp}mlp.experts.2.gate_proj.weight"],
+                       layer.mlp.experts.gate_up_proj[2, :with_mtp.config.moe_intermediate_size])
+
+
+def test_a_server_without_the_mtp_drafter_gets_no_draft_update_and_a_warning(with_mtp: Any, caplog) -> None:
+    gen, server = trl_generation(with_mtp, "server", ServerRecorder(drafts=None))
+    gen.posttrain_drafts = True
+    with caplog.at_level(logging.WARNING, logger="posttrain.vllm"):
+        gen.sync_weights()
+        gen.sync_weights()
+    assert "/start_draft_weight_update" not in server.events and len(server.updates) == 2
+    assert len([r for r in caplog.records if "drafts with nothing" in r.getMessage()]) == 1
+
+
+def test_trls_client_lets_one_session_span_an_update(with_mtp: Any) -> None:
+    """What `sync_draft` relies on in the pinned TRL's VLLMClient: `_post`, `_finish_weight_update`, and an
+    `update_named_params` that leaves an open session (`_updating_weights`) to its caller."""
+    import inspect
+
+    from trl.generation.vllm_client import VLLMClient
+
+    assert callable(VLLMClient._post) and callable(VLLMClient._finish_weight_update)
+    source = inspect.getsource(VLLMClient.update_named_params)
+    assert source.count("if not self._updating_weights:") == 2
+
+
+def test_the_drafter_is_kept_in_sync_only_behind_a_rollout_server(with_mtp: Any, tiny: Any, caplog) -> None:
+    from posttrain.core.generation import SpeculativeSpec
+    from posttrain.training.vllm_sync import DraftAcceptanceCallback, VLLMSyncMixin
+
+    class Trainer:
+        def __init__(self, generation: Any) -> None:
+            self.vllm_generation, self.callbacks = generation, []
+
+        def add_callback(self, callback: Any) -> None:
+            self.callbacks.append(callback)
+
+    class Synced(VLLMSyncMixin, Trainer):
+        pass
+
+    server, _ = trl_generation(with_mtp, "server", ServerRecorder())
+    trainer = Synced(server)
+    assert trainer.setup_draft_sync(SpeculativeSpec()) and server.posttrain_drafts
+    assert any(isinstance(c, DraftAcceptanceCallback) for c in trainer.callbacks)
+    with caplog.at_level(logging.WARNING, logger="posttrain.vllm"):
+        assert not Synced(trl_generation(with_mtp, "colocate")[0]).setup_draft_sync(SpeculativeSpec())
+        assert not Synced(trl_generation(tiny, "server", ServerRecorder())[0]).setup_draft_sync(SpeculativeSpec())
+    assert "colocated vLLM engine runs no drafter" in caplog.text and "no MTP module" in caplog.text
+    assert not Synced(trl_generation(with_mtp, "server", ServerRecorder())[0]).setup_draft_sync(None)
+
+
+def test_the_servers_draft_acceptance_is_logged_at_each_step() -> None:
+    """vLLM's Prometheus counters (one sample per engine) from a real HTTP server on 127.0.0.1."""
+    import http.server
+    import threading
+
+    from posttrain.core.run_folder import MTP_ACCEPTANCE
+    from posttrain.training.vllm_sync import DraftAcceptanceCallback
+
+    counts = {"drafted": (60, 40), "accepted": (45, 25)}
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            (d0, d1), (a0, a1) = counts["drafted"], counts["accepted"]
+            body = "\n".join([
+                "# HELP vllm:spec_decode_num_draft_tokens_total Number of draft tokens.",
+                "# TYPE vllm:spec_decode_num_draft_tokens_total counter",
+                f'vllm:spec_decode_num_draft_tokens_total{{engine="0",model_name="m"}} {d0}.0',
+                f'vllm:spec_decode_num_draft_tokens_total{{engine="1",model_name="m"}} {d1}.0',
+                f'vllm:spec_decode_num_accepted_tokens_total{{engine="0",model_name="m"}} {a0}.0',
+                f'vllm:spec_decode_num_accepted_tokens_total{{engine="1",model_name="m"}} {a1}.0',
+                'vllm:num_requests_running{engine="0"} 3.0', ""]).encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        callback = DraftAcceptanceCallback(f"http://127.0.0.1:{server.server_address[1]}")
+        assert callback.last == (100, 70)  # where the run starts from
+        counts.update(drafted=(160, 140), accepted=(105, 85))
+        logs: dict[str, Any] = {"loss": 0.1}
+        callback.on_log(None, None, None, logs=logs)
+        assert logs[MTP_ACCEPTANCE] == pytest.approx((190 - 70) / (300 - 100))
+        quiet: dict[str, Any] = {"loss": 0.1}  # nothing drafted since: nothing to say
+        callback.on_log(None, None, None, logs=quiet)
+        assert MTP_ACCEPTANCE not in quiet
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # -- drift -------------------------------------------------------------------------------------------------
@@ -264,7 +424,8 @@ def test_the_stage_summarises_the_drift(tmp_path: Path) -> None:
     for step, (mean, top) in enumerate([(0.01, 0.2), (0.03, 0.9), (0.02, 0.5)], 1):
         append_jsonl(tmp_path / METRICS_FILE, {"step": step, "reward": 0.5, ROLLOUT_LOGP_DIFF: mean,
                                                ROLLOUT_LOGP_DIFF_MAX: top})
-    out = _summary(SimpleNamespace(stage_dir=tmp_path))
+    ctx = StageContext(None, SimpleNamespace(name=tmp_path.name), tmp_path.parent, "", logging.getLogger("test"))
+    out = _summary(ctx)  # type: ignore[arg-type]
     assert out["rollout_logp_diff_mean"] == 0.02 and out["rollout_logp_diff_max"] == 0.9
 
 

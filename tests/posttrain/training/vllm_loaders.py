@@ -21,6 +21,13 @@ in TRL 1.16's supported range 0.22-0.31 (`trl/import_utils.py`) and the one `pos
   "w3")`, under `block_sparse_moe`). Its `include_fused` entries also take fused 3-D tensors in 0.31, but
   older releases and DeepSeek's loader do not: the rules below accept per-expert tensors only.
 
+- `deepseek_mtp.py` (the `mtp` speculative method's drafter for DeepSeek-V3): `DeepSeekMTP.load_weights` takes only
+  the MTP layers' names (`model.layers.{N}.`, N >= num_hidden_layers, `get_spec_layer_idx_from_weight_name`),
+  keeps `enorm`, `hnorm`, `eh_proj` and `shared_head` where they are and moves the rest under
+  `model.layers.{N}.mtp_block.` (a `DeepseekV2DecoderLayer`, MoE from `first_k_dense_replace` on); then the same
+  stacked and expert mappings. Its embedding and `shared_head.head` are the target model's, shared at load
+  (`v1/spec_decode/llm_base_proposer.py`: `_maybe_share_embeddings`, `_maybe_share_lm_head`).
+
 `VLLMModel.for_config(config)` lists the parameters vLLM builds for a config (tensor parallel 1, no quantisation,
 experts as `...experts.w13_weight` (E, 2I, H) and `w2_weight` (E, H, I)); `load()` routes a sent (name, shape)
 the way those loaders do, and `missing()` names what a full sync left unloaded.
@@ -62,6 +69,11 @@ class VLLMModel:
         layer = re.match(r"model\.layers\.(\d+)\.", name)
         if self.family == "deepseek" and layer and int(layer.group(1)) >= self.num_hidden_layers:
             return  # MTP layers: skipped by the main model's loader (get_spec_layer_idx_from_weight_name)
+        if self.family == "deepseek_mtp":
+            if not layer or int(layer.group(1)) < self.num_hidden_layers:
+                return  # not an MTP layer's: the drafter's loader skips it
+            if not any(own in name for own in MTP_OWN):
+                name = name.replace(layer.group(0), layer.group(0) + "mtp_block.", 1)
         expert = EXPERT.match(name)
         if ".experts." in name and expert is None:
             raise AssertionError(f"{name} {shape}: not a per-expert name; vLLM's expert mapping has no entry "
@@ -145,31 +157,52 @@ QKV = [("qkv_proj", "q_proj"), ("qkv_proj", "k_proj"), ("qkv_proj", "v_proj")]
 def _deepseek(c: Any) -> VLLMModel:
     params: dict[str, tuple[int, ...]] = {}
     _common(c, params)
-    h, nh, rope, nope = c.hidden_size, c.num_attention_heads, c.qk_rope_head_dim, c.qk_nope_head_dim
     for i in range(c.num_hidden_layers):
+        _deepseek_layer(params, f"model.layers.{i}", i, c)
+    return VLLMModel("deepseek", params, DEEPSEEK_STACKED, num_hidden_layers=c.num_hidden_layers)
+
+
+def deepseek_mtp(c: Any) -> VLLMModel:
+    """The parameters of vLLM's MTP drafter for a DeepSeek-V3 config with `num_nextn_predict_layers` depths."""
+    params: dict[str, tuple[int, ...]] = {}
+    h = c.hidden_size
+    for k in range(c.num_nextn_predict_layers):
+        i = c.num_hidden_layers + k
         p = f"model.layers.{i}"
-        if c.q_lora_rank is not None:
-            params[f"{p}.self_attn.fused_qkv_a_proj.weight"] = (c.q_lora_rank + c.kv_lora_rank + rope, h)
-            params[f"{p}.self_attn.q_a_layernorm.weight"] = (c.q_lora_rank,)
-            params[f"{p}.self_attn.q_b_proj.weight"] = (nh * (nope + rope), c.q_lora_rank)
-        else:
-            params[f"{p}.self_attn.q_proj.weight"] = (nh * (nope + rope), h)
-            params[f"{p}.self_attn.kv_a_proj_with_mqa.weight"] = (c.kv_lora_rank + rope, h)
-        params[f"{p}.self_attn.kv_a_layernorm.weight"] = (c.kv_lora_rank,)
-        params[f"{p}.self_attn.kv_b_proj.weight"] = (nh * (nope + c.v_head_dim), c.kv_lora_rank)
-        params[f"{p}.self_attn.o_proj.weight"] = (h, nh * c.v_head_dim)
-        if i >= c.first_k_dense_replace and i % getattr(c, "moe_layer_freq", 1) == 0:
-            params[f"{p}.mlp.gate.weight"] = (c.n_routed_experts, h)
-            if getattr(c, "topk_method", None) == "noaux_tc":
-                params[f"{p}.mlp.gate.e_score_correction_bias"] = (c.n_routed_experts,)
-            _experts(params, f"{p}.mlp", c.n_routed_experts, c.moe_intermediate_size, h)
-            if c.n_shared_experts:
-                _mlp(params, f"{p}.mlp.shared_experts", c.moe_intermediate_size * c.n_shared_experts, h)
-        else:
-            _mlp(params, f"{p}.mlp", c.intermediate_size, h)
-    stacked = [("gate_up_proj", "gate_proj"), ("gate_up_proj", "up_proj"),
-               ("fused_qkv_a_proj", "q_a_proj"), ("fused_qkv_a_proj", "kv_a_proj_with_mqa")]
-    return VLLMModel("deepseek", params, stacked, num_hidden_layers=c.num_hidden_layers)
+        params.update({f"{p}.enorm.weight": (h,), f"{p}.hnorm.weight": (h,), f"{p}.eh_proj.weight": (h, 2 * h),
+                       f"{p}.shared_head.norm.weight": (h,), f"{p}.mtp_block.input_layernorm.weight": (h,),
+                       f"{p}.mtp_block.post_attention_layernorm.weight": (h,)})
+        _deepseek_layer(params, f"{p}.mtp_block", i, c)
+    return VLLMModel("deepseek_mtp", params, DEEPSEEK_STACKED, num_hidden_layers=c.num_hidden_layers)
+
+
+#: What the drafter keeps at the MTP layer's top level; the rest is its decoder block's (`_rewrite_spec_layer_name`).
+MTP_OWN = ("enorm", "hnorm", "eh_proj", "shared_head")
+DEEPSEEK_STACKED = [("gate_up_proj", "gate_proj"), ("gate_up_proj", "up_proj"),
+                    ("fused_qkv_a_proj", "q_a_proj"), ("fused_qkv_a_proj", "kv_a_proj_with_mqa")]
+
+
+def _deepseek_layer(params: dict[str, tuple[int, ...]], p: str, i: int, c: Any) -> None:
+    h, nh, rope, nope = c.hidden_size, c.num_attention_heads, c.qk_rope_head_dim, c.qk_nope_head_dim
+    if c.q_lora_rank is not None:
+        params[f"{p}.self_attn.fused_qkv_a_proj.weight"] = (c.q_lora_rank + c.kv_lora_rank + rope, h)
+        params[f"{p}.self_attn.q_a_layernorm.weight"] = (c.q_lora_rank,)
+        params[f"{p}.self_attn.q_b_proj.weight"] = (nh * (nope + rope), c.q_lora_rank)
+    else:
+        params[f"{p}.self_attn.q_proj.weight"] = (nh * (nope + rope), h)
+        params[f"{p}.self_attn.kv_a_proj_with_mqa.weight"] = (c.kv_lora_rank + rope, h)
+    params[f"{p}.self_attn.kv_a_layernorm.weight"] = (c.kv_lora_rank,)
+    params[f"{p}.self_attn.kv_b_proj.weight"] = (nh * (nope + c.v_head_dim), c.kv_lora_rank)
+    params[f"{p}.self_attn.o_proj.weight"] = (h, nh * c.v_head_dim)
+    if i >= c.first_k_dense_replace and i % getattr(c, "moe_layer_freq", 1) == 0:
+        params[f"{p}.mlp.gate.weight"] = (c.n_routed_experts, h)
+        if getattr(c, "topk_method", None) == "noaux_tc":
+            params[f"{p}.mlp.gate.e_score_correction_bias"] = (c.n_routed_experts,)
+        _experts(params, f"{p}.mlp", c.n_routed_experts, c.moe_intermediate_size, h)
+        if c.n_shared_experts:
+            _mlp(params, f"{p}.mlp.shared_experts", c.moe_intermediate_size * c.n_shared_experts, h)
+    else:
+        _mlp(params, f"{p}.mlp", c.intermediate_size, h)
 
 
 def _qwen_moe(c: Any) -> VLLMModel:
@@ -224,6 +257,15 @@ def _olmoe(c: Any) -> VLLMModel:
         params[f"{p}.mlp.gate.weight"] = (c.num_experts, c.hidden_size)
         _experts(params, f"{p}.mlp", c.num_experts, c.intermediate_size, c.hidden_size)
     return VLLMModel("olmoe", params, list(QKV))
+
+
+def check_draft_sync(config: Any, sent: list[tuple[str, Any]]) -> VLLMModel:
+    """Load every sent tensor into vLLM's MTP drafter for `config`; fail on a rejected one or on anything left out."""
+    model = deepseek_mtp(config)
+    for name, tensor in sent:
+        model.load(name, tuple(tensor.shape))
+    assert not model.missing(), f"drafter parameters the sync never loaded: {model.missing()}"
+    return model
 
 
 def check_sync(config: Any, sent: list[tuple[str, Any]]) -> VLLMModel:

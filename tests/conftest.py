@@ -22,9 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 register_stage_kind("counting", "tests.posttrain.plugins.counting_stage")
 
 
-#: Tests that must share one pytest-xdist worker (`make test` runs two): the sandbox's (one process hands out the
-#: sandbox uids, and its fork-bomb tests assume no other sandbox of theirs runs beside them), and those of the
-#: session's quick demo run (built once, in that worker).
+#: Tests that must share one pytest-xdist worker (`make test` runs two): the sandbox's (its resource tests time
+#: fork bombs and floods, and assume no other test of theirs loads the machine beside them; uids are per process,
+#: `rewards/sandbox/uids.py`), and those of the session's quick demo run (built once, in that worker).
 XDIST_GROUPS = {"sandbox": ("tests/rewards/sandbox/", "tests/rewards/test_code", "tests/benchmarks/test_sandbox.py"),
                 "quick_demo": ("tests/recipes/test_tiny_r1.py", "tests/benchmarks/test_grpo_step.py",
                                "tests/test_doc_commands.py")}

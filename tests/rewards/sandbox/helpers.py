@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from rewards.sandbox import SANDBOX_UID_BASE, Limits, Sandbox
+from rewards.sandbox.uids import SANDBOX_UID_END
 
 ROOT = Path(__file__).resolve().parents[3]
 #: A number no other process on this machine has in its command line: background programs sleep for it.
@@ -106,7 +107,7 @@ def sandbox_uid_processes() -> list[int]:
             uid = int(Path(f"/proc/{pid}/status").read_text().split("\nUid:")[1].split()[0])
         except (OSError, IndexError):
             continue
-        if SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + 10_000:
+        if SANDBOX_UID_BASE <= uid < SANDBOX_UID_END:
             hits.append(pid)
     return hits
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import threading
 from contextlib import ExitStack
 
-from rewards.sandbox.uids import SANDBOX_UID_BASE, UIDS, UidSlots
+from rewards.sandbox.uids import SANDBOX_UID_BASE, SANDBOX_UID_END, UIDS, UidSlots, process_base
 
 
 def test_live_slots_are_distinct_and_freed_ones_reused() -> None:
@@ -59,4 +61,32 @@ def test_concurrent_threads_never_share_a_uid() -> None:
 
 
 def test_the_process_wide_allocator_uses_a_high_unused_range() -> None:
-    assert UIDS.base == SANDBOX_UID_BASE >= 1 << 30  # far from any real user's uid
+    assert 1 << 30 <= SANDBOX_UID_BASE <= UIDS.base < SANDBOX_UID_END < 1 << 31  # far from real users, below 2**31
+    assert UIDS.base == process_base(os.getpid())
+
+
+def _first_uid(queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    with UIDS.slot() as uid:
+        queue.put((os.getpid(), uid))
+
+
+def test_two_processes_draw_distinct_uids_even_after_a_fork() -> None:
+    """Two GRPO processes (or a forked worker and its parent) each start at their first slot: the uids differ."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    with UIDS.slot() as mine:
+        child = ctx.Process(target=_first_uid, args=(queue,))
+        child.start()
+        pid, theirs = queue.get(timeout=30)
+        child.join(30)
+    assert pid != os.getpid() and theirs == process_base(pid) and theirs != mine
+
+
+def test_a_process_holds_at_most_its_block() -> None:
+    slots = UidSlots(0, span=2)
+    with slots.slot(), slots.slot():
+        try:
+            with slots.slot():
+                raise AssertionError("a third slot was handed out")
+        except RuntimeError as exc:
+            assert "more than 2 sandboxes" in str(exc)

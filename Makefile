@@ -27,7 +27,7 @@ test: setup
 test-gpu-pins:
 	@VENV=$(GPU_PINS_VENV) POSTTRAIN_CONSTRAINTS=$(GPU_PINS) bash scripts/setup.sh
 	@$(GPU_PINS_VENV)/bin/python -c "import torch, transformers, trl; print(f'[test-gpu-pins] torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}')"
-	POSTTRAIN_PINS=$(GPU_PINS) $(GPU_PINS_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	POSTTRAIN_PINS=$(GPU_PINS) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(GPU_PINS_VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

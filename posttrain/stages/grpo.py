@@ -172,7 +172,7 @@ class GRPOStage(TrainerStage):
         trainer.setup_reward_checks(cfg.max_reward_error_rate, cfg.reward_error_window, cfg.zero_reward_warning_rounds)
         trainer.setup_dynamic_sampling(self.cfg.dynamic_sampling, dataset.to_list(), self.ctx.seed)
         trainer.setup_rollouts(self.cfg.rollout.speculative)
-        trainer.setup_draft_sync(self.cfg.rollout.speculative)  # a vLLM rollout server\'s MTP drafter
+        trainer.setup_draft_sync(self.cfg.rollout.speculative)  # a vLLM rollout server's MTP drafter
         trainer.setup_tool_metrics(self.tools)
         trainer.logp_diff_callback.threshold = self.cfg.rollout.max_logp_diff
         if cfg.distillation is not None:

@@ -76,6 +76,23 @@ def test_loads_match_a_manual_count_of_the_router_topk(tiny_base: Path) -> None:
     assert torch.equal(counts, manual) and tracker.step_counts.sum() == 0
 
 
+def test_a_backbone_called_alone_counts_only_real_tokens(tiny_base: Path) -> None:
+    """TRL's distillation loss calls `model.base_model(...)`, not the model: padding must still be left out of the
+    loads (counted, the left padding of its prompts steered the router biases and undid what the student learned),
+    and a mask left from an earlier call of another shape must not be used."""
+    model, batch = _batch(tiny_base)
+    tracker = ExpertLoadTracker(model, MoEBalanceConfig(bias_update_speed=0.0, seq_aux_loss_coef=0.0))
+    model.train()
+    with torch.no_grad():  # a generation step first: its mask is (3, 1 token longer)
+        longer = torch.cat([batch["attention_mask"], torch.ones(3, 1, dtype=torch.long)], dim=1)
+        model(input_ids=torch.cat([batch["input_ids"], batch["input_ids"][:, :1]], dim=1), attention_mask=longer)
+    model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state.sum() \
+        .backward()
+    real_tokens = batch["attention_mask"].sum().item()
+    assert real_tokens < batch["attention_mask"].numel()
+    assert tracker.step_counts.sum(-1).tolist() == [real_tokens * model.config.num_experts_per_tok] * 3
+
+
 def test_end_step_moves_biases_against_the_load(tiny_base: Path) -> None:
     model, batch = _batch(tiny_base)
     tracker = ExpertLoadTracker(model, MoEBalanceConfig(bias_update_speed=0.01, seq_aux_loss_coef=0.0))

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.core.errors import PosttrainError, RecipeError
-from posttrain.core.threads import passive_wait
+from posttrain.core.threads import wait_for_machine
 
 _SUBCOMMANDS = ("posttrain.cli.eval", "rewards.cli", "posttrain.launch.rollout_server")
 
 
 def main(argv: list[str] | None = None) -> int:
-    passive_wait()  # before anything imports torch (posttrain/core/threads.py says why)
+    wait_for_machine()  # before anything imports torch (posttrain/core/threads.py says why)
     # Libraries' deprecation chatter (TRL configs built while validating) is not the user's business.
     warnings.filterwarnings("ignore", category=FutureWarning)
     parser = build_parser()

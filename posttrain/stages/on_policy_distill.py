@@ -116,6 +116,9 @@ class OnPolicyDistillStage(TrainerStage):
         self.student_rows = model.config.get_text_config().vocab_size
         return model
 
+    def after_init(self, trainer: Any, dataset: Any) -> None:
+        trainer.setup_rollouts()  # the student's samples by posttrain's decode loop, as GRPO's rollouts
+
     def describe(self, args: Any, dataset: Any) -> str:
         per_step = args.per_device_train_batch_size * self.ctx.num_processes * args.gradient_accumulation_steps
         divergence = {0.0: "forward KL", 1.0: "reverse KL"}.get(args.beta, f"generalised JSD (beta {args.beta:g})")

@@ -42,7 +42,7 @@ class RolloutMixin:
         wants_draft = speculative is not None and speculative.mtp
         if trainer.use_vllm:
             return False  # vLLM generates; its drafter is VLLMSyncMixin.setup_draft_sync's
-        if trainer.use_transformers_continuous_batching:
+        if getattr(trainer, "use_transformers_continuous_batching", False):
             if wants_draft:
                 log.warning("rollout.speculative applies to posttrain's in-process rollouts, not transformers' "
                             "continuous batching: plain decoding")
@@ -65,33 +65,7 @@ class RolloutMixin:
         if not self._decode_loop or images is not None or multimodal_fields:
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields,  # type: ignore[misc]
                                                  num_generations, *args, **kwargs)
-        from trl.models import unwrap_model_for_generation
-
-        from posttrain.core.generation.decode import Decoder
-
-        trainer: Any = self
-        gen = trainer.generation_config
-        device = trainer.accelerator.device
-        width = max(len(p) for p in prompt_ids)
-        pad = trainer._tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompt_ids], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
-        eos = gen.eos_token_id
-        with contextlib.ExitStack() as stack:
-            model = stack.enter_context(unwrap_model_for_generation(
-                trainer.model_wrapped, trainer.accelerator,
-                gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
-                generation_kwargs=trainer.generation_kwargs,
-                gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs))
-            stack.enter_context(trainer._dist.summon_full_params(trainer.model_wrapped, recurse=False))
-            decoder = Decoder(model, draft=self._draft,
-                              cache="static" if gen.cache_implementation == "static" else "dynamic")
-            completions = decoder.generate(
-                ids, mask, gen.max_new_tokens, temperature=gen.temperature if gen.do_sample else 0.0,
-                top_p=gen.top_p or 1.0, top_k=gen.top_k or 0,
-                eos_token_ids=[eos] if isinstance(eos, int) else list(eos or []))
-        self._draft_stats.add(decoder.stats)
-        return completions, None
+        return decode_rollouts(self, prompt_ids, self._draft, self._draft_stats), None
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         stats = getattr(self, "_draft_stats", None)
@@ -100,3 +74,47 @@ class RolloutMixin:
             self._draft_stats = DraftStats()
         super().log(logs, *args, **kwargs)  # type: ignore[misc]
 
+
+
+class DistillRolloutMixin(RolloutMixin):
+    """The same for TRL's DistillationTrainer (on-policy distillation): the student's samples by the decode loop.
+    Put before DistillationTrainer; call `setup_rollouts()` after init. Its `_generate_single_turn` returns the
+    completions alone (TRL's distillation signature)."""
+
+    def _generate_single_turn(self, prompt_ids: list[list[int]], images: Any, multimodal_fields: Any,
+                              *args: Any, **kwargs: Any) -> Any:
+        if not self._decode_loop or images is not None or multimodal_fields:
+            return super(RolloutMixin, self)._generate_single_turn(  # type: ignore[misc]
+                prompt_ids, images, multimodal_fields, *args, **kwargs)
+        return decode_rollouts(self, prompt_ids, self._draft, self._draft_stats)
+
+
+def decode_rollouts(trainer: Any, prompt_ids: list[list[int]], draft: bool, stats: DraftStats) -> list[list[int]]:
+    """Each prompt's completion by the decode loop, as TRL's in-process path returns it: the new tokens up to and
+    including the first end-of-sequence token, under TRL's generation config and unwrapping."""
+    from trl.models import unwrap_model_for_generation
+
+    from posttrain.core.generation.decode import Decoder
+
+    gen = trainer.generation_config
+    device = trainer.accelerator.device
+    width = max(len(p) for p in prompt_ids)
+    pad = trainer._tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompt_ids], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
+    eos = gen.eos_token_id
+    with contextlib.ExitStack() as stack:
+        model = stack.enter_context(unwrap_model_for_generation(
+            trainer.model_wrapped, trainer.accelerator,
+            gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+            generation_kwargs=trainer.generation_kwargs,
+            gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs))
+        stack.enter_context(trainer._dist.summon_full_params(trainer.model_wrapped, recurse=False))
+        stack.enter_context(torch.no_grad())
+        decoder = Decoder(model, draft=draft, cache="static" if gen.cache_implementation == "static" else "dynamic")
+        completions = decoder.generate(
+            ids, mask, gen.max_new_tokens, temperature=gen.temperature if gen.do_sample else 0.0,
+            top_p=gen.top_p or 1.0, top_k=gen.top_k or 0,
+            eos_token_ids=[eos] if isinstance(eos, int) else list(eos or []))
+    stats.add(decoder.stats)
+    return completions

@@ -15,6 +15,8 @@ On-policy distillation's trainer also overrides (`DISTILLATION_OVERRIDES`):
 - `_get_last_hidden_state` (TRL, private), in `OPDMetricsMixin` (opd_metrics.py): the student's and the teacher's
   last hidden states kept for the step's reverse KL and agreement; the teacher's seconds booked apart.
 - `compute_loss`, in `OPDMetricsMixin` too: those two figures measured after TRL's loss.
+- `_generate_single_turn` (TRL, private), in `DistillRolloutMixin` (rollouts.py): the student's samples by
+  posttrain's decode loop (finished rows leave the batch), as GRPO's in-process rollouts; `log` there too.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from posttrain.training.checkpoints import AtomicCheckpointMixin
 from posttrain.training.moe_balance import MoEBalanceMixin
 from posttrain.training.mtp import MTPMixin
 from posttrain.training.opd_metrics import OPDMetricsMixin
+from posttrain.training.rollouts import DistillRolloutMixin
 
 #: TRL/transformers methods these trainers override (name -> the classes of ours that do): what a test checks.
 OVERRIDES: dict[str, tuple[str, ...]] = {
@@ -54,11 +57,12 @@ DISTILLATION_OVERRIDES: dict[str, tuple[str, ...]] = {
     "_get_last_hidden_state": ("OPDMetricsMixin",),
     "compute_loss": ("OPDMetricsMixin", "MoEBalanceMixin", "MTPMixin"),
     "_save_checkpoint": ("AtomicCheckpointMixin",),
-    "log": ("MoEBalanceMixin", "MTPMixin"),
+    "_generate_single_turn": ("DistillRolloutMixin",),
+    "log": ("RolloutMixin", "MoEBalanceMixin", "MTPMixin"),
 }
 
 
-class OnPolicyDistillTrainer(AtomicCheckpointMixin, OPDMetricsMixin, MoEBalanceMixin, MTPMixin,
+class OnPolicyDistillTrainer(AtomicCheckpointMixin, OPDMetricsMixin, DistillRolloutMixin, MoEBalanceMixin, MTPMixin,
                              TRLDistillationTrainer):
     """TRL's DistillationTrainer (the student samples, the teacher scores every token) with atomic checkpoints, the
     reverse KL and agreement it is judged by, MoE balancing and the MTP loss."""

@@ -1,4 +1,4 @@
-"""OpenMP's passive wait policy for `posttrain` commands (posttrain/core/threads.py), in fresh interpreters."""
+"""OpenMP's wait policy for `posttrain` commands (posttrain/core/threads.py), in fresh interpreters."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pytest
 
 SCRIPT = """
 import os, sys
+import posttrain.core.threads as threads
+threads.os.getloadavg = lambda: (float(os.environ["FAKE_LOAD"]), 0.0, 0.0)  # the machine's load, as the test says
 from posttrain.cli.main import main
 main([])  # the help: exit code 2, after the policy is set
 import torch
@@ -16,10 +18,12 @@ print(os.environ.get("OMP_WAIT_POLICY"), file=sys.stderr)
 """
 
 
-@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_the_command_line_sets_the_passive_policy_unless_the_user_chose_one(python: str, given: str | None,
-                                                                            expected: str) -> None:
+@pytest.mark.parametrize(("given", "load", "expected"), [(None, 1.5, "PASSIVE"), (None, 0.3, "None"),
+                                                       ("ACTIVE", 1.5, "ACTIVE"), ("PASSIVE", 0.3, "PASSIVE")])
+def test_the_command_line_sets_the_passive_policy_on_a_busy_machine_unless_the_user_chose_one(
+        python: str, given: str | None, load: float, expected: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["FAKE_LOAD"] = str(load)
     if given:
         env["OMP_WAIT_POLICY"] = given
     proc = subprocess.run([python, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120)

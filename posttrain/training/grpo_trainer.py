@@ -59,7 +59,7 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
     "_generate_single_turn": ("RolloutMixin",),
     "_save_checkpoint": ("AtomicCheckpointMixin",),
     "compute_loss": ("MoEBalanceMixin", "MTPMixin"),
-    "log": ("MoEBalanceMixin", "MTPMixin", "RolloutMixin"),
+    "log": ("MoEBalanceMixin", "MTPMixin", "DecodeLoopRollouts"),
     "__init__": ("VLLMSyncMixin",),
 }
 

@@ -1,4 +1,4 @@
-"""GRPO's in-process rollouts through posttrain's decode loop (`posttrain/core/generation/decode.py`).
+"""In-process rollouts of GRPO and on-policy distillation through posttrain's decode loop (`posttrain/core/generation/decode.py`).
 
 TRL generates in-process rollouts (`use_vllm=False`) with `model.generate`; `RolloutMixin` hands the same
 padded prompts and the same sampling settings (TRL's `generation_config`: temperature, top-p, top-k, the
@@ -26,8 +26,9 @@ from posttrain.training.mtp import unwrap_model
 log = logging.getLogger("posttrain.grpo")
 
 
-class RolloutMixin:
-    """Put before GRPOTrainer; call `setup_rollouts(speculative)` after init."""
+class DecodeLoopRollouts:
+    """What GRPO's and on-policy distillation's rollout mixins share: the decision, once, whether the decode loop
+    generates (`setup_rollouts`), and the MTP draft acceptance in the logs."""
 
     #: Whether in-process rollouts go through the decode loop, and whether the MTP module drafts in it.
     _decode_loop: bool = False
@@ -60,13 +61,6 @@ class RolloutMixin:
         log.info("rollouts: posttrain's decode loop%s", ", drafted by the MTP module" if self._draft else "")
         return True
 
-    def _generate_single_turn(self, prompt_ids: list[list[int]], images: Any, multimodal_fields: Any,
-                              num_generations: int, *args: Any, **kwargs: Any) -> Any:
-        if not self._decode_loop or images is not None or multimodal_fields:
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields,  # type: ignore[misc]
-                                                 num_generations, *args, **kwargs)
-        return decode_rollouts(self, prompt_ids, self._draft, self._draft_stats), None
-
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         stats = getattr(self, "_draft_stats", None)
         if stats is not None and stats.drafted and not any(k.startswith("eval_") for k in logs):
@@ -76,7 +70,19 @@ class RolloutMixin:
 
 
 
-class DistillRolloutMixin(RolloutMixin):
+
+class RolloutMixin(DecodeLoopRollouts):
+    """Put before GRPOTrainer; call `setup_rollouts(speculative)` after init."""
+
+    def _generate_single_turn(self, prompt_ids: list[list[int]], images: Any, multimodal_fields: Any,
+                              num_generations: int, *args: Any, **kwargs: Any) -> Any:
+        if not self._decode_loop or images is not None or multimodal_fields:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields,  # type: ignore[misc]
+                                                 num_generations, *args, **kwargs)
+        return decode_rollouts(self, prompt_ids, self._draft, self._draft_stats), None
+
+
+class DistillRolloutMixin(DecodeLoopRollouts):
     """The same for TRL's DistillationTrainer (on-policy distillation): the student's samples by the decode loop.
     Put before DistillationTrainer; call `setup_rollouts()` after init. Its `_generate_single_turn` returns the
     completions alone (TRL's distillation signature)."""
@@ -84,7 +90,7 @@ class DistillRolloutMixin(RolloutMixin):
     def _generate_single_turn(self, prompt_ids: list[list[int]], images: Any, multimodal_fields: Any,
                               *args: Any, **kwargs: Any) -> Any:
         if not self._decode_loop or images is not None or multimodal_fields:
-            return super(RolloutMixin, self)._generate_single_turn(  # type: ignore[misc]
+            return super()._generate_single_turn(  # type: ignore[misc]
                 prompt_ids, images, multimodal_fields, *args, **kwargs)
         return decode_rollouts(self, prompt_ids, self._draft, self._draft_stats)
 

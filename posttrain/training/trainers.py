@@ -58,7 +58,7 @@ DISTILLATION_OVERRIDES: dict[str, tuple[str, ...]] = {
     "compute_loss": ("OPDMetricsMixin", "MoEBalanceMixin", "MTPMixin"),
     "_save_checkpoint": ("AtomicCheckpointMixin",),
     "_generate_single_turn": ("DistillRolloutMixin",),
-    "log": ("RolloutMixin", "MoEBalanceMixin", "MTPMixin"),
+    "log": ("DecodeLoopRollouts", "MoEBalanceMixin", "MTPMixin"),
 }
 
 

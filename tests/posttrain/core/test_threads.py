@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import time
 
 import pytest
 
 SCRIPT = """
 import os, sys
 import posttrain.core.threads as threads
-threads.os.getloadavg = lambda: (float(os.environ["FAKE_LOAD"]), 0.0, 0.0)  # the machine's load, as the test says
+threads.busy_cores = lambda: float(os.environ["FAKE_BUSY"])  # the machine's other work, as the test says
 from posttrain.cli.main import main
 main([])  # the help: exit code 2, after the policy is set
 import torch
@@ -23,12 +25,26 @@ print(os.environ.get("OMP_WAIT_POLICY"), file=sys.stderr)
 def test_the_command_line_sets_the_passive_policy_on_a_busy_machine_unless_the_user_chose_one(
         python: str, given: str | None, load: float, expected: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    env["FAKE_LOAD"] = str(load)
+    env["FAKE_BUSY"] = str(load)
     if given:
         env["OMP_WAIT_POLICY"] = given
     proc = subprocess.run([python, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == expected
+
+
+def test_busy_cores_sees_a_spinning_process() -> None:
+    from posttrain.core.threads import busy_cores
+
+    idle = busy_cores(0.3)
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = busy_cores(0.5)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert idle is not None and busy is not None and busy >= 0.75 and 0 <= idle <= (os.cpu_count() or 1)
 
 
 def test_too_late_once_torch_started(monkeypatch: pytest.MonkeyPatch) -> None:

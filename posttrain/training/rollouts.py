@@ -1,4 +1,5 @@
-"""In-process rollouts of GRPO and on-policy distillation through posttrain's decode loop (`posttrain/core/generation/decode.py`).
+"""In-process rollouts of GRPO and on-policy distillation through posttrain's decode loop
+(`posttrain/core/generation/decode.py`).
 
 TRL generates in-process rollouts (`use_vllm=False`) with `model.generate`; `RolloutMixin` hands the same
 padded prompts and the same sampling settings (TRL's `generation_config`: temperature, top-p, top-k, the

@@ -21,7 +21,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "tiny-r1.yaml"
-#: The tiny reproduction's goal: its stages in 8 minutes on 2 cores (it was 15, then 8 once rollouts had the decode loop).
+#: The tiny reproduction's goal: its stages in 8 minutes on 2 cores (15 before rollouts had the decode loop).
 BUDGET_S = 480.0
 
 

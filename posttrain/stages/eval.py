@@ -271,7 +271,7 @@ def summarize(results: list[dict[str, Any]], threshold: float, pass_k: list[int]
     if is_number(t):
         metrics[TEMPERATURE] = t
     metrics.update(response_lengths(primary, correct, count_tokens))
-    samples = [c for r in primary for c in r["samples"]]
+    samples = [c for r in primary for c in r.get("samples", [])]
     if any(is_conversation(c) for c in samples):  # a model with tools: how it used them
         metrics.update(summarize_tool_use(samples, [h for hits in correct for h in hits]))
     others = sorted({label for r in primary for label in r.get("by_temperature", {})}, key=float)

@@ -216,7 +216,8 @@ def test_an_openai_compatible_server_calls_the_tool_the_openai_way(server: tuple
 
 
 class _StandInLLM:
-    """vLLM's `LLM` as the backend uses it: it renders nothing itself, it completes the texts it is given."""
+    """vLLM's `LLM` as the backend uses it: it renders nothing itself, it completes the token ids it is given
+    (`{"prompt_token_ids": ...}`, tokenized by the backend)."""
 
     tokenizer: Any = None
     seen: ClassVar[list[str]] = []
@@ -227,13 +228,14 @@ class _StandInLLM:
     def get_tokenizer(self) -> Any:
         return self.tokenizer
 
-    def generate(self, texts: list[str], params: list[Any]) -> list[Any]:
+    def generate(self, inputs: list[dict[str, list[int]]], params: list[Any]) -> list[Any]:
         from types import SimpleNamespace
 
         from posttrain.core.tool_calls import OUTPUT_BEGIN, OUTPUTS_END
 
         out = []
-        for text in texts:
+        for one in inputs:
+            text = self.tokenizer.decode(one["prompt_token_ids"])
             self.seen.append(text)
             if text.endswith(OUTPUTS_END):  # after the tool's output: answer with it
                 product = text.rsplit(OUTPUT_BEGIN, 1)[1].split("\n")[0]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -20,3 +22,20 @@ def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def send_json(handler: BaseHTTPRequestHandler, code: int, payload: Any,
+              headers: Mapping[str, str] | None = None) -> None:
+    """Answer with `payload` as JSON (a str is sent as it is: a malformed body); a client that timed out and left
+    is not an error of the server's."""
+    data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+    try:
+        handler.send_response(code)
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass

@@ -17,6 +17,7 @@ import pytest
 from posttrain.core.errors import PluginError
 from rewards.genrm import GenRMReward, VerdictError, load_principles, parse_preference, parse_score, render
 from rewards.registry import get_reward
+from tests.local_server import send_json
 
 # --------------------------------------------------------------------------------------------------
 # Verdict parsing: what judges really write
@@ -153,17 +154,7 @@ class JudgeServer:
                     server.bodies.append(body)
                     attempt = server.counts[name]
                 status, payload = BEHAVIOURS[name](attempt, body)
-                data = (json.dumps(payload) if not isinstance(payload, str) else payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    if status == 429:
-                        self.send_header("Retry-After", "0")
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
-                    pass
+                send_json(self, status, payload, {"Retry-After": "0"} if status == 429 else None)
 
             def log_message(self, *args: Any) -> None:
                 pass

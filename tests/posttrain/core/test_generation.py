@@ -22,7 +22,7 @@ from posttrain.core.generation import (
     truncate_at_stop,
 )
 from posttrain.core.generation.openai import with_think
-from tests.local_server import serving
+from tests.local_server import send_json, serving
 
 # --------------------------------------------------------------------------------------------------
 # scripted
@@ -304,17 +304,7 @@ def _handler(state: _Server) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(b"data: [DONE]\n\n")
 
         def _send(self, code: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(payload).encode()
-            try:
-                self.send_response(code)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (timeout)
+            send_json(self, code, payload, headers)
 
     return Handler
 

@@ -17,7 +17,7 @@ from posttrain.core.generation import GenerationSpec, HFGenerator, SamplingParam
 from posttrain.core.tool_calls import enable_tool_calls
 from posttrain.core.tools import is_error_output, tool_use
 from rewards.sandbox.tool import SandboxTool
-from tests.local_server import serving
+from tests.local_server import send_json, serving
 from tests.tool_model import MAX_OUTPUT_CHARS, TIMEOUT_S
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=60)
@@ -149,13 +149,13 @@ def _handler(state: _Server) -> type[BaseHTTPRequestHandler]:
             if last["role"] == "tool":
                 answer = f"The answer is \\boxed{{{last['content'].strip()}}}."
                 message: dict[str, Any] = {"role": "assistant", "content": answer}
-                return self._send({"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+                return send_json(self, 200, {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
             call = {"id": "call_abc", "type": "function",
                     "function": {"name": "python", "arguments": json.dumps({"code": "print(6*7)"})}}
             if body.get("stream"):
                 return self._stream(call)
             message = {"role": "assistant", "content": None, "tool_calls": [call]}
-            return self._send({"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]})
+            return send_json(self, 200, {"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]})
 
         def _stream(self, call: dict[str, Any]) -> None:
             """The call in pieces, as OpenAI streams it: the name first, the arguments in two chunks."""
@@ -171,14 +171,6 @@ def _handler(state: _Server) -> type[BaseHTTPRequestHandler]:
                 choice = {"index": 0, "delta": delta, "finish_reason": "tool_calls" if i == len(deltas) - 1 else None}
                 self.wfile.write(f"data: {json.dumps({'choices': [choice]})}\n\n".encode())
             self.wfile.write(b"data: [DONE]\n\n")
-
-        def _send(self, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
     return Handler
 

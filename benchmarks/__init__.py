@@ -69,6 +69,28 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def fit_conversations(model: Any, tokenizer: Any, conversations: Sequence[list[dict[str, Any]]], steps: int,
+                      lr: float = 3e-3) -> Any:
+    """`model` trained by full-batch Adam on `conversations` rendered by the tokenizer's chat template, every
+    token a label: a tiny model that behaves as the conversations do (a tool model for benchmarks and tests)."""
+    import torch
+
+    seqs = [tokenizer.apply_chat_template(c, tokenize=True, return_dict=False) for c in conversations]
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    labels = ids.masked_fill(mask == 0, -100)
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
 def recipe_stages(out: Path, stages: Sequence[str], settings: Sequence[str] = ()) -> Path:
     """`out`, a run folder where the tiny recipe's `stages` are done: run them there (torch on one thread) unless
     an earlier benchmark already did; a later run finds them done and reuses them."""

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import one_thread
+from benchmarks import fit_conversations, one_thread
 
 
 @dataclass(frozen=True)
@@ -52,30 +52,16 @@ QUICK = Sizes(prompts=2, train_steps=120, layers=2, per_step=2, generations=4, w
 
 def build_model(root: Path, sizes: Sizes) -> tuple[Path, list[tuple[int, int]]]:
     """A tiny DeepSeek-V3 trained to call `python` with `print(a*b)` on each prompt, then answer from the output."""
-    import torch
-
     from data_pipelines.tasks.multiplication import corpus, final_turn, prompt_text, tool_call_turn, train_prompts
     from posttrain.core.tiny import build_tiny_model, train_tokenizer
 
     pairs = [tuple(map(int, re.findall(r"\d+", r["prompt"]))) for r in train_prompts(sizes.prompts, seed=7)]
     tokenizer = train_tokenizer(corpus(500), 512, tool_calls=True)
     model = build_tiny_model(tokenizer, {"num_hidden_layers": sizes.layers}, seed=0)
-    seqs = [tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt_text(a, b)}, tool_call_turn(a, b),
-         {"role": "tool", "name": "python", "content": f"{a * b}\n"},
-         {"role": "assistant", "content": final_turn(str(a * b))}], tokenize=True, return_dict=False)
-        for a, b in pairs]
-    width = max(map(len, seqs))
-    ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in seqs])
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-    labels = ids.masked_fill(mask == 0, -100)
-    torch.manual_seed(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(sizes.train_steps):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    conversations = [[{"role": "user", "content": prompt_text(a, b)}, tool_call_turn(a, b),
+                      {"role": "tool", "name": "python", "content": f"{a * b}\n"},
+                      {"role": "assistant", "content": final_turn(str(a * b))}] for a, b in pairs]
+    fit_conversations(model, tokenizer, conversations, sizes.train_steps)
     out = root / "tool_model"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

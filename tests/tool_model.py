@@ -35,8 +35,7 @@ def conversation(prompt: str, output: str) -> list[dict[str, Any]]:
 
 
 def build_tool_model(out: Path, steps: int = 150) -> Path:
-    import torch
-
+    from benchmarks import fit_conversations
     from data_pipelines.tasks.multiplication import corpus
     from posttrain.core.tiny import build_tiny_model, train_tokenizer
     from rewards.sandbox.tool import SandboxTool
@@ -44,21 +43,7 @@ def build_tool_model(out: Path, steps: int = 150) -> Path:
     tok = train_tokenizer(corpus(300), 512, tool_calls=True)
     model = build_tiny_model(tok, {"num_hidden_layers": 2}, seed=0)
     tool = SandboxTool("python", timeout_s=TIMEOUT_S, max_output_chars=MAX_OUTPUT_CHARS)
-    seqs = [tok.apply_chat_template(conversation(p, tool(code=code)), tokenize=True, return_dict=False)
-            for p, (code, _) in PROGRAMS.items()]
-    width = max(map(len, seqs))
-    ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-    labels = ids.masked_fill(mask == 0, -100)
-    torch.manual_seed(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
+    fit_conversations(model, tok, [conversation(p, tool(code=code)) for p, (code, _) in PROGRAMS.items()], steps)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)

@@ -22,14 +22,15 @@ _SUBCOMMANDS = ("posttrain.cli.eval", "rewards.cli", "posttrain.launch.rollout_s
 
 
 def main(argv: list[str] | None = None) -> int:
-    wait_for_machine()  # before anything imports torch (posttrain/core/threads.py says why)
     # Libraries' deprecation chatter (TRL configs built while validating) is not the user's business.
     warnings.filterwarnings("ignore", category=FutureWarning)
-    parser = build_parser()
+    parser = build_parser()  # imports no torch
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    if args.func not in (cmd_validate, cmd_report):  # commands that compute: watch the machine before torch starts
+        wait_for_machine()  # posttrain/core/threads.py says why
     try:
         return int(args.func(args) or 0)
     except RecipeError as exc:

@@ -5,12 +5,12 @@ that finished its share spins for a while before it sleeps. On cores of its own 
 recipe's GRPO step took 0.9 s with spinning threads and 1.4 s with sleeping ones on an idle 2-core machine (30
 steps each, twice, docs/results.md). On cores shared with other work the spinning threads take the cores the
 working ones wait for, and a two-thread GRPO step took 16 times as long (`benchmarks/thread_layout.py` under a
-load average of 10). So a `posttrain` command sets `OMP_WAIT_POLICY=PASSIVE` (threads sleep at once) when other work
-keeps at least three quarters of a core busy as it starts (watched for 0.2 s), and leaves OpenMP's default
-otherwise; the test session, whose workers share the cores by design, always sets it. OpenMP
-reads the variable when it starts, that is when torch is first imported: the command line decides before anything
-imports torch, and child processes (accelerate's workers, the rollout server) inherit it. A value the user set is
-kept.
+load average of 10). So a `posttrain` command that computes (all but `validate` and `report`) sets
+`OMP_WAIT_POLICY=PASSIVE` (threads sleep at once) when other work keeps at least three quarters of a core busy as
+it starts (watched for 0.2 s), and leaves OpenMP's default otherwise; the test session, whose workers share the
+cores by design, always sets it. OpenMP reads the variable when it starts, that is when torch is first imported:
+the command line decides before anything imports torch, and child processes (accelerate's workers, the rollout
+server) inherit it. A value the user set is kept.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def busy_cores(seconds: float = WATCH_S) -> float | None:
 
 def wait_for_machine(busy: float | None = None) -> bool:
     """`passive_wait()` when other work keeps at least `BUSY_CORES` busy (`busy`: measured when None); True when
-    the passive policy was set here. Nothing is measured when the user chose a policy or torch already started."""
-    if WAIT_POLICY[0] in os.environ or "torch" in sys.modules:
+    the passive policy was set here. Nothing is measured when the choice is no longer ours."""
+    if _decided():
         return False
     if busy is None:
         busy = busy_cores()
@@ -61,10 +61,15 @@ def wait_for_machine(busy: float | None = None) -> bool:
 
 
 def passive_wait() -> bool:
-    """Set OpenMP's passive wait policy for this process and its children, unless the user chose a policy or
-    torch (and so OpenMP) already started; True when it took effect here."""
-    name, value = WAIT_POLICY
-    if name in os.environ or "torch" in sys.modules:
+    """Set OpenMP's passive wait policy for this process and its children, unless the choice is no longer ours;
+    True when it took effect here."""
+    if _decided():
         return False
+    name, value = WAIT_POLICY
     os.environ[name] = value
     return True
+
+
+def _decided() -> bool:
+    """The user chose a policy, or torch (and so OpenMP) already started and read it."""
+    return WAIT_POLICY[0] in os.environ or "torch" in sys.modules

@@ -98,10 +98,11 @@ class ExpertLoadTracker:
         self._aux_losses: list[torch.Tensor] = []
         self._handles: list[Any] = []
         top = _unwrap(model)
-        # The padding mask is read where the backbone is called: TRL's distillation loss calls the backbone alone
-        # (`base_model`), and a pad-blind count would steer the router biases by where padding is routed.
-        for module in {id(m): m for m in (top, getattr(top, "base_model", top))}.values():
-            self._handles.append(module.register_forward_pre_hook(self._capture_mask, with_kwargs=True))
+        # The padding mask is read where the backbone is called, which every forward passes through: TRL's
+        # distillation loss calls the backbone alone (`base_model`), and a pad-blind count would steer the router
+        # biases by where padding is routed.
+        backbone = getattr(top, "base_model", top)
+        self._handles.append(backbone.register_forward_pre_hook(self._capture_mask, with_kwargs=True))
         for i, router in enumerate(self.routers):
             self._handles.append(router.register_forward_hook(self._make_hook(i)))
 

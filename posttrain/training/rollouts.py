@@ -70,8 +70,6 @@ class DecodeLoopRollouts:
         super().log(logs, *args, **kwargs)  # type: ignore[misc]
 
 
-
-
 class RolloutMixin(DecodeLoopRollouts):
     """Put before GRPOTrainer; call `setup_rollouts(speculative)` after init."""
 

@@ -115,7 +115,6 @@ def decode_rollouts(trainer: Any, prompt_ids: list[list[int]], draft: bool, stat
             generation_kwargs=trainer.generation_kwargs,
             gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs))
         stack.enter_context(trainer._dist.summon_full_params(trainer.model_wrapped, recurse=False))
-        stack.enter_context(torch.no_grad())
         decoder = Decoder(model, draft=draft, cache="static" if gen.cache_implementation == "static" else "dynamic")
         completions = decoder.generate(
             ids, mask, gen.max_new_tokens, temperature=gen.temperature if gen.do_sample else 0.0,

@@ -29,13 +29,12 @@ SANDBOX_UID_END = SANDBOX_UID_BASE + PROCESS_BLOCKS * SLOTS_PER_PROCESS
 
 class UidSlots:
     """Hands out `base + i` for i below `span`: an index given back earlier, else the next new one;
-    thread-safe. `base` may be a function of nothing, read again whenever the process is new (a fork)."""
+    thread-safe. Without `base`, the block of this process's pid, chosen again in a forked child."""
 
     def __init__(self, base: int | None = None, span: int = SLOTS_PER_PROCESS) -> None:
         self._fixed = base
         self.span = span
         self._lock = threading.Lock()
-        self._pid = -1
         self._reset()
 
     @property
